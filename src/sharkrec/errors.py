@@ -1,0 +1,27 @@
+"""Errors that sharkrec raises for bad user input.
+
+Every error a user can cause is a :class:`SharkrecError`. Its message is one line that names the
+problem and the fix; the command-line tool prints it without a traceback and exits non-zero.
+"""
+
+from __future__ import annotations
+
+
+class SharkrecError(ValueError):
+    """A problem with the user's input, data, model or artifact, stated with its fix."""
+
+
+class DataError(SharkrecError):
+    """Input data is missing, empty, malformed or does not match the schema."""
+
+
+class SchemaError(SharkrecError):
+    """A schema names an unknown field, kind or column, or is inconsistent."""
+
+
+class ConfigError(SharkrecError):
+    """A configuration value is outside its valid range."""
+
+
+class CheckpointError(SharkrecError):
+    """A checkpoint or artifact is missing, corrupted, truncated or of an unknown version."""
