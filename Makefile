@@ -1,0 +1,36 @@
+# One target per job. Every target sets up .venv first (torch pinned to the CPU wheel).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+OUT ?= runs/demo
+export OMP_WAIT_POLICY := PASSIVE
+
+.PHONY: setup demo test test-fast lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/sharkrec demo --out $(OUT)
+
+test: setup
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+test-fast: setup
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) benchmarks/train_throughput.py --out benchmarks/results/train_throughput.json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

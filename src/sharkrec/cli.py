@@ -1,0 +1,192 @@
+"""The ``sharkrec`` command line: parses arguments and calls the library, nothing more."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared machines 20x
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sharkrec.errors import SharkrecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compress the embedding layer of recommendation models.")
+
+
+class Format(str, Enum):
+    criteo = "criteo"
+    libfm = "libfm"
+    movielens = "movielens"
+    csv = "csv"
+    tsv = "tsv"
+    parquet = "parquet"
+    synthetic = "synthetic"
+
+
+FormatOpt = Annotated[Format, typer.Option("--format", help="Input format.")]
+DataOpt = Annotated[str, typer.Option("--data", help="A file or a folder with train/dev/test files "
+                                      "(synthetic: a spec like rows=100000,seed=1).")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Output folder (report.json and results go here).")]
+SchemaOpt = Annotated[Path | None, typer.Option("--schema", help="Schema JSON (needed for csv/tsv/parquet).")]
+BadLineOpt = Annotated[str, typer.Option("--on-bad-line", help="skip (count and report) or error.")]
+CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Cache preprocessed data here.")]
+SplitOpt = Annotated[str | None, typer.Option("--split", help="Row-order split fractions, e.g. 0.8,0.1,0.1.")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="Torch CPU threads (default: all cores).")]
+
+
+def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
+    if text is None or text == "":
+        return None
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise SharkrecError(f"{what} {text!r} is not a comma-separated list of numbers; e.g. 0.8,0.1,0.1") from None
+
+
+def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
+    values = _floats(text, what)
+    if values is None:
+        return None
+    if any(v != int(v) or v < 1 for v in values):
+        raise SharkrecError(f"{what} {text!r} must be positive integers, e.g. 256,128")
+    return tuple(int(v) for v in values)
+
+
+def _load(fmt: Format, data: str | None, schema: Path | None, on_bad_line: str, split: str | None,
+          cache_dir: Path | None, vocabularies: Any = None) -> Any:
+    from sharkrec.data.loading import load_data
+
+    fractions = _floats(split, "--split")
+    if fractions is not None and len(fractions) != 3:
+        raise SharkrecError(f"--split {split!r} needs three fractions (train, valid, test), e.g. 0.8,0.1,0.1")
+    return load_data(fmt.value, data, schema=schema, on_bad_line=on_bad_line,
+                     split=fractions,  # type: ignore[arg-type]
+                     cache_dir=cache_dir, vocabularies=vocabularies)
+
+
+def _threads(threads: int | None) -> None:
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise SharkrecError(f"--threads {threads} must be 1 or more")
+        torch.set_num_threads(threads)
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/demo"),
+         rows: Annotated[int, typer.Option(help="Synthetic rows to generate.")] = 300_000,
+         seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+         threads: ThreadsOpt = None) -> None:
+    """Whole pipeline on built-in synthetic data: generate, train, evaluate, report."""
+    from sharkrec.demo import run_demo
+
+    _threads(threads)
+    run_demo(out, rows=rows, seed=seed)
+
+
+@app.command()
+def prepare(fmt: FormatOpt, data: DataOpt, out: OutOpt, schema: SchemaOpt = None,
+            on_bad_line: BadLineOpt = "skip", split: SplitOpt = None) -> None:
+    """Parse and encode a dataset; write the schema, vocabulary sizes and a data report."""
+    from sharkrec.data.export import write_prepared
+
+    prepared = _load(fmt, data, schema, on_bad_line, split, cache_dir=out / "cache")
+    report = write_prepared(prepared, out)
+    typer.echo(f"rows train/valid/test: {report['rows']['train']}/{report['rows']['valid']}/{report['rows']['test']}; "
+               f"bad lines skipped: {report.get('bad_lines', {}).get('count', 0)}; wrote {out / 'report.json'}")
+
+
+@app.command()
+def train(
+    fmt: FormatOpt, data: DataOpt, out: OutOpt, schema: SchemaOpt = None,
+    precision: Annotated[str, typer.Option(help="Embedding storage precision.")] = "fp32",
+    seed: Annotated[int, typer.Option(help="Random seed (model init and data order).")] = 0,
+    task_weights: Annotated[str | None, typer.Option(help="Loss weight per task, e.g. 1,0.5.")] = None,
+    optimizer: Annotated[str, typer.Option(help="sgd, adagrad or adam (tables updated sparsely).")] = "adam",
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.01,
+    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 512,
+    epochs: Annotated[int, typer.Option(help="Passes over the training split.")] = 10,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Validate every N steps (default: each epoch).")] = None,
+    patience: Annotated[int, typer.Option(help="Validations without improvement before stopping (0: never).")] = 2,
+    stop_metric: Annotated[str, typer.Option(help="auc or logloss: picks the best checkpoint.")] = "logloss",
+    embedding_dim: Annotated[int, typer.Option(help="Embedding dimension.")] = 16,
+    embedding_l2: Annotated[float, typer.Option(help="L2 on looked-up embedding vectors.")] = 0.0,
+    weight_decay: Annotated[float, typer.Option(help="L2 on dense weights.")] = 0.0,
+    top_mlp: Annotated[str, typer.Option(help="Top MLP hidden sizes.")] = "256,128",
+    bottom_mlp: Annotated[str, typer.Option(help="Bottom MLP hidden sizes.")] = "64",
+    head: Annotated[str, typer.Option(help="shared-bottom or mmoe.")] = "shared-bottom",
+    interaction: Annotated[str, typer.Option(help="dot or dot-concat.")] = "dot",
+    dropout: Annotated[float, typer.Option(help="Dropout in the MLPs.")] = 0.0,
+    on_bad_line: BadLineOpt = "skip", split: SplitOpt = None, cache_dir: CacheOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")] = False,
+    threads: ThreadsOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Train a DLRM (one or several labels) and write model.pt and report.json."""
+    from sharkrec.report import print_metrics
+    from sharkrec.train.run import train_model
+    from sharkrec.train.trainer import TrainConfig
+
+    if precision != "fp32":
+        raise SharkrecError(f"--precision {precision!r} is not available yet; use fp32")
+    _threads(threads)
+    config = TrainConfig(optimizer=optimizer, lr=lr, batch_size=batch_size, epochs=epochs,  # type: ignore[arg-type]
+                         max_steps=max_steps, eval_every=eval_every, patience=patience,
+                         stop_metric=stop_metric, embedding_l2=embedding_l2,  # type: ignore[arg-type]
+                         weight_decay=weight_decay, task_weights=_floats(task_weights, "--task-weights"),
+                         seed=seed, progress=not quiet)
+    prepared = _load(fmt, data, schema, on_bad_line, split, cache_dir)
+    options = {"embedding_dim": embedding_dim, "top_mlp": _ints(top_mlp, "--top-mlp"),
+               "bottom_mlp": _ints(bottom_mlp, "--bottom-mlp"), "head": head, "interaction": interaction,
+               "dropout": dropout}
+    _, report = train_model(prepared, config, out, resume=resume, model_options=options)
+    print_metrics(report)
+    typer.echo(f"wrote {out / 'model.pt'} and {out / 'report.json'}")
+
+
+@app.command()
+def evaluate(model: Annotated[Path, typer.Option("--model", help="model.pt written by 'sharkrec train'.")],
+             fmt: FormatOpt, data: DataOpt, out: Annotated[Path | None, typer.Option("--out")] = None,
+             schema: SchemaOpt = None, on_bad_line: BadLineOpt = "skip", split: SplitOpt = None,
+             threads: ThreadsOpt = None) -> None:
+    """Evaluate a saved model on data encoded with the model's vocabularies."""
+    from sharkrec.report import print_metrics
+    from sharkrec.train.checkpoint import load_model
+    from sharkrec.train.run import evaluate_bundle
+
+    _threads(threads)
+    bundle = load_model(model)
+    prepared = _load(fmt, data, schema or None, on_bad_line, split, None, vocabularies=bundle.vocabularies)
+    report = evaluate_bundle(bundle, prepared, out)
+    print_metrics(report)
+
+
+def main() -> None:
+    """Console entry point: user errors are one line on stderr and exit status 2."""
+    try:
+        app()
+    except SharkrecError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted; nothing half-written was kept", err=True)
+        sys.exit(130)
+    except RuntimeError as exc:
+        from sharkrec.train.trainer import TrainingInterrupted
+
+        if isinstance(exc, TrainingInterrupted):
+            typer.echo(f"error: {exc}", err=True)
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

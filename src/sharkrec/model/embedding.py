@@ -1,0 +1,209 @@
+"""The embedding layer: one vector per sparse field and sample, behind a small swappable interface.
+
+:class:`FieldEmbedding` is what the rest of the model sees: given one :class:`FieldIds` per field it
+returns a (B, F, D) tensor in field order. How rows are stored (fp32 tables here; mixed precision,
+shared rows or a pruned field's constant vector later) stays behind that interface, so a compressor
+builds a new embedding and hands it to ``DLRM.with_embedding`` without touching the rest.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sharkrec.data.batch import FieldIds
+from sharkrec.errors import ConfigError, DataError
+
+_ID_DTYPES = (torch.int64, torch.int32)
+
+
+class FieldEmbedding(nn.Module, abc.ABC):
+    """Looks up and pools the rows of every sparse field.
+
+    Attributes:
+        field_names: sparse field names, in the order ``forward`` expects and returns them.
+        embedding_dim: D, the length of every field vector.
+    """
+
+    field_names: tuple[str, ...]
+    embedding_dim: int
+
+    @abc.abstractmethod
+    def forward(self, sparse: Sequence[FieldIds]) -> Tensor:
+        """Field vectors (B, F, D) for one :class:`FieldIds` per field, in ``field_names`` order.
+
+        Single-hot fields (``offsets is None``) look up one row per sample; multi-hot fields sum
+        the rows of each bag, and an empty bag gives a zero vector.
+        """
+
+    @abc.abstractmethod
+    def num_rows(self) -> dict[str, int]:
+        """Rows held per field (the number of distinct vectors the field can produce)."""
+
+    @abc.abstractmethod
+    def embedding_bytes(self) -> int:
+        """Bytes held by the tensors that store rows (payload and per-row metadata, not optimizer state)."""
+
+    @abc.abstractmethod
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """Parameters with sparse gradients, to be updated by a sparse / row-wise optimizer."""
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.field_names)
+
+
+class FloatEmbedding(FieldEmbedding):
+    """One fp32 table (rows, D) per field, looked up with sparse gradients.
+
+    ``backward`` gives each table a sparse COO gradient that covers only the rows the batch used,
+    so an optimizer step costs O(rows touched) rather than O(table size).
+
+    Args:
+        field_rows: rows per sparse field, in field order.
+        embedding_dim: D.
+        init_std: rows are drawn from N(0, init_std²). 0.01 trains well with Adam / Adagrad at
+            lr 0.01 (see ``tests/model/test_dlrm.py::test_tiny_model_learns``).
+        check_ids: check every batch's ids are in ``[0, rows)`` and raise :class:`DataError`
+            naming the field otherwise (one min/max per field, a few microseconds a batch).
+        generator: random generator for the initial rows (reproducible models).
+    """
+
+    def __init__(
+        self,
+        field_rows: Mapping[str, int],
+        embedding_dim: int,
+        *,
+        init_std: float = 0.01,
+        check_ids: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if embedding_dim < 1:
+            raise ConfigError(f"embedding_dim is {embedding_dim}; use 1 or more")
+        if not (init_std >= 0.0 and math.isfinite(init_std)):
+            raise ConfigError(f"init_std is {init_std}; use a finite value >= 0 such as 0.01")
+        for name, rows in field_rows.items():
+            if int(rows) < 1:
+                raise ConfigError(f"field {name!r} has {rows} rows; every table needs at least 1 row")
+        self.field_names = tuple(field_rows)
+        self.embedding_dim = int(embedding_dim)
+        self.init_std = float(init_std)
+        self.check_ids = bool(check_ids)
+        # tables are indexed by field position: field names may hold characters a parameter name cannot
+        self.tables = nn.ParameterList(
+            nn.Parameter(torch.empty(int(rows), self.embedding_dim)) for rows in field_rows.values()
+        )
+        self._rows: Tensor
+        self.register_buffer(
+            "_rows", torch.tensor([int(r) for r in field_rows.values()], dtype=torch.int64), persistent=False
+        )
+        self.reset_parameters(generator)
+
+    @classmethod
+    def from_tables(cls, tables: Mapping[str, Tensor], *, check_ids: bool = True) -> FloatEmbedding:
+        """An embedding holding copies of the given (rows, D) tables."""
+        dims = {int(t.shape[1]) for t in tables.values() if t.ndim == 2}
+        if len(dims) != 1 or any(t.ndim != 2 for t in tables.values()):
+            raise ConfigError("tables must all be 2-D (rows, D) with the same D")
+        module = cls({name: int(t.shape[0]) for name, t in tables.items()}, dims.pop(), check_ids=check_ids)
+        with torch.no_grad():
+            for table, source in zip(module.tables, tables.values(), strict=True):
+                table.copy_(source)
+        return module
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        with torch.no_grad():
+            for table in self.tables:
+                table.normal_(0.0, self.init_std, generator=generator)
+
+    def table(self, field_name: str) -> nn.Parameter:
+        """The (rows, D) table of one field."""
+        table: nn.Parameter = self.tables[self._position(field_name)]
+        return table
+
+    def forward(self, sparse: Sequence[FieldIds]) -> Tensor:
+        """(B, F, D) field vectors; see :meth:`FieldEmbedding.forward`."""
+        self._check_inputs(sparse)
+        vectors = []
+        for table, ids in zip(self.tables, sparse, strict=True):
+            if ids.offsets is None:
+                vectors.append(F.embedding(ids.values, table, sparse=True))  # (B, D)
+            else:
+                vectors.append(
+                    F.embedding_bag(
+                        ids.values, table, ids.offsets, mode="sum", sparse=True, include_last_offset=True
+                    )
+                )  # (B, D)
+        return torch.stack(vectors, dim=1)  # (B, F, D)
+
+    def num_rows(self) -> dict[str, int]:
+        return {name: int(table.shape[0]) for name, table in zip(self.field_names, self.tables, strict=True)}
+
+    def embedding_bytes(self) -> int:
+        return sum(table.numel() * table.element_size() for table in self.tables)
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return list(self.tables)
+
+    def subset(self, field_names: Sequence[str]) -> FloatEmbedding:
+        """A new embedding with copies of the tables of ``field_names``, in that order."""
+        positions = [self._position(name) for name in field_names]
+        return FloatEmbedding.from_tables(
+            {name: self.tables[p].detach() for name, p in zip(field_names, positions, strict=True)},
+            check_ids=self.check_ids,
+        )
+
+    def extra_repr(self) -> str:
+        return f"fields={len(self.field_names)}, dim={self.embedding_dim}, rows={sum(self.num_rows().values())}"
+
+    def _position(self, field_name: str) -> int:
+        try:
+            return self.field_names.index(field_name)
+        except ValueError:
+            raise ConfigError(
+                f"field {field_name!r} has no table; known fields: {', '.join(self.field_names)}"
+            ) from None
+
+    def _check_inputs(self, sparse: Sequence[FieldIds]) -> None:
+        """Raise a one-line :class:`DataError` for a wrong field count, batch size, id dtype or id range."""
+        if len(sparse) != len(self.field_names):
+            raise DataError(
+                f"the batch has {len(sparse)} sparse fields but the embedding has {len(self.field_names)} "
+                f"({', '.join(self.field_names)}); build the batch with the model's schema"
+            )
+        batch_size = sparse[0].batch_size() if sparse else 0
+        extremes = []
+        checked = []
+        for position, (name, ids) in enumerate(zip(self.field_names, sparse, strict=True)):
+            if ids.values.dtype not in _ID_DTYPES:
+                raise DataError(f"field {name!r} has ids of dtype {ids.values.dtype}; ids must be int64 or int32")
+            if ids.batch_size() != batch_size:
+                raise DataError(
+                    f"field {name!r} has {ids.batch_size()} samples but field {self.field_names[0]!r} has "
+                    f"{batch_size}; every field of a batch needs the same number of samples"
+                )
+            if self.check_ids and ids.values.numel() > 0:
+                low, high = torch.aminmax(ids.values)
+                extremes.append(torch.stack((low, high)).to(torch.int64))
+                checked.append(position)
+        if not extremes:
+            return
+        # one host synchronisation for all fields
+        lows_highs = torch.stack(extremes)  # (K, 2)
+        rows = self._rows[checked]
+        bad = (lows_highs[:, 0] < 0) | (lows_highs[:, 1] >= rows)
+        if bool(bad.any()):
+            k = int(bad.nonzero()[0, 0])
+            name = self.field_names[checked[k]]
+            min_id, max_id = (int(v) for v in lows_highs[k].tolist())
+            num_rows = int(rows[k].item())
+            raise DataError(
+                f"field {name!r} has ids from {min_id} to {max_id} but its table has {num_rows} rows "
+                f"(valid ids 0..{num_rows - 1}); encode the data with the vocabulary the model was built with"
+            )

@@ -1,0 +1,124 @@
+"""Train and evaluate a model on prepared data, writing a model file and ``report.json``.
+
+These are the library functions behind ``sharkrec train`` and ``sharkrec evaluate``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sharkrec.data.dataset import PreparedData
+from sharkrec.data.schema import Schema
+from sharkrec.errors import ConfigError
+from sharkrec.io import write_json
+from sharkrec.model.dlrm import DLRM, DLRMConfig
+from sharkrec.train.checkpoint import ModelBundle, save_model
+from sharkrec.train.trainer import Trainer, TrainConfig, TrainResult, evaluate
+
+MODEL_FILE = "model.pt"
+REPORT_FILE = "report.json"
+
+
+def model_config_for(data: PreparedData, **options: Any) -> DLRMConfig:
+    """A DLRM configuration shaped for ``data`` (fields, rows, dense inputs, tasks) plus ``options``."""
+    return DLRMConfig(
+        num_dense=len(data.schema.dense),
+        field_rows=tuple(data.cardinalities.items()),
+        tasks=data.schema.label_names,
+        **{k: v for k, v in options.items() if v is not None},
+    )
+
+
+def build_model(data: PreparedData, seed: int = 0, **options: Any) -> DLRM:
+    torch.manual_seed(seed)
+    return DLRM(model_config_for(data, **options))
+
+
+def memory_summary(model: DLRM) -> dict[str, int]:
+    """Bytes actually held by the embedding tables, and what fp32 tables of the same rows would hold."""
+    rows = model.embedding.num_rows()
+    fp32 = sum(rows.values()) * model.embedding.embedding_dim * 4
+    return {"embedding_bytes": int(model.embedding.embedding_bytes()), "embedding_bytes_fp32": int(fp32),
+            "embedding_rows": int(sum(rows.values()))}
+
+
+def split_metrics(model: DLRM, data: PreparedData, splits: tuple[str, ...] = ("valid", "test")) -> dict[str, Any]:
+    return {name: evaluate(model, data.split(name), data.schema.label_names) for name in splits
+            if len(data.split(name)) > 0}
+
+
+def train_model(data: PreparedData, train_config: TrainConfig, out_dir: str | Path | None = None, *,
+                resume: bool = False, model_options: dict[str, Any] | None = None,
+                model: DLRM | None = None) -> tuple[DLRM, dict[str, Any]]:
+    """Build (or take) a DLRM, train it, evaluate it and, with ``out_dir``, write model and report."""
+    started = time.perf_counter()
+    if model is None:
+        model = build_model(data, train_config.seed, **(model_options or {}))
+    trainer = Trainer(model, train_config, data.schema.label_names, out_dir)
+    result = trainer.fit(data.train, data.valid, resume=resume)
+    report = training_report(model, data, train_config, result)
+    report["seconds"] = time.perf_counter() - started
+    if out_dir is not None:
+        out = Path(out_dir)
+        save_model(out / MODEL_FILE, model, data.schema, data.vocabularies,
+                   info={"train_config": train_config.to_dict(), "metrics": report["metrics"]})
+        write_json(out / REPORT_FILE, report)
+    return model, report
+
+
+def training_report(model: DLRM, data: PreparedData, config: TrainConfig, result: TrainResult) -> dict[str, Any]:
+    return {
+        "command": "train",
+        "metrics": split_metrics(model, data),
+        "memory": memory_summary(model),
+        "training": {
+            "steps": result.steps,
+            "samples": result.samples,
+            "best_step": result.best_step,
+            "stopped_early": result.stopped_early,
+            "train_seconds": result.seconds,
+            "data_seconds": result.data_seconds,
+            "samples_per_second": result.samples_per_second,
+            "history": result.history,
+        },
+        "config": {"train": config.to_dict(), "model": model.config.to_dict()},
+        "data": _data_summary(data),
+    }
+
+
+def evaluate_bundle(bundle: ModelBundle, data: PreparedData, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Metrics of a saved model on data encoded with the model's own vocabularies."""
+    started = time.perf_counter()
+    check_schema_matches(bundle.schema, data.schema)
+    model = bundle.model
+    report = {"command": "evaluate", "metrics": split_metrics(model, data, ("train", "valid", "test")),
+              "memory": memory_summary(model), "data": _data_summary(data)}  # type: ignore[arg-type]
+    report["seconds"] = time.perf_counter() - started
+    if out_dir is not None:
+        write_json(Path(out_dir) / REPORT_FILE, report)
+    return report
+
+
+def check_schema_matches(model_schema: Schema, data_schema: Schema) -> None:
+    """One-line error when data does not have the model's fields."""
+    for kind in ("sparse_names", "dense_names", "label_names"):
+        want, got = getattr(model_schema, kind), getattr(data_schema, kind)
+        if tuple(want) != tuple(got):
+            missing = [n for n in want if n not in got]
+            extra = [n for n in got if n not in want]
+            raise ConfigError(
+                f"the data does not match the model's schema ({kind.split('_')[0]} fields: missing {missing}, "
+                f"unexpected {extra}); use the format and schema the model was trained with"
+            )
+
+
+def _data_summary(data: PreparedData) -> dict[str, Any]:
+    summary = {k: v for k, v in data.report.items() if k != "ground_truth"}
+    summary["rows"] = {"train": len(data.train), "valid": len(data.valid), "test": len(data.test)}
+    summary["fields"] = {"sparse": list(data.schema.sparse_names), "dense": list(data.schema.dense_names),
+                         "labels": list(data.schema.label_names)}
+    return summary
