@@ -66,7 +66,7 @@ def _load(fmt: Format, data: str | None, schema: Path | None, on_bad_line: str, 
     if fractions is not None and len(fractions) != 3:
         raise SharkrecError(f"--split {split!r} needs three fractions (train, valid, test), e.g. 0.8,0.1,0.1")
     return load_data(fmt.value, data, schema=schema, on_bad_line=on_bad_line,
-                     split=fractions,  # type: ignore[arg-type]
+                     split=fractions,
                      cache_dir=cache_dir, vocabularies=vocabularies)
 
 

@@ -46,7 +46,9 @@ def make_model(**overrides: object) -> DLRM:
 
 
 ARCHITECTURES = [
-    pytest.param(head, interaction, num_dense, tasks, id=f"{head.value}-{interaction.value}-dense{num_dense}-t{len(tasks)}")
+    pytest.param(
+        head, interaction, num_dense, tasks, id=f"{head.value}-{interaction.value}-dense{num_dense}-t{len(tasks)}"
+    )
     for head in HeadKind
     for interaction in InteractionKind
     for num_dense in (0, 3)
@@ -96,9 +98,11 @@ def naive_interaction(vectors: torch.Tensor, kind: InteractionKind, has_dense: b
     for v in vectors:  # (F, D)
         dots = [torch.dot(v[i], v[j]) for i in range(len(v)) for j in range(i + 1, len(v))]
         if kind is InteractionKind.DOT_CONCAT:
-            head = list(v.flatten())
+            head = list(v.flatten())  # every field vector
+        elif has_dense:
+            head = list(v[0])  # the dense field's vector
         else:
-            head = list(v[0]) if has_dense else []
+            head = []
         rows.append(torch.stack(head + dots))
     return torch.stack(rows)
 
@@ -309,7 +313,7 @@ def separable_data(n: int, seed: int, num_tasks: int) -> Batch:
     """Labels decided by per-id weights, a product of two fields' weights, and one dense feature."""
     g = torch.Generator().manual_seed(seed)
     weights = torch.Generator().manual_seed(99)
-    w_user, w_item, w_genre = torch.randn(9, generator=weights), torch.randn(13, generator=weights), torch.randn(6, generator=weights)
+    w_user, w_item, w_genre = (torch.randn(rows, generator=weights) for rows in (9, 13, 6))
     user = torch.randint(0, 9, (n,), generator=g)
     item = torch.randint(0, 13, (n,), generator=g)
     lengths = torch.randint(0, 3, (n,), generator=g)

@@ -131,7 +131,7 @@ def test_bad_batches_raise_data_error() -> None:
         embedding(fields[:2])
     with pytest.raises(DataError, match="field 'item' has 3 samples but field 'user' has 4"):
         embedding((fields[0], FieldIds(torch.tensor([1, 2, 3])), fields[2]))
-    with pytest.raises(DataError, match="field 'user' has ids of dtype torch.float32"):
+    with pytest.raises(DataError, match=r"field 'user' has ids of dtype torch\.float32"):
         embedding((FieldIds(torch.zeros(4)), *fields[1:]))
 
 

@@ -5,7 +5,7 @@ import torch
 from sharkrec.errors import CheckpointError, ConfigError
 from sharkrec.train.checkpoint import load_model, save_model
 from sharkrec.train.run import build_model, train_model
-from sharkrec.train.trainer import Trainer, TrainConfig, TrainingInterrupted, evaluate, predict
+from sharkrec.train.trainer import TrainConfig, Trainer, TrainingInterrupted, evaluate, predict
 from tests.toy import toy_data
 
 FAST = {"batch_size": 64, "epochs": 3, "lr": 0.01, "progress": False}

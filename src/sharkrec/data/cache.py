@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,15 @@ _CHUNK = 1 << 20
 
 
 def cache_key(
-    fmt: str, sources: SourceFiles, schema: Schema, split: tuple[float, float, float], min_count: int | None
+    fmt: str,
+    sources: SourceFiles,
+    schema: Schema,
+    split: tuple[float, float, float],
+    min_count: int | None,
+    vocabularies: Mapping[str, Vocabulary] | None = None,
 ) -> str:
-    """Hex sha256 of the inputs' content and every setting that shapes the prepared arrays."""
+    """Hex sha256 of the inputs' content and every setting that shapes the prepared arrays
+    (including given vocabularies, by content)."""
     digest = hashlib.sha256()
     settings = {
         "cache_version": CACHE_VERSION,
@@ -47,6 +54,13 @@ def cache_key(
             for member in members:
                 digest.update(f"\0{role}\0{member.name}\0{member.stat().st_size}\0".encode())
                 digest.update(_file_digest(member))
+    given = vocabularies or {}
+    for name in sorted(given):
+        vocabulary = given[name]
+        digest.update(f"\0vocabulary\0{name}\0{vocabulary.min_count}\0".encode())
+        digest.update("\0".join(str(key) for key in vocabulary.keys_).encode("utf-8", errors="surrogateescape"))
+        digest.update(np.ascontiguousarray(vocabulary.counts_, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(vocabulary.positive_counts_, dtype=np.int64).tobytes())
     return digest.hexdigest()
 
 
@@ -86,7 +100,9 @@ def save_prepared(path: Path, key: str, prepared: PreparedData) -> None:
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **arrays)  # type: ignore[arg-type]
     except OSError as exc:
-        raise ConfigError(f"cannot write the data cache {path} ({exc.strerror}); pass a writable cache folder") from None
+        raise ConfigError(
+            f"cannot write the data cache {path} ({exc.strerror}); pass a writable cache folder"
+        ) from None
 
 
 def load_prepared(path: Path, key: str, schema: Schema) -> PreparedData | None:

@@ -14,7 +14,7 @@ Rules, applied the same way to every format:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,20 +87,23 @@ def parse_rows(table: RawTable, schema: Schema) -> tuple[ParsedRows, BadLines]:
     for j, spec in enumerate(schema.dense):
         values, missing = _numbers(columns[spec.name])
         bad = ~missing & ~np.isfinite(values)
-        _record(log, "dense", lines, bad, columns[spec.name], f"dense field {spec.name!r} value {{!r}} is not a number")
+        _record(log, "dense", lines, bad, columns[spec.name], (f"dense field {spec.name!r} value ", " is not a number"))
         dense[:, j] = np.where(missing, np.nan, values)
         ok &= ~bad
 
     labels = np.zeros((len(lines), len(schema.labels)), dtype=np.float32)
     for t, spec in enumerate(schema.labels):
         value, bad, problem = _label(columns[spec.name], spec)
-        _record(log, "label", lines, bad, columns[spec.name], f"label {spec.name!r} value {{!r}} {problem}")
+        _record(log, "label", lines, bad, columns[spec.name], (f"label {spec.name!r} value ", f" {problem}"))
         labels[:, t] = value
         ok &= ~bad
 
-    kept = np.flatnonzero(ok)
-    sparse = tuple(_sparse_values(columns[spec.name].iloc[kept], spec) for spec in schema.sparse)
-    return ParsedRows(dense[kept], labels[kept], sparse, lines[kept]), log.summary()
+    if not ok.all():
+        kept = np.flatnonzero(ok)
+        dense, labels, lines = dense[kept], labels[kept], lines[kept]
+        columns = {spec.name: columns[spec.name].iloc[kept] for spec in schema.sparse}
+    sparse = tuple(_sparse_values(columns[spec.name], spec) for spec in schema.sparse)
+    return ParsedRows(dense, labels, sparse, lines), log.summary()
 
 
 def signed_log1p(dense: np.ndarray) -> np.ndarray:
@@ -124,13 +127,19 @@ def fit_vocabularies(rows: ParsedRows, schema: Schema, min_count: int | None = N
     return vocabularies
 
 
-def encode_rows(rows: ParsedRows, schema: Schema, vocabularies: dict[str, Vocabulary]) -> EncodedSplit:
+def encode_rows(rows: ParsedRows, schema: Schema, vocabularies: Mapping[str, Vocabulary]) -> EncodedSplit:
     """Row ids for every sparse value (unseen or rare -> OOV row 0), transformed dense, labels."""
     sparse = [
-        SparseColumn(vocabularies[spec.name].transform(column.values), column.offsets)
+        SparseColumn(_transform(vocabularies[spec.name], column.values), column.offsets)
         for spec, column in zip(schema.sparse, rows.sparse, strict=True)
     ]
     return EncodedSplit(signed_log1p(rows.dense), sparse, rows.labels)
+
+
+def _transform(vocabulary: Vocabulary, values: np.ndarray) -> np.ndarray:
+    """``vocabulary.transform(values)``, looking up each distinct value once (values repeat a lot)."""
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+    return vocabulary.transform(np.asarray(uniques, dtype=object))[codes]
 
 
 def oov_shares(split: EncodedSplit, schema: Schema) -> dict[str, float]:
@@ -173,7 +182,11 @@ def _schema_columns(table: RawTable, schema: Schema) -> dict[str, pd.Series]:
 
 
 def _missing(column: pd.Series) -> np.ndarray:
-    return (column.isna() | column.isin(MISSING_MARKERS)).to_numpy(dtype=bool)
+    cells = column.to_numpy(dtype=object)
+    missing = pd.isna(cells)
+    for marker in MISSING_MARKERS:
+        missing |= cells == marker
+    return missing
 
 
 def _numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -237,7 +250,10 @@ def _slice_column(column: SparseColumn, start: int, stop: int) -> SparseColumn:
     return SparseColumn(column.values[offsets[0] : offsets[-1]], offsets - offsets[0])
 
 
-def _record(log: BadLineLog, reason: str, lines: np.ndarray, bad: np.ndarray, column: pd.Series, template: str) -> None:
+def _record(
+    log: BadLineLog, reason: str, lines: np.ndarray, bad: np.ndarray, column: pd.Series, words: tuple[str, str]
+) -> None:
+    """Log the ``bad`` rows; the problem reads ``words[0] + repr(cell) + words[1]``."""
     if bad.any():
         bad_cells = column.to_numpy(dtype=object)[bad]
-        log.add(reason, lines[bad], lambda k: template.format(bad_cells[k]))
+        log.add(reason, lines[bad], lambda k: f"{words[0]}{bad_cells[k]!r}{words[1]}")

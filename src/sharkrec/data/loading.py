@@ -48,6 +48,12 @@ def load_data(fmt: str, data: str | Path | None, *, schema: str | Path | Schema 
 
 
 def _check_vocabularies(prepared: PreparedData, vocabularies: dict[str, Any]) -> None:
+    model_fields, data_fields = list(vocabularies), list(prepared.schema.sparse_names)
+    if model_fields != data_fields:
+        raise ConfigError(
+            f"the data does not match the model's schema (sparse fields: model {model_fields}, data {data_fields}); "
+            "use the generator settings the model was trained with"
+        )
     for name, vocab in vocabularies.items():
         if name in prepared.vocabularies and vocab.num_rows != prepared.vocabularies[name].num_rows:
             raise ConfigError(

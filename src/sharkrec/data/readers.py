@@ -66,10 +66,6 @@ class DataFormat(str, enum.Enum):
                 ) from None
             raise ConfigError(f"format {value!r} is not known; use one of {known}") from None
 
-    @property
-    def has_builtin_schema(self) -> bool:
-        return self in (DataFormat.CRITEO, DataFormat.LIBFM, DataFormat.MOVIELENS)
-
 
 def schema_for(fmt: str | DataFormat, path: str | Path) -> Schema:
     """The built-in schema of criteo, libfm (K read from the first line of ``path``) or movielens.

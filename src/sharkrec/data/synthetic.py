@@ -199,7 +199,7 @@ class SyntheticConfig:
             _check_float("zipf_exponent", value, 0.0, 5.0)
         if not isinstance(self.split, tuple) or len(self.split) != 3:
             raise ConfigError(
-                f"synthetic split={self.split!r} must be three fractions (train, valid, test), e.g. 0.8:0.1:0.1"
+                f"synthetic split={self.split!r} is not three fractions; give train, valid, test, e.g. 0.8:0.1:0.1"
             )
         for value in self.split:
             _check_float("split", value, 1e-6, 1.0)
@@ -513,7 +513,7 @@ def _dense_params(config: SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:
     return rng.uniform(0.0, 2.5, config.num_dense), rng.uniform(0.7, 1.8, config.num_dense)
 
 
-def _draw_dense(rng_of: Any, mu: np.ndarray, sigma: np.ndarray, n: int) -> np.ndarray:
+def _draw_dense(rng_of: Callable[[int], np.random.Generator], mu: np.ndarray, sigma: np.ndarray, n: int) -> np.ndarray:
     """(n, m) int32 zero-inflated log-normal counts ``floor(exp(mu + sigma z) - 1)`` clipped at 0."""
     counts = np.empty((n, len(mu)), dtype=np.int32)
     for j in range(len(mu)):
@@ -640,7 +640,8 @@ class FieldTruth:
     ``weight`` is the teacher's weight on the field's unit-variance main effect (the norm of the
     coefficient vector for ``dense``; 0 for noise and redundant fields). ``importance`` is the
     expected increase of the teacher's log-loss (nats per sample) when the field is resampled from
-    its marginal, ``importance_se`` its Monte-Carlo standard error.
+    its marginal, ``importance_se`` its Monte-Carlo standard error. A redundant field reports its
+    source's Zipf exponent (its own law is the source's, coarsened).
     """
 
     name: str
@@ -765,11 +766,11 @@ class RawSample:
     """
 
     config: SyntheticConfig
-    ranks: list[np.ndarray]
-    dense_counts: np.ndarray
-    labels: np.ndarray
-    logits: np.ndarray
-    ground_truth: GroundTruth
+    ranks: list[np.ndarray] = field(repr=False)
+    dense_counts: np.ndarray = field(repr=False)
+    labels: np.ndarray = field(repr=False)
+    logits: np.ndarray = field(repr=False)
+    ground_truth: GroundTruth = field(repr=False)
 
 
 @dataclass
@@ -782,10 +783,10 @@ class SyntheticData:
     """
 
     config: SyntheticConfig
-    data: PreparedData
-    ground_truth: GroundTruth
-    teacher_logits: dict[str, np.ndarray]
-    row_ranks: dict[str, np.ndarray]
+    data: PreparedData = field(repr=False)
+    ground_truth: GroundTruth = field(repr=False)
+    teacher_logits: dict[str, np.ndarray] = field(repr=False)
+    row_ranks: dict[str, np.ndarray] = field(repr=False)
     row_effects: dict[str, np.ndarray] = field(repr=False)
 
 

@@ -70,7 +70,8 @@ class FloatEmbedding(FieldEmbedding):
         init_std: rows are drawn from N(0, init_std²). 0.01 trains well with Adam / Adagrad at
             lr 0.01 (see ``tests/model/test_dlrm.py::test_tiny_model_learns``).
         check_ids: check every batch's ids are in ``[0, rows)`` and raise :class:`DataError`
-            naming the field otherwise (one min/max per field, a few microseconds a batch).
+            naming the field otherwise (one min/max per field: about 0.1-0.3 ms for a
+            batch of 512 over 26 fields, 1-2% of a forward + backward pass).
         generator: random generator for the initial rows (reproducible models).
     """
 
@@ -178,8 +179,7 @@ class FloatEmbedding(FieldEmbedding):
                 f"({', '.join(self.field_names)}); build the batch with the model's schema"
             )
         batch_size = sparse[0].batch_size() if sparse else 0
-        extremes = []
-        checked = []
+        lows, highs, checked = [], [], []
         for position, (name, ids) in enumerate(zip(self.field_names, sparse, strict=True)):
             if ids.values.dtype not in _ID_DTYPES:
                 raise DataError(f"field {name!r} has ids of dtype {ids.values.dtype}; ids must be int64 or int32")
@@ -190,18 +190,19 @@ class FloatEmbedding(FieldEmbedding):
                 )
             if self.check_ids and ids.values.numel() > 0:
                 low, high = torch.aminmax(ids.values)
-                extremes.append(torch.stack((low, high)).to(torch.int64))
+                lows.append(low)
+                highs.append(high)
                 checked.append(position)
-        if not extremes:
+        if not checked:
             return
         # one host synchronisation for all fields
-        lows_highs = torch.stack(extremes)  # (K, 2)
-        rows = self._rows[checked]
-        bad = (lows_highs[:, 0] < 0) | (lows_highs[:, 1] >= rows)
+        min_ids, max_ids = torch.stack(lows), torch.stack(highs)  # (K,) each
+        rows = self._rows if len(checked) == len(self.field_names) else self._rows[checked]
+        bad = (min_ids < 0) | (max_ids >= rows)
         if bool(bad.any()):
             k = int(bad.nonzero()[0, 0])
             name = self.field_names[checked[k]]
-            min_id, max_id = (int(v) for v in lows_highs[k].tolist())
+            min_id, max_id = int(min_ids[k].item()), int(max_ids[k].item())
             num_rows = int(rows[k].item())
             raise DataError(
                 f"field {name!r} has ids from {min_id} to {max_id} but its table has {num_rows} rows "

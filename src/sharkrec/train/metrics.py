@@ -47,7 +47,7 @@ def task_metrics(labels: np.ndarray, probabilities: np.ndarray, task_names: tupl
             "logloss": log_loss(labels[:, t], probabilities[:, t]),
             "positive_rate": float(labels[:, t].mean()),
             "mean_prediction": float(probabilities[:, t].mean()),
-            "samples": int(len(labels)),
+            "samples": len(labels),
         }
     return out
 

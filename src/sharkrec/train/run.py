@@ -17,7 +17,7 @@ from sharkrec.errors import ConfigError
 from sharkrec.io import write_json
 from sharkrec.model.dlrm import DLRM, DLRMConfig
 from sharkrec.train.checkpoint import ModelBundle, save_model
-from sharkrec.train.trainer import Trainer, TrainConfig, TrainResult, evaluate
+from sharkrec.train.trainer import TrainConfig, Trainer, TrainResult, evaluate
 
 MODEL_FILE = "model.pt"
 REPORT_FILE = "report.json"
@@ -95,8 +95,10 @@ def evaluate_bundle(bundle: ModelBundle, data: PreparedData, out_dir: str | Path
     started = time.perf_counter()
     check_schema_matches(bundle.schema, data.schema)
     model = bundle.model
-    report = {"command": "evaluate", "metrics": split_metrics(model, data, ("train", "valid", "test")),
-              "memory": memory_summary(model), "data": _data_summary(data)}  # type: ignore[arg-type]
+    if not isinstance(model, DLRM):
+        raise ConfigError(f"cannot evaluate a {type(model).__name__}; sharkrec evaluates DLRM models")
+    report: dict[str, Any] = {"command": "evaluate", "metrics": split_metrics(model, data, ("train", "valid", "test")),
+                              "memory": memory_summary(model), "data": _data_summary(data)}
     report["seconds"] = time.perf_counter() - started
     if out_dir is not None:
         write_json(Path(out_dir) / REPORT_FILE, report)

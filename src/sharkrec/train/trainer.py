@@ -12,6 +12,7 @@ import copy
 import enum
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from sharkrec.data.batch import Batch
 from sharkrec.data.dataset import EncodedSplit
 from sharkrec.errors import CheckpointError, ConfigError
 from sharkrec.io import atomic_save
+from sharkrec.model.dlrm import DLRM
 from sharkrec.train.metrics import task_metrics
 from sharkrec.train.optim import OptimizerKind, SplitOptimizer
 
@@ -98,7 +100,7 @@ def _enum(kind: type[enum.Enum], value: Any, what: str) -> Any:
     try:
         return kind(value)
     except ValueError:
-        choices = ", ".join(str(m.value) for m in kind)  # type: ignore[attr-defined]
+        choices = ", ".join(str(m.value) for m in kind)
         raise ConfigError(f"unknown {what} {value!r}; use one of {choices}") from None
 
 
@@ -143,7 +145,7 @@ def evaluate(model: nn.Module, split: EncodedSplit, task_names: tuple[str, ...],
     return task_metrics(split.labels.numpy(), probabilities, task_names)
 
 
-def batch_loss(model: nn.Module, batch: Batch, task_weights: torch.Tensor, embedding_l2: float = 0.0,
+def batch_loss(model: DLRM, batch: Batch, task_weights: torch.Tensor, embedding_l2: float = 0.0,
                reduction: str = "mean") -> torch.Tensor:
     """Task-weighted binary cross-entropy of a batch (+ L2 on its looked-up vectors)."""
     vectors = model.field_vectors(batch)  # (B, F, D)
@@ -160,7 +162,7 @@ class Trainer:
     """Trains a DLRM-style model (anything with ``field_vectors``, ``logits_from_fields`` and
     ``embedding.sparse_parameters()``) on an :class:`EncodedSplit`."""
 
-    def __init__(self, model: nn.Module, config: TrainConfig, task_names: tuple[str, ...],
+    def __init__(self, model: DLRM, config: TrainConfig, task_names: tuple[str, ...],
                  out_dir: str | Path | None = None,
                  on_step: Callable[[int, float], None] | None = None) -> None:
         self.model = model
@@ -252,7 +254,8 @@ class Trainer:
 
         result = TrainResult()
         bar = tqdm(total=total_steps, initial=progress["step"], disable=not config.progress,
-                   desc="train", unit="step", dynamic_ncols=True, leave=False)
+                   desc="train", unit="step", dynamic_ncols=True, leave=False,
+                   mininterval=0.5 if sys.stderr.isatty() else 15.0)
         self.model.train()
         started = time.perf_counter() - progress["seconds"]
         data_seconds = progress["data_seconds"]

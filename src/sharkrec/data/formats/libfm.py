@@ -10,7 +10,7 @@ is not ``idx:number`` (``pair_syntax``), any other label (``label``).
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +38,12 @@ def libfm_schema(num_fields: int) -> Schema:
     """One label and ``num_fields`` sparse fields (see :func:`libfm_field_names`)."""
     if num_fields < 1:
         raise DataError(f"a libFM file needs at least one idx:value pair per line, got {num_fields}")
-    fields = (FieldSpec(LABEL, FieldKind.LABEL),) + tuple(
-        FieldSpec(name, FieldKind.SPARSE) for name in libfm_field_names(num_fields)
+    fields = (
+        FieldSpec(LABEL, FieldKind.LABEL),
+        *(FieldSpec(name, FieldKind.SPARSE) for name in libfm_field_names(num_fields)),
     )
-    return Schema(fields, name="frappe" if num_fields == len(FRAPPE_FIELDS) else "libfm", delimiter=" ",
-                  has_header=False)
+    name = "frappe" if num_fields == len(FRAPPE_FIELDS) else "libfm"
+    return Schema(fields, name=name, delimiter=" ", has_header=False)
 
 
 def count_libfm_fields(path: Path) -> int:
@@ -78,12 +79,16 @@ def read_libfm(path: Path) -> RawTable:
         pairs = frame[position].astype(str)
         bad = ~pairs.str.fullmatch(_PAIR).to_numpy(dtype=bool, na_value=False)
         bad_pairs = pairs.to_numpy()[bad]
-        log.add("pair_syntax", lines[bad], lambda k, v=bad_pairs, j=position: f"pair {j} {v[k]!r} is not idx:number")
+        log.add("pair_syntax", lines[bad], _describe_pair(position, bad_pairs))
         ok &= ~bad
         columns[name] = pairs.str.replace(r":.*", "", regex=True).to_numpy(dtype=object)
 
     cells = pd.DataFrame(columns)[ok].reset_index(drop=True)
     return RawTable(cells, lines[ok], source, (table.bad_lines[0].merge(log.summary()),))
+
+
+def _describe_pair(position: int, bad_pairs: np.ndarray) -> Callable[[int], str]:
+    return lambda k: f"pair {position} {bad_pairs[k]!r} is not idx:number"
 
 
 def _normalise(data: bytes) -> bytes:

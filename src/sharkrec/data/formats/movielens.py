@@ -89,10 +89,10 @@ def read_movielens(path: Path) -> RawTable:
     _record(log, "timestamp", lines, bad, frame["timestamp"], "timestamp {!r} is not an integer")
     ok &= ~bad
 
-    cells = pd.DataFrame({"user": frame["user"].astype(str).str.strip(), "item": frame["item"].astype(str).str.strip()})
-    for table, key, reason, name in ((users, "user", "unknown_user", "u.user"), (items, "item", "unknown_item", "u.item")):
+    cells = pd.DataFrame({key: frame[key].astype(str).str.strip() for key in ("user", "item")})
+    for table, key in ((users, "user"), (items, "item")):
         known = cells[key].isin(table.index).to_numpy()
-        _record(log, reason, lines, ~known & ok, cells[key], f"{key} id {{!r}} is not in {name}")
+        _record(log, f"unknown_{key}", lines, ~known & ok, cells[key], f"{key} id {{!r}} is not in u.{key}")
         ok &= known
         for column in table.columns:
             cells[column] = cells[key].map(table[column]).to_numpy(dtype=object)

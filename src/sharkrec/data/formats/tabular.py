@@ -51,7 +51,7 @@ def read_parquet(path: Path, schema: Schema) -> RawTable:
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
-        raise DataError(f"data file {path} is not a readable Parquet file ({exc}); check the file or its format") from None
+        raise DataError(f"data file {path} is not a readable Parquet file ({exc}); check the file") from None
     if frame.empty:
         raise DataError(f"data file {path} is empty; pass a file that holds data rows")
     frame = frame.reset_index(drop=True)

@@ -11,6 +11,7 @@ import csv
 import enum
 import gzip
 import io
+import warnings
 import zlib
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sharkrec.errors import ConfigError, DataError
+from sharkrec.errors import ConfigError, DataError, SchemaError
 
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_LINE_NUMBERS = 20
@@ -82,13 +83,6 @@ class BadLines:
             "or pass on_bad_line='skip' (--on-bad-line skip) to skip malformed lines"
         )
 
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "count": self.count,
-            "first_line_numbers": list(self.first_line_numbers),
-            "reasons": dict(self.reasons),
-        }
-
 
 class BadLineLog:
     """Collects the lines that fail vectorised checks on one file, then summarises them."""
@@ -106,12 +100,13 @@ class BadLineLog:
     def summary(self) -> BadLines:
         if not self._groups:
             return BadLines(self.source)
-        reasons: dict[str, int] = {}
+        by_reason: dict[str, list[np.ndarray]] = {}
         for reason, lines, _ in self._groups:
-            reasons[reason] = reasons.get(reason, 0) + len(lines)
+            by_reason.setdefault(reason, []).append(lines)
+        reasons = {reason: len(np.unique(np.concatenate(parts))) for reason, parts in by_reason.items()}
         all_lines = np.unique(np.concatenate([lines for _, lines, _ in self._groups]))
         # the problem of the smallest line number across every check
-        reason, lines, describe = min(self._groups, key=lambda group: int(group[1].min()))
+        _, lines, describe = min(self._groups, key=lambda group: int(group[1].min()))
         first_problem = describe(int(np.argmin(lines)))
         first = tuple(int(n) for n in all_lines[:MAX_LINE_NUMBERS])
         return BadLines(self.source, len(all_lines), first, reasons, first_problem)
@@ -153,10 +148,10 @@ def read_bytes(path: Path) -> bytes:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"data file {path} is not a valid gzip file ({exc}); re-download or re-compress it") from None
+            raise DataError(f"data file {path} is not a valid gzip file ({exc}); re-download or re-gzip it") from None
     if b"\r\n" in raw:
         raw = raw.replace(b"\r\n", b"\n")
-    if not raw.strip():
+    if not raw or raw.isspace():
         raise DataError(f"data file {path} is empty; pass a file that holds data rows")
     return raw
 
@@ -186,11 +181,14 @@ def split_delimited(
     positions (int) or header names (str).
     """
     if len(delimiter) != 1 or len(delimiter.encode(encoding)) != 1:
-        raise ConfigError(f"delimiter {delimiter!r} must be one single-byte character; fix the schema's 'delimiter'")
+        raise SchemaError(f"delimiter {delimiter!r} must be one single-byte character; fix the schema's 'delimiter'")
     names: list[str] | None = None
     body = data
     first_line = 1
     if has_header:
+        stripped = data.lstrip(b"\n")  # blank lines before the header
+        first_line += len(data) - len(stripped)
+        data = stripped
         header_end = data.find(b"\n")
         header = data if header_end < 0 else data[:header_end]
         names = [name.strip() for name in header.decode(encoding, errors="replace").split(delimiter)]
@@ -199,7 +197,7 @@ def split_delimited(
             raise DataError(f"the header of data file {source} names columns {duplicates} twice; rename them")
         n_columns = len(names)
         body = b"" if header_end < 0 else data[header_end + 1 :]
-        first_line = 2
+        first_line += 1
     describe = describe_width or (
         lambda found, expected: f"expected {expected} {delimiter_name(delimiter)}-separated columns, found {found}"
     )
@@ -219,7 +217,7 @@ def split_delimited(
         try:
             frame = _parse_body(body, delimiter, columns, float_columns, encoding)
             line_numbers = np.arange(first_line, first_line + n_lines, dtype=np.int64)
-        except pd.errors.ParserError:
+        except (pd.errors.ParserError, pd.errors.ParserWarning):
             frame = None
     if frame is None:
         line_numbers, body, n_columns = _keep_full_lines(
@@ -229,7 +227,7 @@ def split_delimited(
             columns = list(range(n_columns))
         try:
             frame = _parse_body(body, delimiter, columns, float_columns, encoding)
-        except pd.errors.ParserError as exc:
+        except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
             raise DataError(f"data file {source} could not be parsed ({exc}); check its delimiter") from None
     if len(frame) != len(line_numbers):
         raise DataError(
@@ -277,17 +275,20 @@ def _keep_full_lines(
 def _parse_body(
     body: bytes, delimiter: str, columns: list[object], float_columns: Sequence[int | str], encoding: str
 ) -> pd.DataFrame:
-    """Cells of ``body`` (every line ``len(columns)`` wide); raises ParserError on a wider line."""
+    """Cells of ``body`` (every line ``len(columns)`` wide); ParserError or ParserWarning on a wider line."""
     if not body:
         return pd.DataFrame({name: pd.Series([], dtype=object) for name in columns})
 
     def read(dtype: object, na_values: object) -> pd.DataFrame:
-        return pd.read_csv(
-            io.BytesIO(body), sep=delimiter, header=None, names=columns, dtype=dtype,  # type: ignore[arg-type]
-            keep_default_na=False, na_values=na_values, na_filter=na_values is not None,  # type: ignore[arg-type]
-            quoting=csv.QUOTE_NONE, engine="c", skip_blank_lines=False, index_col=False,
-            encoding=encoding, encoding_errors="surrogateescape",
-        )
+        # a line wider than ``columns`` raises ParserError, or, when it is the first line, warns
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(
+                io.BytesIO(body), sep=delimiter, header=None, names=columns, dtype=dtype,
+                keep_default_na=False, na_values=na_values, na_filter=na_values is not None,
+                quoting=csv.QUOTE_NONE, engine="c", skip_blank_lines=False, index_col=False,
+                encoding=encoding, encoding_errors="surrogateescape",
+            )
 
     float_names = [
         columns[key] if isinstance(key, int) else key
