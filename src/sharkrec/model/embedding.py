@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,34 @@ class FieldEmbedding(nn.Module, abc.ABC):
 
     field_names: tuple[str, ...]
     embedding_dim: int
+    #: name under which the class is registered; model files record it to rebuild the layer
+    kind: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            EMBEDDING_KINDS[cls.kind] = cls
+
+    def spec(self) -> dict[str, Any]:
+        """JSON-able constructor arguments; ``from_spec(spec)`` + ``load_state_dict`` rebuild the layer."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be saved: it does not define spec()")
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> FieldEmbedding:
+        """An empty layer of the shape ``spec`` describes (weights come from ``load_state_dict``)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be loaded: it does not define from_spec()")
+
+    # -- training hooks: a layer that stores rows itself (mixed precision, clustering) overrides these
+    def observe_batch(self, sparse: Sequence[FieldIds], labels: Tensor) -> None:
+        """Called by the trainer before each training step with the batch's ids and labels (B, T)."""
+
+    def make_sparse_optimizer(self, kind: str, lr: float) -> torch.optim.Optimizer | None:
+        """An optimizer that updates this layer's rows itself after ``backward``.
+
+        ``None`` (the default) means: the trainer updates :meth:`sparse_parameters` with its own
+        sparse optimizer of ``kind`` ("sgd", "adagrad", "adam").
+        """
+        return None
 
     @abc.abstractmethod
     def forward(self, sparse: Sequence[FieldIds]) -> Tensor:
@@ -56,6 +85,20 @@ class FieldEmbedding(nn.Module, abc.ABC):
     @property
     def num_fields(self) -> int:
         return len(self.field_names)
+
+
+EMBEDDING_KINDS: dict[str, type[FieldEmbedding]] = {}
+
+
+def embedding_from_spec(spec: Mapping[str, Any]) -> FieldEmbedding:
+    """Rebuild an (empty) embedding layer from the ``spec()`` of a registered class."""
+    kind = spec.get("kind")
+    if kind not in EMBEDDING_KINDS:
+        raise ConfigError(
+            f"unknown embedding kind {kind!r}; known kinds: {sorted(EMBEDDING_KINDS)} "
+            "(a newer sharkrec may have written this model)"
+        )
+    return EMBEDDING_KINDS[str(kind)].from_spec(spec)
 
 
 class FloatEmbedding(FieldEmbedding):
@@ -105,6 +148,17 @@ class FloatEmbedding(FieldEmbedding):
             "_rows", torch.tensor([int(r) for r in field_rows.values()], dtype=torch.int64), persistent=False
         )
         self.reset_parameters(generator)
+
+    kind: ClassVar[str] = "float"
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "field_rows": self.num_rows(), "embedding_dim": self.embedding_dim,
+                "init_std": self.init_std, "check_ids": self.check_ids}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> FloatEmbedding:
+        return cls(dict(spec["field_rows"]), int(spec["embedding_dim"]), init_std=float(spec.get("init_std", 0.01)),
+                   check_ids=bool(spec.get("check_ids", True)))
 
     @classmethod
     def from_tables(cls, tables: Mapping[str, Tensor], *, check_ids: bool = True) -> FloatEmbedding:

@@ -7,6 +7,7 @@ file gives a one-line :class:`CheckpointError`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ def save_model(path: str | Path, model: nn.Module, schema: Schema, vocabularies:
         "version": MODEL_VERSION,
         "model_class": type(model).__name__,
         "model_config": config.to_dict(),
+        "embedding_spec": json.dumps(model.embedding.spec()),
         "state_dict": model.state_dict(),
         "schema": schema.to_dict(),
         "vocabularies": {name: vocab_to_payload(v) for name, v in vocabularies.items()},
@@ -103,15 +105,19 @@ def read_payload(path: str | Path, expected_format: str = MODEL_FORMAT, max_vers
 def load_model(path: str | Path) -> ModelBundle:
     """Read a model file written by :func:`save_model`."""
     from sharkrec.model.dlrm import DLRM, DLRMConfig
+    from sharkrec.model.embedding import embedding_from_spec
 
     payload = read_payload(path)
     try:
         config = DLRMConfig.from_dict(payload["model_config"])
-        model = DLRM(config)
+        spec = payload.get("embedding_spec")
+        model = DLRM(config, embedding_from_spec(json.loads(spec)) if spec else None)
         model.load_state_dict(payload["state_dict"])
         schema = Schema.from_dict(payload["schema"])
         vocabularies = {name: vocab_from_payload(v) for name, v in payload["vocabularies"].items()}
-    except (KeyError, RuntimeError, TypeError) as exc:
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
         raise CheckpointError(f"model file {str(path)!r} is inconsistent ({exc}); re-save it with this sharkrec") from None
     model.eval()
     return ModelBundle(model=model, schema=schema, vocabularies=vocabularies, info=payload.get("info", {}))

@@ -73,7 +73,8 @@ class SplitOptimizer:
     """A dense optimizer for the network and a sparse one for the embedding tables, stepped together."""
 
     def __init__(self, model: nn.Module, sparse_params: list[nn.Parameter], kind: OptimizerKind,
-                 lr: float, embedding_lr: float | None = None, weight_decay: float = 0.0) -> None:
+                 lr: float, embedding_lr: float | None = None, weight_decay: float = 0.0,
+                 sparse_optimizer: torch.optim.Optimizer | None = None) -> None:
         if lr <= 0:
             raise ConfigError(f"learning rate {lr} must be positive; the paper uses 0.01")
         sparse_ids = {id(p) for p in sparse_params}
@@ -99,6 +100,8 @@ class SplitOptimizer:
                 self.sparse = torch.optim.SparseAdam(sparse_params, lr=table_lr)
         else:  # pragma: no cover - enum is closed
             raise ConfigError(f"unknown optimizer {kind!r}; use sgd, adagrad or adam")
+        if sparse_optimizer is not None:  # the embedding layer updates its own storage
+            self.sparse = sparse_optimizer
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:

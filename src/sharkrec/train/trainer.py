@@ -176,8 +176,11 @@ class Trainer:
                 f"{len(weights)} task weights given for {len(task_names)} tasks {list(task_names)}; give one per task"
             )
         self.task_weights = torch.tensor(weights, dtype=torch.float32)
+        table_lr = config.embedding_lr if config.embedding_lr is not None else config.lr
+        own_optimizer = model.embedding.make_sparse_optimizer(config.optimizer.value, table_lr)
         self.optimizer = SplitOptimizer(model, list(model.embedding.sparse_parameters()), config.optimizer,
-                                        config.lr, config.embedding_lr, config.weight_decay)
+                                        config.lr, config.embedding_lr, config.weight_decay,
+                                        sparse_optimizer=own_optimizer)
         self._interrupt_requested = False
 
     def request_interrupt(self) -> None:
@@ -328,6 +331,7 @@ class Trainer:
 
     def _step(self, batch: Batch) -> float:
         self.optimizer.zero_grad()
+        self.model.embedding.observe_batch(batch.sparse, batch.labels)
         loss = batch_loss(self.model, batch, self.task_weights, self.config.embedding_l2)
         loss.backward()
         self.optimizer.step()
