@@ -37,6 +37,7 @@ SchemaOpt = Annotated[Path | None, typer.Option("--schema", help="Schema JSON (n
 BadLineOpt = Annotated[str, typer.Option("--on-bad-line", help="skip (count and report) or error.")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Cache preprocessed data here.")]
 SplitOpt = Annotated[str | None, typer.Option("--split", help="Row-order split fractions, e.g. 0.8,0.1,0.1.")]
+MinCountOpt = Annotated[int | None, typer.Option("--min-count", help="Ids seen fewer times in train share the OOV row.")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="Torch CPU threads (default: all cores).")]
 
 
@@ -59,7 +60,7 @@ def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
 
 
 def _load(fmt: Format, data: str | None, schema: Path | None, on_bad_line: str, split: str | None,
-          cache_dir: Path | None, vocabularies: Any = None) -> Any:
+          cache_dir: Path | None, vocabularies: Any = None, min_count: int | None = None) -> Any:
     from sharkrec.data.loading import load_data
 
     fractions = _floats(split, "--split")
@@ -67,7 +68,7 @@ def _load(fmt: Format, data: str | None, schema: Path | None, on_bad_line: str, 
         raise SharkrecError(f"--split {split!r} needs three fractions (train, valid, test), e.g. 0.8,0.1,0.1")
     return load_data(fmt.value, data, schema=schema, on_bad_line=on_bad_line,
                      split=fractions,
-                     cache_dir=cache_dir, vocabularies=vocabularies)
+                     cache_dir=cache_dir, vocabularies=vocabularies, min_count=min_count)
 
 
 def _threads(threads: int | None) -> None:
@@ -93,11 +94,11 @@ def demo(out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Pa
 
 @app.command()
 def prepare(fmt: FormatOpt, data: DataOpt, out: OutOpt, schema: SchemaOpt = None,
-            on_bad_line: BadLineOpt = "skip", split: SplitOpt = None) -> None:
+            on_bad_line: BadLineOpt = "skip", split: SplitOpt = None, min_count: MinCountOpt = None) -> None:
     """Parse and encode a dataset; write the schema, vocabulary sizes and a data report."""
     from sharkrec.data.export import write_prepared
 
-    prepared = _load(fmt, data, schema, on_bad_line, split, cache_dir=out / "cache")
+    prepared = _load(fmt, data, schema, on_bad_line, split, cache_dir=out / "cache", min_count=min_count)
     report = write_prepared(prepared, out)
     typer.echo(f"rows train/valid/test: {report['rows']['train']}/{report['rows']['valid']}/{report['rows']['test']}; "
                f"bad lines skipped: {report.get('bad_lines', {}).get('count', 0)}; wrote {out / 'report.json'}")
@@ -126,6 +127,7 @@ def train(
     interaction: Annotated[str, typer.Option(help="dot or dot-concat.")] = "dot",
     dropout: Annotated[float, typer.Option(help="Dropout in the MLPs.")] = 0.0,
     on_bad_line: BadLineOpt = "skip", split: SplitOpt = None, cache_dir: CacheOpt = None,
+    min_count: MinCountOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")] = False,
     threads: ThreadsOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
@@ -143,7 +145,7 @@ def train(
                          stop_metric=stop_metric, embedding_l2=embedding_l2,  # type: ignore[arg-type]
                          weight_decay=weight_decay, task_weights=_floats(task_weights, "--task-weights"),
                          seed=seed, progress=not quiet)
-    prepared = _load(fmt, data, schema, on_bad_line, split, cache_dir)
+    prepared = _load(fmt, data, schema, on_bad_line, split, cache_dir, min_count=min_count)
     options = {"embedding_dim": embedding_dim, "top_mlp": _ints(top_mlp, "--top-mlp"),
                "bottom_mlp": _ints(bottom_mlp, "--bottom-mlp"), "head": head, "interaction": interaction,
                "dropout": dropout}

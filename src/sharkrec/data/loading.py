@@ -14,13 +14,15 @@ FORMATS = ("criteo", "libfm", "movielens", "csv", "tsv", "parquet", "synthetic")
 
 def load_data(fmt: str, data: str | Path | None, *, schema: str | Path | Schema | None = None,
               on_bad_line: str = "skip", split: tuple[float, float, float] | None = None,
-              cache_dir: str | Path | None = None, vocabularies: dict[str, Any] | None = None) -> PreparedData:
+              cache_dir: str | Path | None = None, vocabularies: dict[str, Any] | None = None,
+              min_count: int | None = None) -> PreparedData:
     """Read ``data`` in format ``fmt`` into train / valid / test splits.
 
     ``fmt == "synthetic"``: ``data`` is a generator spec (``rows=100000,seed=1``, a JSON file, or
     ``None`` / ``default``); the ground truth of field importance is in ``report["ground_truth"]``.
     ``vocabularies`` (from a trained model) encodes the data with the model's rows instead of
-    building new ones from the training split.
+    building new ones from the training split. ``min_count`` sends ids seen fewer times in the
+    training split to the OOV row (overrides the schema's per-field value).
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -39,7 +41,7 @@ def load_data(fmt: str, data: str | Path | None, *, schema: str | Path | Schema 
     from sharkrec.data.prepare import prepare_data
 
     schema_obj = Schema.load(schema) if isinstance(schema, (str, Path)) else schema
-    kwargs: dict[str, Any] = {"on_bad_line": on_bad_line, "cache_dir": cache_dir}
+    kwargs: dict[str, Any] = {"on_bad_line": on_bad_line, "cache_dir": cache_dir, "min_count": min_count}
     if split is not None:
         kwargs["split"] = split
     if vocabularies is not None:

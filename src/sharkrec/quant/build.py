@@ -1,0 +1,97 @@
+"""One entry point for every precision scheme, so comparing methods is one loop.
+
+``build_embedding(precision, float_embedding, data, **policy)`` returns a :class:`FieldEmbedding`:
+
+==========  ===============================================================================
+precision   what it builds
+==========  ===============================================================================
+fp32        the float embedding itself (the baseline)
+fp16        every row fp16 (round-to-nearest; ``stochastic_fp16=True`` for stochastic)
+int8        every row int8 with a per-row scale, stochastic rounding on write-back
+f-quant     SHARK F-Quantization: Eq. 7 priorities, Eq. 8 tiers (``FQuantPolicy`` options)
+mpe         an fp32 cache of the hottest rows by LFU count (``cache_fraction``), the rest int8
+==========  ===============================================================================
+
+ALPT (learned int8 step size) is not implemented yet and raises :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from sharkrec.data.dataset import PreparedData
+from sharkrec.errors import ConfigError
+from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding
+from sharkrec.quant.codec import Precision
+from sharkrec.quant.embedding import MixedPrecisionEmbedding
+from sharkrec.quant.priority import FQuantPolicy
+
+PRECISIONS = ("fp32", "fp16", "int8", "f-quant", "mpe", "alpt")
+_ROUNDING = ("stochastic_int", "stochastic_fp16")
+
+
+def build_embedding(precision: str, float_embedding: FloatEmbedding, data: PreparedData | None = None,
+                    **policy: Any) -> FieldEmbedding:
+    """The embedding of scheme ``precision`` built from ``float_embedding`` (see the module table).
+
+    ``data`` (optional) warm-starts the priorities of f-quant / mpe from the training split:
+    each row starts at the fixed point of Eq. 7's expectation, ``E[α·c⁺ + c⁻]`` per batch of
+    ``batch_size`` samples (``batch_size`` option, default 512), so the first tiers already follow
+    the data. ``policy`` holds :class:`FQuantPolicy` fields, rounding options, and for mpe
+    ``cache_fraction`` (default 0.1) and ``recheck_every``.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    rounding = {k: policy.pop(k) for k in _ROUNDING if k in policy}
+    batch_size = int(policy.pop("batch_size", 512))
+    if precision == "fp32":
+        return float_embedding
+    if precision in ("fp16", "int8"):
+        if policy:
+            raise ConfigError(f"precision {precision} takes no policy options, got {sorted(policy)}")
+        return MixedPrecisionEmbedding.from_float(float_embedding, Precision(precision), **rounding)
+    if precision == "alpt":
+        raise ConfigError("precision 'alpt' is not implemented yet; use fp32, fp16, int8, f-quant or mpe")
+    if precision == "mpe":
+        cache = float(policy.pop("cache_fraction", 0.1))
+        if not 0 <= cache <= 1:
+            raise ConfigError(f"cache_fraction is {cache}; use a fraction of rows in [0, 1]")
+        if set(policy) - {"recheck_every"}:
+            raise ConfigError(f"mpe takes cache_fraction and recheck_every, got {sorted(policy)}")
+        rule = FQuantPolicy(alpha=1.0, decay=False, tier_fractions=(cache, 0.0, 1.0 - cache), **policy)
+    else:
+        try:
+            rule = FQuantPolicy(**policy)
+        except TypeError as exc:
+            raise ConfigError(f"bad f-quant option ({exc}); see FQuantPolicy for the options") from None
+    module = MixedPrecisionEmbedding.from_float(float_embedding, rule.lowest, policy=rule, **rounding)
+    if data is not None:
+        module.set_priorities(expected_priorities(data, rule.alpha, batch_size))
+    module.retier()
+    module.rows_moved = 0
+    return module
+
+
+def expected_priorities(data: PreparedData, alpha: float, batch_size: int) -> list[torch.Tensor]:
+    """Per field (R,) ``(α·positives_r + negatives_r) · batch_size / N`` over the training split.
+
+    This is the expectation of Eq. 7's bracket for one batch, the value Eq. 7 fluctuates around.
+    """
+    train = data.train
+    positive = (train.labels.numpy() > 0.5).any(axis=1)
+    sample_weight = np.where(positive, alpha, 1.0)
+    scale = batch_size / max(len(train), 1)
+    out = []
+    for i, rows in enumerate(data.cardinalities.values()):
+        column = train.column(i)
+        values = np.asarray(column.values, dtype=np.int64)
+        if column.offsets is None:
+            weights = sample_weight
+        else:
+            weights = np.repeat(sample_weight, np.diff(np.asarray(column.offsets)))
+        counts = np.bincount(values, weights=weights, minlength=rows)[:rows]
+        out.append(torch.from_numpy(counts * scale).float())
+    return out

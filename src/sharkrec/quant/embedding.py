@@ -1,0 +1,474 @@
+"""Mixed-precision embedding storage: every row lives in exactly one tier (SHARK §3.2, Eq. 5-8).
+
+Per field ``i`` the layer holds separate pools per tier and a row map (all buffers, so the state
+dict *is* the tiered storage; there is no fp32 shadow copy of low-precision rows)::
+
+    tier_i        (R,)              int8     tier code of each row (0 fp32, 1 fp16, 2 int8, 3 int4)
+    slot_i        (R,)              int32    position of the row in its tier's pool
+    fp32_i        (n32, D)          float32
+    fp16_i        (n16, D)          float16
+    int8_i        (n8, D)           int8     + int8_scale_i (n8,) float32
+    int4_i        (n4, ceil(D/2))   uint8    + int4_scale_i (n4,) float32 (two values per byte)
+
+With a policy the layer also holds the Eq. 7 priorities ``priority_i`` (R,) float32,
+``last_step_i`` (R,) int32 and a step counter (training extras, reported separately).
+
+Forward: per field, the unique rows a batch uses are gathered from their pools and dequantized
+into one fp32 leaf tensor (U, D) that requires grad; samples index it (single-hot) or sum-pool it
+(multi-hot, ``embedding_bag``). Gradients therefore cost O(rows touched). :class:`TierOptimizer`
+updates those rows in fp32 (SGD or row-wise Adagrad) and writes them back into their tier
+(stochastic rounding for int8/int4, configurable for fp16).
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sharkrec.data.batch import FieldIds
+from sharkrec.errors import ConfigError, DataError
+from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding
+from sharkrec.quant import codec
+from sharkrec.quant.codec import Precision
+from sharkrec.quant.priority import (
+    FQuantPolicy,
+    batch_row_weights,
+    current_priority,
+    lazy_update,
+    tier_counts_for_budget,
+    tiers_by_rank,
+    tiers_by_threshold,
+)
+
+#: Table 1 of the paper: per-row extra words of the serving layout (precision, dimension, scale)
+HEADER_BYTES = {"precision": 1, "dimension": 2, "scale": 4}
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Bytes held by a :class:`MixedPrecisionEmbedding`, from the tensors themselves.
+
+    ``embedding_bytes`` = payload + scales + row map (what the layer stores for serving-time
+    lookups); ``training_bytes`` = priorities, their step stamps and optimizer state.
+    ``held_bytes`` = both, equal to the nbytes of every tensor held. ``table1_bytes`` is the
+    paper's serving layout: payload + the Table 1 header (1 + 2 + 4 B) on every row.
+    """
+
+    tiers: dict[str, dict[str, int]]  # tier -> {"rows", "payload_bytes", "scale_bytes"}
+    row_map_bytes: int
+    embedding_bytes: int
+    priority_bytes: int
+    optimizer_state_bytes: int
+    training_bytes: int
+    held_bytes: int
+    table1_header_bytes: int
+    table1_bytes: int
+    fp32_bytes: int
+
+    @property
+    def fraction_of_fp32(self) -> float:
+        return self.embedding_bytes / self.fp32_bytes if self.fp32_bytes else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["fraction_of_fp32"] = self.fraction_of_fp32
+        return out
+
+
+def _nbytes(tensor: Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+class MixedPrecisionEmbedding(FieldEmbedding):
+    """Row-wise mixed-precision tables; a drop-in :class:`FieldEmbedding` (kind ``"mixed"``).
+
+    Build it with :meth:`from_float`. Without a policy the tiers are fixed (fp16 / int8 everywhere);
+    with an :class:`FQuantPolicy` rows are scored by Eq. 7 in :meth:`observe_batch` and moved
+    between tiers by Eq. 8 every ``policy.recheck_every`` batches.
+
+    Args:
+        field_rows: rows per sparse field, in field order.
+        embedding_dim: D.
+        policy: how priorities and tiers evolve during training; ``None`` keeps tiers fixed.
+        initial: tier of every row at construction.
+        stochastic_int: stochastic rounding when writing int8/int4 rows (default on).
+        stochastic_fp16: stochastic rounding when writing fp16 rows (default round-to-nearest).
+        check_ids: raise :class:`DataError` for ids outside a field's rows.
+    """
+
+    kind: ClassVar[str] = "mixed"
+
+    def __init__(self, field_rows: Mapping[str, int], embedding_dim: int, *, policy: FQuantPolicy | None = None,
+                 initial: Precision | str = Precision.INT8, stochastic_int: bool = True,
+                 stochastic_fp16: bool = False, check_ids: bool = True) -> None:
+        super().__init__()
+        if embedding_dim < 1:
+            raise ConfigError(f"embedding_dim is {embedding_dim}; use 1 or more")
+        for name, rows in field_rows.items():
+            if int(rows) < 1:
+                raise ConfigError(f"field {name!r} has {rows} rows; every table needs at least 1 row")
+        self.field_names = tuple(field_rows)
+        self.embedding_dim = int(embedding_dim)
+        self.policy = policy
+        self.stochastic_int = bool(stochastic_int)
+        self.stochastic_fp16 = bool(stochastic_fp16)
+        self.check_ids = bool(check_ids)
+        self.rows_moved = 0  # rows that changed tier since construction (not saved)
+        self._touched: list[tuple[int, Tensor, Tensor]] = []  # (field, rows (U,), leaf (U, D)) of the last forward
+        self._optimizer_ref: weakref.ref[TierOptimizer] | None = None
+        start = Precision.parse(initial)
+        d, half = self.embedding_dim, (self.embedding_dim + 1) // 2
+        for i, rows in enumerate(int(r) for r in field_rows.values()):
+            counts = {t: (rows if t is start else 0) for t in Precision}
+            self.register_buffer(f"tier_{i}", torch.full((rows,), start.code, dtype=torch.int8))
+            self.register_buffer(f"slot_{i}", torch.arange(rows, dtype=torch.int32))
+            self.register_buffer(f"fp32_{i}", torch.zeros(counts[Precision.FP32], d))
+            self.register_buffer(f"fp16_{i}", torch.zeros(counts[Precision.FP16], d, dtype=torch.float16))
+            self.register_buffer(f"int8_{i}", torch.zeros(counts[Precision.INT8], d, dtype=torch.int8))
+            self.register_buffer(f"int8_scale_{i}", torch.zeros(counts[Precision.INT8]))
+            self.register_buffer(f"int4_{i}", torch.full((counts[Precision.INT4], half), 0x88, dtype=torch.uint8))
+            self.register_buffer(f"int4_scale_{i}", torch.zeros(counts[Precision.INT4]))
+            if policy is not None:
+                self.register_buffer(f"priority_{i}", torch.zeros(rows))
+                self.register_buffer(f"last_step_{i}", torch.zeros(rows, dtype=torch.int32))
+        if policy is not None:
+            self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+
+    # ---------------------------------------------------------------- build / save
+    @classmethod
+    def from_float(cls, embedding: FloatEmbedding, plan: Precision | str | Mapping[str, Tensor] = Precision.INT8,
+                   policy: FQuantPolicy | None = None, **options: Any) -> MixedPrecisionEmbedding:
+        """Quantize a float embedding row by row (TorchRec's ``from_float``).
+
+        ``plan`` is one precision for every row, or per field a (R,) tensor of tier codes
+        (:attr:`Precision.code`). ``options`` go to the constructor (rounding, check_ids).
+        """
+        rows = embedding.num_rows()
+        module = cls(rows, embedding.embedding_dim, policy=policy, check_ids=embedding.check_ids,
+                     initial=Precision.FP32, **options)
+        with torch.no_grad():
+            for i, name in enumerate(embedding.field_names):
+                module._buffers[f"fp32_{i}"] = embedding.table(name).detach().float().clone()
+                if isinstance(plan, Mapping):
+                    if name not in plan or tuple(plan[name].shape) != (rows[name],):
+                        raise ConfigError(f"the plan has no ({rows[name]},) tier codes for field {name!r}; "
+                                          "give one code per row of every field")
+                    codes = plan[name].to(torch.int8)
+                else:
+                    codes = torch.full((rows[name],), Precision.parse(plan).code, dtype=torch.int8)
+                module.set_tiers(i, codes)
+        module.rows_moved = 0
+        return module
+
+    def to_float(self) -> FloatEmbedding:
+        """An fp32 :class:`FloatEmbedding` holding the dequantized rows (for comparison)."""
+        return FloatEmbedding.from_tables({name: self.read_rows(i, torch.arange(rows))
+                                           for i, (name, rows) in enumerate(self.num_rows().items())},
+                                          check_ids=self.check_ids)
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "field_rows": self.num_rows(), "embedding_dim": self.embedding_dim,
+                "policy": None if self.policy is None else self.policy.to_dict(),
+                "stochastic_int": self.stochastic_int, "stochastic_fp16": self.stochastic_fp16,
+                "check_ids": self.check_ids}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> MixedPrecisionEmbedding:
+        policy = spec.get("policy")
+        return cls(dict(spec["field_rows"]), int(spec["embedding_dim"]),
+                   policy=None if policy is None else FQuantPolicy.from_dict(policy),
+                   stochastic_int=bool(spec.get("stochastic_int", True)),
+                   stochastic_fp16=bool(spec.get("stochastic_fp16", False)),
+                   check_ids=bool(spec.get("check_ids", True)))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # pools change size when rows migrate: take the saved shapes before copying
+        for name, buffer in list(self._buffers.items()):
+            saved = state_dict.get(prefix + name)
+            if buffer is not None and isinstance(saved, Tensor) and saved.shape != buffer.shape:
+                self._buffers[name] = torch.empty(saved.shape, dtype=buffer.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ---------------------------------------------------------------- row storage
+    def _buffer(self, name: str) -> Tensor:
+        buffer = self._buffers[name]
+        assert buffer is not None
+        return buffer
+
+    def read_rows(self, field: int, rows: Tensor) -> Tensor:
+        """(U, D) float32 values of ``rows`` (U,) of field ``field``, dequantized from their tiers."""
+        tiers = self._buffer(f"tier_{field}").index_select(0, rows).long()
+        slots = self._buffer(f"slot_{field}").index_select(0, rows).long()
+        out = torch.empty(rows.shape[0], self.embedding_dim)
+        present = torch.bincount(tiers, minlength=4).tolist()
+        for code, count in enumerate(present):
+            if count == 0:
+                continue
+            where = (tiers == code).nonzero().squeeze(1) if count < rows.shape[0] else None
+            tier_slots = slots if where is None else slots.index_select(0, where)
+            values = self._decode(field, Precision.from_code(code), tier_slots)
+            if where is None:
+                return values
+            out.index_copy_(0, where, values)
+        return out
+
+    def write_rows(self, field: int, rows: Tensor, values: Tensor) -> None:
+        """Store (U, D) float32 ``values`` into ``rows`` (U,) of field ``field``, each in its own tier."""
+        tiers = self._buffer(f"tier_{field}").index_select(0, rows).long()
+        slots = self._buffer(f"slot_{field}").index_select(0, rows).long()
+        for code, count in enumerate(torch.bincount(tiers, minlength=4).tolist()):
+            if count == 0:
+                continue
+            where = (tiers == code).nonzero().squeeze(1)
+            tier = Precision.from_code(code)
+            payload, scales = self._encode(tier, values.index_select(0, where))
+            tier_slots = slots.index_select(0, where)
+            self._buffer(f"{tier.value}_{field}").index_copy_(0, tier_slots, payload)
+            if scales is not None:
+                self._buffer(f"{tier.value}_scale_{field}").index_copy_(0, tier_slots, scales)
+
+    def _decode(self, field: int, tier: Precision, slots: Tensor) -> Tensor:
+        payload = self._buffer(f"{tier.value}_{field}").index_select(0, slots)
+        if tier is Precision.FP32:
+            return payload
+        if tier is Precision.FP16:
+            return payload.float()
+        scales = self._buffer(f"{tier.value}_scale_{field}").index_select(0, slots)
+        if tier is Precision.INT8:
+            return codec.dequantize_symmetric(payload, scales)
+        return codec.dequantize_int4(payload, scales, self.embedding_dim)
+
+    def _encode(self, tier: Precision, values: Tensor) -> tuple[Tensor, Tensor | None]:
+        if tier is Precision.FP32:
+            return values.float(), None
+        if tier is Precision.FP16:
+            return codec.to_fp16(values, self.stochastic_fp16), None
+        if tier is Precision.INT8:
+            return codec.quantize_int8(values, self.stochastic_int)
+        return codec.quantize_int4(values, self.stochastic_int)
+
+    @torch.no_grad()
+    def set_tiers(self, field: int, codes: Tensor) -> int:
+        """Move the rows of field ``field`` to the tiers ``codes`` (R,) int8; returns rows moved.
+
+        Rows that keep their tier keep their stored bytes; a row that changes tier is re-encoded
+        from its current (dequantized) value. Pools are rebuilt in row order: O(R·D).
+        """
+        old_tiers = self._buffer(f"tier_{field}")
+        old_slots = self._buffer(f"slot_{field}").long()
+        codes = codes.to(torch.int8)
+        changed = codes != old_tiers
+        new_slots = torch.empty_like(old_slots)
+        pools: dict[str, Tensor] = {}
+        for tier in Precision:
+            members = (codes == tier.code).nonzero().squeeze(1)  # (n_t,) row ids
+            new_slots[members] = torch.arange(members.shape[0])
+            payload = self._buffer(f"{tier.value}_{field}")
+            scales = self._buffers.get(f"{tier.value}_scale_{field}")
+            kept = members[~changed[members]]
+            moved = members[changed[members]]
+            new_payload = payload.new_empty((members.shape[0], *payload.shape[1:]))
+            position_kept = (~changed[members]).nonzero().squeeze(1)
+            position_moved = changed[members].nonzero().squeeze(1)
+            new_payload[position_kept] = payload.index_select(0, old_slots[kept])
+            encoded, encoded_scales = self._encode(tier, self.read_rows(field, moved))
+            new_payload[position_moved] = encoded
+            pools[f"{tier.value}_{field}"] = new_payload
+            if scales is not None:
+                new_scales = scales.new_empty(members.shape[0])
+                new_scales[position_kept] = scales.index_select(0, old_slots[kept])
+                if encoded_scales is not None:
+                    new_scales[position_moved] = encoded_scales
+                pools[f"{tier.value}_scale_{field}"] = new_scales
+        self._buffers.update(pools)
+        self._buffers[f"tier_{field}"] = codes.clone()
+        self._buffers[f"slot_{field}"] = new_slots.to(torch.int32)
+        moved_rows = int(changed.sum())
+        self.rows_moved += moved_rows
+        return moved_rows
+
+    def tier_of_rows(self) -> dict[str, Tensor]:
+        """Per field the (R,) int8 tier codes (a copy: the current precision plan)."""
+        return {name: self._buffer(f"tier_{i}").clone() for i, name in enumerate(self.field_names)}
+
+    # ---------------------------------------------------------------- priorities (Eq. 7-8)
+    def priorities(self) -> list[Tensor]:
+        """Per field (R,) float32 priorities after the batches seen so far (lazy decay applied)."""
+        if self.policy is None:
+            raise ConfigError("this embedding has no priority policy; build it with an FQuantPolicy")
+        step = int(self._buffer("step"))
+        return [current_priority(self._buffer(f"priority_{i}"), self._buffer(f"last_step_{i}"), step,
+                                 self.policy.keep) for i in range(self.num_fields)]
+
+    def set_priorities(self, values: Sequence[Tensor]) -> None:
+        """Replace every row's priority (e.g. a warm start from data counts) as of the current step."""
+        if self.policy is None:
+            raise ConfigError("this embedding has no priority policy; build it with an FQuantPolicy")
+        for i, value in enumerate(values):
+            self._buffer(f"priority_{i}").copy_(value)
+            self._buffer(f"last_step_{i}").fill_(int(self._buffer("step")))
+
+    @torch.no_grad()
+    def observe_batch(self, sparse: Sequence[FieldIds], labels: Tensor) -> None:
+        """Eq. 7 for the rows this batch uses (lazy decay), then Eq. 8 every ``recheck_every`` batches.
+
+        A sample is positive when any task label is 1. ``labels``: (B, T).
+        """
+        if self.policy is None:
+            return
+        step_buffer = self._buffer("step")
+        step_buffer += 1
+        step = int(step_buffer)
+        positive = (labels > 0.5).any(dim=1)  # (B,)
+        for i, ids in enumerate(sparse):
+            rows, weights = batch_row_weights(ids, positive, self.policy.alpha)
+            lazy_update(self._buffer(f"priority_{i}"), self._buffer(f"last_step_{i}"), rows, weights, step,
+                        self.policy.keep, self.policy.gain)
+        if step % self.policy.recheck_every == 0:
+            self.retier()
+
+    @torch.no_grad()
+    def retier(self) -> int:
+        """Assign every row its Eq. 8 tier from the current priorities and migrate; returns rows moved."""
+        policy = self.policy
+        if policy is None:
+            return 0
+        priorities = self.priorities()
+        if policy.memory_budget is None and policy.tier_fractions is None:
+            codes = [tiers_by_threshold(p, policy) for p in priorities]
+        else:
+            counts = tier_counts_for_budget(sum(self.num_rows().values()), self.embedding_dim, policy)
+            codes = tiers_by_rank(priorities, counts)
+        return sum(self.set_tiers(i, c) for i, c in enumerate(codes))
+
+    # ---------------------------------------------------------------- lookup
+    def forward(self, sparse: Sequence[FieldIds]) -> Tensor:
+        """(B, F, D) field vectors; see :meth:`FieldEmbedding.forward`."""
+        self._check_inputs(sparse)
+        record = torch.is_grad_enabled() and self.training
+        self._touched = []
+        vectors = []
+        for i, ids in enumerate(sparse):
+            rows, inverse = torch.unique(ids.values.long(), return_inverse=True)  # (U,), (nnz,)
+            with torch.no_grad():
+                leaf = self.read_rows(i, rows)  # (U, D) float32
+            if record:
+                leaf.requires_grad_(True)
+                self._touched.append((i, rows, leaf))
+            if ids.offsets is None:
+                vectors.append(leaf.index_select(0, inverse))  # (B, D)
+            else:
+                vectors.append(F.embedding_bag(inverse, leaf, ids.offsets, mode="sum",
+                                               include_last_offset=True))  # (B, D)
+        return torch.stack(vectors, dim=1)  # (B, F, D)
+
+    def _check_inputs(self, sparse: Sequence[FieldIds]) -> None:
+        if len(sparse) != self.num_fields:
+            raise DataError(f"the batch has {len(sparse)} sparse fields but the embedding has {self.num_fields} "
+                            f"({', '.join(self.field_names)}); build the batch with the model's schema")
+        if not self.check_ids:
+            return
+        for i, (name, ids) in enumerate(zip(self.field_names, sparse, strict=True)):
+            rows = int(self._buffer(f"tier_{i}").shape[0])
+            if ids.values.numel() and (int(ids.values.min()) < 0 or int(ids.values.max()) >= rows):
+                raise DataError(f"field {name!r} has ids outside 0..{rows - 1}; encode the data with the "
+                                "vocabulary the model was built with")
+
+    # ---------------------------------------------------------------- training
+    def make_sparse_optimizer(self, kind: str, lr: float) -> TierOptimizer:
+        optimizer = TierOptimizer(self, kind, lr)
+        self._optimizer_ref = weakref.ref(optimizer)
+        return optimizer
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    # ---------------------------------------------------------------- accounting
+    def num_rows(self) -> dict[str, int]:
+        return {name: int(self._buffer(f"tier_{i}").shape[0]) for i, name in enumerate(self.field_names)}
+
+    def memory_report(self) -> MemoryReport:
+        """Bytes per tier, row map and training extras, all from the tensors held."""
+        tiers: dict[str, dict[str, int]] = {}
+        for tier in Precision:
+            payload = [self._buffer(f"{tier.value}_{i}") for i in range(self.num_fields)]
+            scales = [self._buffers.get(f"{tier.value}_scale_{i}") for i in range(self.num_fields)]
+            tiers[tier.value] = {"rows": sum(int(p.shape[0]) for p in payload),
+                                 "payload_bytes": sum(_nbytes(p) for p in payload),
+                                 "scale_bytes": sum(_nbytes(s) for s in scales if s is not None)}
+        row_map = sum(_nbytes(self._buffer(f"{kind}_{i}")) for kind in ("tier", "slot") for i in range(self.num_fields))
+        embedding = row_map + sum(t["payload_bytes"] + t["scale_bytes"] for t in tiers.values())
+        priority = 0
+        if self.policy is not None:
+            extras = [f"{kind}_{i}" for kind in ("priority", "last_step") for i in range(self.num_fields)]
+            priority = _nbytes(self._buffer("step")) + sum(_nbytes(self._buffer(name)) for name in extras)
+        optimizer = self._optimizer_ref() if self._optimizer_ref is not None else None
+        optimizer_bytes = optimizer.state_bytes() if optimizer is not None else 0
+        total_rows = sum(self.num_rows().values())
+        header = total_rows * sum(HEADER_BYTES.values())
+        payload_total = sum(t["payload_bytes"] for t in tiers.values())
+        return MemoryReport(tiers=tiers, row_map_bytes=row_map, embedding_bytes=embedding, priority_bytes=priority,
+                            optimizer_state_bytes=optimizer_bytes, training_bytes=priority + optimizer_bytes,
+                            held_bytes=embedding + priority + optimizer_bytes, table1_header_bytes=header,
+                            table1_bytes=payload_total + header, fp32_bytes=total_rows * self.embedding_dim * 4)
+
+    def embedding_bytes(self) -> int:
+        return self.memory_report().embedding_bytes
+
+    def extra_repr(self) -> str:
+        counts = {t: v["rows"] for t, v in self.memory_report().tiers.items() if v["rows"]}
+        return f"fields={self.num_fields}, dim={self.embedding_dim}, rows_per_tier={counts}"
+
+
+class TierOptimizer(torch.optim.Optimizer):
+    """Updates the rows the last forward pass touched, in fp32, and writes them back to their tiers.
+
+    ``sgd``: ``e_r ← e_r − lr·g_r``. ``adagrad`` (row-wise, as :class:`RowWiseAdagrad`):
+    ``G_r += mean(g_r²)``; ``e_r ← e_r − lr·g_r / (sqrt(G_r) + eps)`` with G (R,) float32 per field,
+    indexed by row id (so it survives tier migrations) and saved in :meth:`state_dict`.
+    """
+
+    KINDS = ("sgd", "adagrad")
+
+    def __init__(self, embedding: MixedPrecisionEmbedding, kind: str, lr: float, eps: float = 1e-8) -> None:
+        if kind not in self.KINDS:
+            raise ConfigError(f"mixed-precision embeddings train with optimizer sgd or adagrad, not {kind!r}; "
+                              "use --optimizer adagrad")
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ConfigError(f"learning rate {lr} must be positive")
+        self._anchor = torch.zeros(0)  # torch optimizers need one tensor; state hangs off it
+        super().__init__([self._anchor], {"lr": lr, "eps": eps, "kind": kind})
+        self.embedding = embedding
+        if kind == "adagrad":
+            state = self.state[self._anchor]
+            for i, rows in enumerate(embedding.num_rows().values()):
+                state[f"sum_{i}"] = torch.zeros(rows)
+
+    def state_bytes(self) -> int:
+        return sum(_nbytes(v) for v in self.state[self._anchor].values() if isinstance(v, Tensor))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for _, _, leaf in self.embedding._touched:
+            leaf.grad = None
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        group = self.param_groups[0]
+        state = self.state[self._anchor]
+        for field, rows, leaf in self.embedding._touched:
+            grad = leaf.grad
+            if grad is None:
+                continue
+            if group["kind"] == "adagrad":
+                accumulator = state[f"sum_{field}"].index_select(0, rows) + grad.pow(2).mean(1)
+                state[f"sum_{field}"].index_copy_(0, rows, accumulator)
+                grad = grad / (accumulator.sqrt().unsqueeze(1) + group["eps"])
+            self.embedding.write_rows(field, rows, leaf.detach() - group["lr"] * grad)
+        self.embedding._touched = []
