@@ -54,7 +54,7 @@ def measure(name: str, data: PreparedData, args: argparse.Namespace) -> dict[str
     rows: dict[str, dict[str, float]] = {}
     family = taylor_family(model, split, batch_size=BATCH)
     rows["taylor family (all 4, one pass)"] = {"seconds": family["taylor"].seconds, "passes": family["taylor"].passes}
-    for method in ("taylor", "taylor-logit"):
+    for method in ("taylor2", "taylor-logit"):
         result = field_importance(model, split, method, batch_size=BATCH)
         rows[method] = {"seconds": result.seconds, "passes": result.passes}
     result = field_importance(model, split, "permutation", repeats=1, batch_size=BATCH)
@@ -68,7 +68,7 @@ def measure(name: str, data: PreparedData, args: argparse.Namespace) -> dict[str
     for row in rows.values():
         row["x_forward"] = row["seconds"] / forward
     perm = rows["permutation T=1"]["seconds"]
-    for key in ("taylor", "taylor-logit"):
+    for key in ("taylor2", "taylor-logit"):
         rows[key]["permutation_T1_over_this"] = perm / rows[key]["seconds"]
     out = {"dataset": name, "fields": model.num_fields, "samples": len(split), "forward_seconds": forward,
            "methods": rows}

@@ -18,31 +18,49 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(__file__))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from common import environment, write_results  # noqa: E402
+import numpy as np
+import torch
 
-from sharkrec.data.loading import load_data  # noqa: E402
-from sharkrec.train.run import train_model  # noqa: E402
-from sharkrec.train.trainer import TrainConfig  # noqa: E402
+from common import environment, write_results
+from sharkrec.data.loading import load_data
+from sharkrec.train.run import train_model
+from sharkrec.train.trainer import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SHARKREC_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 # name -> (format, path, schema, train settings, model settings, reference numbers quoted in the issue)
 RECIPES: dict[str, dict[str, Any]] = {
-    "frappe": {"format": "libfm", "path": SHARED / "frappe-x1-valid" / "frappe.validation.libfm.gz",
-               "train": {"optimizer": "adagrad", "lr": 0.1, "embedding_l2": 1e-2},
-               "model": {}, "reference": "LR 0.919 / logloss 0.370; LightGBM 0.948"},
-    "movielens": {"format": "movielens", "path": SHARED / "movielens-100k",
-                  "train": {"optimizer": "adam", "lr": 0.001, "embedding_l2": 1e-3},
-                  "model": {}, "reference": "LR 0.709; LightGBM 0.726"},
-    "criteo": {"format": "criteo", "path": SHARED / "criteo-kaggle-head8k",
-               "train": {"optimizer": "adagrad", "lr": 0.01, "embedding_l2": 3e-2}, "eval_every": 5,
-               "model": {}, "reference": "LR 0.744 (391 test rows: about ±0.01 noise)"},
-    "adult": {"format": "csv", "path": SHARED / "uci-adult", "schema": REPO / "examples" / "schemas" / "adult.json",
-              "train": {"optimizer": "adagrad", "lr": 0.05, "embedding_l2": 1e-2},
-              "model": {"head": "mmoe", "tower_mlp": (64,)}, "reference": "two tasks with MMoE"},
+    "frappe": {
+        "format": "libfm",
+        "path": SHARED / "frappe-x1-valid" / "frappe.validation.libfm.gz",
+        "train": {"optimizer": "adagrad", "lr": 0.1, "embedding_l2": 1e-2},
+        "model": {},
+        "reference": "LR 0.919 / logloss 0.370; LightGBM 0.948",
+    },
+    "movielens": {
+        "format": "movielens",
+        "path": SHARED / "movielens-100k",
+        "train": {"optimizer": "adam", "lr": 0.001, "embedding_l2": 1e-3},
+        "model": {},
+        "reference": "LR 0.709; LightGBM 0.726",
+    },
+    "criteo": {
+        "format": "criteo",
+        "path": SHARED / "criteo-kaggle-head8k",
+        "train": {"optimizer": "adagrad", "lr": 0.01, "embedding_l2": 3e-2},
+        "eval_every": 5,
+        "model": {},
+        "reference": "LR 0.744 (391 test rows: about ±0.01 noise)",
+    },
+    "adult": {
+        "format": "csv",
+        "path": SHARED / "uci-adult",
+        "schema": REPO / "examples" / "schemas" / "adult.json",
+        "train": {"optimizer": "adagrad", "lr": 0.05, "embedding_l2": 1e-2},
+        "model": {"head": "mmoe", "tower_mlp": (64,)},
+        "reference": "two tasks with MMoE",
+    },
 }
 
 
@@ -53,20 +71,41 @@ def run(name: str, seeds: list[int]) -> dict[str, Any]:
     runs = []
     for seed in seeds:
         started = time.perf_counter()
-        config = TrainConfig(**recipe["train"], epochs=40, patience=3, stop_metric="logloss",
-                             eval_every=eval_every, seed=seed, progress=False)
+        config = TrainConfig(
+            **recipe["train"],
+            epochs=40,
+            patience=3,
+            stop_metric="logloss",
+            eval_every=eval_every,
+            seed=seed,
+            progress=False,
+        )
         _, report = train_model(data, config, model_options=recipe["model"])
-        runs.append({"seed": seed, "test": report["metrics"]["test"], "valid": report["metrics"]["valid"],
-                     "best_step": report["training"]["best_step"], "seconds": time.perf_counter() - started})
+        runs.append(
+            {
+                "seed": seed,
+                "test": report["metrics"]["test"],
+                "valid": report["metrics"]["valid"],
+                "best_step": report["training"]["best_step"],
+                "seconds": time.perf_counter() - started,
+            }
+        )
         print(name, seed, {t: round(m["auc"], 4) for t, m in report["metrics"]["test"].items()}, flush=True)
     summary = {}
     for task in runs[0]["test"]:
         for metric in ("auc", "logloss"):
             values = np.array([r["test"][task][metric] for r in runs])
-            summary[f"{task}.{metric}"] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
-    return {"dataset": name, "rows": {k: len(data.split(k)) for k in ("train", "valid", "test")},
-            "recipe": {k: v for k, v in recipe.items() if k in ("train", "model", "reference")},
-            "runs": runs, "summary": summary}
+            summary[f"{task}.{metric}"] = {
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            }
+    return {
+        "dataset": name,
+        "rows": {k: len(data.split(k)) for k in ("train", "valid", "test")},
+        "recipe": {k: v for k, v in recipe.items() if k in ("train", "model", "reference")},
+        "runs": runs,
+        "summary": summary,
+    }
 
 
 def main() -> None:
@@ -78,16 +117,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = [run(name, args.seeds) for name in args.datasets]
-    lines = ["| dataset | task | test AUC (mean ± std) | test logloss (mean ± std) | seeds | reference |",
-             "|---|---|---|---|---:|---|"]
+    lines = [
+        "| dataset | task | test AUC (mean ± std) | test logloss (mean ± std) | seeds | reference |",
+        "|---|---|---|---|---:|---|",
+    ]
     for result in results:
         tasks = list(result["runs"][0]["test"])
         for task in tasks:
             auc, ll = result["summary"][f"{task}.auc"], result["summary"][f"{task}.logloss"]
-            lines.append(f"| {result['dataset']} | {task} | {auc['mean']:.4f} ± {auc['std']:.4f} | "
-                         f"{ll['mean']:.4f} ± {ll['std']:.4f} | {len(result['runs'])} | {result['recipe']['reference']} |")
-    write_results(args.out, {"benchmark": "train_real", "environment": environment(), "results": results},
-                  "\n".join(lines) + "\n")
+            lines.append(
+                f"| {result['dataset']} | {task} | {auc['mean']:.4f} ± {auc['std']:.4f} | "
+                f"{ll['mean']:.4f} ± {ll['std']:.4f} | {len(result['runs'])} | {result['recipe']['reference']} |"
+            )
+    write_results(
+        args.out, {"benchmark": "train_real", "environment": environment(), "results": results}, "\n".join(lines) + "\n"
+    )
     print("\n".join(lines))
 
 

@@ -31,11 +31,22 @@ def measure(rows: int, steps: int, optimizer: str, threads: int, seed: int = 0) 
     data = generate(SyntheticConfig(rows=rows, seed=seed, max_cardinality=1_000_000)).data
     generate_seconds = time.perf_counter() - started
     model = build_model(data, seed=seed, embedding_dim=16)
-    config = TrainConfig(optimizer=optimizer, batch_size=512, epochs=100, max_steps=steps, eval_every=10**9,
-                         patience=0, progress=False, seed=seed)
+    config = TrainConfig(
+        optimizer=optimizer,
+        batch_size=512,
+        epochs=100,
+        max_steps=steps,
+        eval_every=10**9,
+        patience=0,
+        progress=False,
+        seed=seed,
+    )
     # warm-up (allocator, lazy optimizer state), then the measured run on a fresh trainer
-    Trainer(model, TrainConfig(optimizer=optimizer, max_steps=20, epochs=1, patience=0, progress=False,
-                               eval_every=10**9), data.schema.label_names).fit(data.train, data.valid.subset(range(512)))
+    Trainer(
+        model,
+        TrainConfig(optimizer=optimizer, max_steps=20, epochs=1, patience=0, progress=False, eval_every=10**9),
+        data.schema.label_names,
+    ).fit(data.train, data.valid.subset(range(512)))
     trainer = Trainer(model, config, data.schema.label_names)
     result = trainer.fit(data.train, data.valid.subset(range(512)))
     eval_started = time.perf_counter()
@@ -65,14 +76,28 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/train_throughput.json")
     args = parser.parse_args()
     runs = [measure(args.rows, args.steps, opt, threads) for threads in args.threads for opt in args.optimizers]
-    payload = {"benchmark": "train_throughput", "environment": environment(),
-               "setup": {"sparse_fields": 26, "dense_features": 13, "embedding_dim": 16, "batch_size": 512,
-                         "top_mlp": [256, 128], "bottom_mlp": [64]},
-               "runs": runs}
-    lines = ["| optimizer | threads | train samples/s | data loading share | eval samples/s |",
-             "|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['optimizer']} | {r['threads']} | {r['train_samples_per_second']:,.0f} | "
-              f"{r['data_loading_share']:.1%} | {r['eval_samples_per_second']:,.0f} |" for r in runs]
+    payload = {
+        "benchmark": "train_throughput",
+        "environment": environment(),
+        "setup": {
+            "sparse_fields": 26,
+            "dense_features": 13,
+            "embedding_dim": 16,
+            "batch_size": 512,
+            "top_mlp": [256, 128],
+            "bottom_mlp": [64],
+        },
+        "runs": runs,
+    }
+    lines = [
+        "| optimizer | threads | train samples/s | data loading share | eval samples/s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['optimizer']} | {r['threads']} | {r['train_samples_per_second']:,.0f} | "
+        f"{r['data_loading_share']:.1%} | {r['eval_samples_per_second']:,.0f} |"
+        for r in runs
+    ]
     write_results(args.out, payload, "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -15,8 +15,9 @@ SMALL = "rows=6000,num_sparse=6,num_dense=3,max_cardinality=500,seed=1"
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "sharkrec.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "sharkrec.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -38,16 +39,37 @@ def test_help_lists_commands():
 
 def test_train_then_evaluate_on_synthetic_data(tmp_path):
     out = tmp_path / "run"
-    result = run_cli("train", "--format", "synthetic", "--data", SMALL, "--out", str(out), "--epochs", "2",
-                     "--quiet", "--batch-size", "256")
+    result = run_cli(
+        "train",
+        "--format",
+        "synthetic",
+        "--data",
+        SMALL,
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--quiet",
+        "--batch-size",
+        "256",
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
     auc = report["metrics"]["test"]["click"]["auc"]
     assert 0.6 < auc <= 1.0
     assert report["memory"]["embedding_bytes"] == report["memory"]["embedding_bytes_fp32"]
     assert report["seconds"] > 0
-    evaluated = run_cli("evaluate", "--model", str(out / "model.pt"), "--format", "synthetic", "--data", SMALL,
-                        "--out", str(tmp_path / "eval"))
+    evaluated = run_cli(
+        "evaluate",
+        "--model",
+        str(out / "model.pt"),
+        "--format",
+        "synthetic",
+        "--data",
+        SMALL,
+        "--out",
+        str(tmp_path / "eval"),
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     again = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert again["metrics"]["test"]["click"]["auc"] == pytest.approx(auc, abs=1e-9)
@@ -75,11 +97,11 @@ def test_csv_without_schema(tmp_path):
 
 
 def test_bad_split_and_bad_numbers(tmp_path):
-    result = run_cli("train", "--format", "synthetic", "--data", SMALL, "--out", str(tmp_path / "o"),
-                     "--split", "0.5,0.5")
+    result = run_cli(
+        "train", "--format", "synthetic", "--data", SMALL, "--out", str(tmp_path / "o"), "--split", "0.5,0.5"
+    )
     assert_one_line_error(result, "three fractions")
-    result = run_cli("train", "--format", "synthetic", "--data", SMALL, "--out", str(tmp_path / "o"),
-                     "--lr", "-1")
+    result = run_cli("train", "--format", "synthetic", "--data", SMALL, "--out", str(tmp_path / "o"), "--lr", "-1")
     assert_one_line_error(result, "learning rate")
     result = run_cli("train", "--format", "synthetic", "--data", "rows=100,bogus=3", "--out", str(tmp_path / "o"))
     assert_one_line_error(result, "bogus")
@@ -91,8 +113,7 @@ def test_evaluate_with_corrupted_or_mismatched_model(tmp_path):
     result = run_cli("evaluate", "--model", str(broken), "--format", "synthetic", "--data", SMALL)
     assert_one_line_error(result, "corrupted or truncated")
     out = tmp_path / "run"
-    trained = run_cli("train", "--format", "synthetic", "--data", SMALL, "--out", str(out), "--epochs", "1",
-                      "--quiet")
+    trained = run_cli("train", "--format", "synthetic", "--data", SMALL, "--out", str(out), "--epochs", "1", "--quiet")
     assert trained.returncode == 0, trained.stderr
     other = "rows=3000,num_sparse=5,num_dense=3,max_cardinality=500,seed=1"
     result = run_cli("evaluate", "--model", str(out / "model.pt"), "--format", "synthetic", "--data", other)

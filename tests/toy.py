@@ -37,7 +37,7 @@ def toy_data(rows: int = 3000, seed: int = 0, tasks: int = 1, multi_hot: bool = 
     def split(lo: int, hi: int) -> EncodedSplit:
         cols = [SparseColumn(c[lo:hi].astype(np.int64)) for c in columns]
         if multi_hot:
-            cols.append(SparseColumn(bag[offsets[lo]:offsets[hi]], offsets[lo:hi + 1] - offsets[lo]))
+            cols.append(SparseColumn(bag[offsets[lo] : offsets[hi]], offsets[lo : hi + 1] - offsets[lo]))
         return EncodedSplit(dense[lo:hi], cols, label_array[lo:hi])
 
     n_train, n_valid = int(rows * 0.8), int(rows * 0.1)
@@ -47,5 +47,11 @@ def toy_data(rows: int = 3000, seed: int = 0, tasks: int = 1, multi_hot: bool = 
     }
     if multi_hot:
         vocabularies["tags"] = Vocabulary.identity("tags", np.ones(card[2], np.int64), np.zeros(card[2], np.int64))
-    return PreparedData(schema, vocabularies, split(0, n_train), split(n_train, n_train + n_valid),
-                        split(n_train + n_valid, rows), {"format": "toy"})
+    return PreparedData(
+        schema,
+        vocabularies,
+        split(0, n_train),
+        split(n_train, n_train + n_valid),
+        split(n_train + n_valid, rows),
+        {"format": "toy"},
+    )

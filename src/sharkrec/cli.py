@@ -15,8 +15,12 @@ import typer
 
 from sharkrec.errors import SharkrecError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Compress the embedding layer of recommendation models.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Compress the embedding layer of recommendation models.",
+)
 
 
 class Format(str, Enum):
@@ -30,14 +34,20 @@ class Format(str, Enum):
 
 
 FormatOpt = Annotated[Format, typer.Option("--format", help="Input format.")]
-DataOpt = Annotated[str, typer.Option("--data", help="A file or a folder with train/dev/test files "
-                                      "(synthetic: a spec like rows=100000,seed=1).")]
+DataOpt = Annotated[
+    str,
+    typer.Option(
+        "--data", help="A file or a folder with train/dev/test files (synthetic: a spec like rows=100000,seed=1)."
+    ),
+]
 OutOpt = Annotated[Path, typer.Option("--out", help="Output folder (report.json and results go here).")]
 SchemaOpt = Annotated[Path | None, typer.Option("--schema", help="Schema JSON (needed for csv/tsv/parquet).")]
 BadLineOpt = Annotated[str, typer.Option("--on-bad-line", help="skip (count and report) or error.")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Cache preprocessed data here.")]
 SplitOpt = Annotated[str | None, typer.Option("--split", help="Row-order split fractions, e.g. 0.8,0.1,0.1.")]
-MinCountOpt = Annotated[int | None, typer.Option("--min-count", help="Ids seen fewer times in train share the OOV row.")]
+MinCountOpt = Annotated[
+    int | None, typer.Option("--min-count", help="Ids seen fewer times in train share the OOV row.")
+]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="Torch CPU threads (default: all cores).")]
 
 
@@ -59,16 +69,31 @@ def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
     return tuple(int(v) for v in values)
 
 
-def _load(fmt: Format, data: str | None, schema: Path | None, on_bad_line: str, split: str | None,
-          cache_dir: Path | None, vocabularies: Any = None, min_count: int | None = None) -> Any:
+def _load(
+    fmt: Format,
+    data: str | None,
+    schema: Path | None,
+    on_bad_line: str,
+    split: str | None,
+    cache_dir: Path | None,
+    vocabularies: Any = None,
+    min_count: int | None = None,
+) -> Any:
     from sharkrec.data.loading import load_data
 
     fractions = _floats(split, "--split")
     if fractions is not None and len(fractions) != 3:
         raise SharkrecError(f"--split {split!r} needs three fractions (train, valid, test), e.g. 0.8,0.1,0.1")
-    return load_data(fmt.value, data, schema=schema, on_bad_line=on_bad_line,
-                     split=fractions,
-                     cache_dir=cache_dir, vocabularies=vocabularies, min_count=min_count)
+    return load_data(
+        fmt.value,
+        data,
+        schema=schema,
+        on_bad_line=on_bad_line,
+        split=fractions,
+        cache_dir=cache_dir,
+        vocabularies=vocabularies,
+        min_count=min_count,
+    )
 
 
 def _threads(threads: int | None) -> None:
@@ -81,10 +106,12 @@ def _threads(threads: int | None) -> None:
 
 
 @app.command()
-def demo(out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/demo"),
-         rows: Annotated[int, typer.Option(help="Synthetic rows to generate.")] = 300_000,
-         seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-         threads: ThreadsOpt = None) -> None:
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/demo"),
+    rows: Annotated[int, typer.Option(help="Synthetic rows to generate.")] = 300_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    threads: ThreadsOpt = None,
+) -> None:
     """Whole pipeline on built-in synthetic data: generate, train, evaluate, report."""
     from sharkrec.demo import run_demo
 
@@ -93,20 +120,32 @@ def demo(out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Pa
 
 
 @app.command()
-def prepare(fmt: FormatOpt, data: DataOpt, out: OutOpt, schema: SchemaOpt = None,
-            on_bad_line: BadLineOpt = "skip", split: SplitOpt = None, min_count: MinCountOpt = None) -> None:
+def prepare(
+    fmt: FormatOpt,
+    data: DataOpt,
+    out: OutOpt,
+    schema: SchemaOpt = None,
+    on_bad_line: BadLineOpt = "skip",
+    split: SplitOpt = None,
+    min_count: MinCountOpt = None,
+) -> None:
     """Parse and encode a dataset; write the schema, vocabulary sizes and a data report."""
     from sharkrec.data.export import write_prepared
 
     prepared = _load(fmt, data, schema, on_bad_line, split, cache_dir=out / "cache", min_count=min_count)
     report = write_prepared(prepared, out)
-    typer.echo(f"rows train/valid/test: {report['rows']['train']}/{report['rows']['valid']}/{report['rows']['test']}; "
-               f"bad lines skipped: {report.get('bad_lines', {}).get('count', 0)}; wrote {out / 'report.json'}")
+    typer.echo(
+        f"rows train/valid/test: {report['rows']['train']}/{report['rows']['valid']}/{report['rows']['test']}; "
+        f"bad lines skipped: {report.get('bad_lines', {}).get('count', 0)}; wrote {out / 'report.json'}"
+    )
 
 
 @app.command()
 def train(
-    fmt: FormatOpt, data: DataOpt, out: OutOpt, schema: SchemaOpt = None,
+    fmt: FormatOpt,
+    data: DataOpt,
+    out: OutOpt,
+    schema: SchemaOpt = None,
     precision: Annotated[str, typer.Option(help="Embedding storage precision.")] = "fp32",
     seed: Annotated[int, typer.Option(help="Random seed (model init and data order).")] = 0,
     task_weights: Annotated[str | None, typer.Option(help="Loss weight per task, e.g. 1,0.5.")] = None,
@@ -126,7 +165,9 @@ def train(
     head: Annotated[str, typer.Option(help="shared-bottom or mmoe.")] = "shared-bottom",
     interaction: Annotated[str, typer.Option(help="dot or dot-concat.")] = "dot",
     dropout: Annotated[float, typer.Option(help="Dropout in the MLPs.")] = 0.0,
-    on_bad_line: BadLineOpt = "skip", split: SplitOpt = None, cache_dir: CacheOpt = None,
+    on_bad_line: BadLineOpt = "skip",
+    split: SplitOpt = None,
+    cache_dir: CacheOpt = None,
     min_count: MinCountOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")] = False,
     threads: ThreadsOpt = None,
@@ -140,25 +181,46 @@ def train(
     if precision != "fp32":
         raise SharkrecError(f"--precision {precision!r} is not available yet; use fp32")
     _threads(threads)
-    config = TrainConfig(optimizer=optimizer, lr=lr, batch_size=batch_size, epochs=epochs,  # type: ignore[arg-type]
-                         max_steps=max_steps, eval_every=eval_every, patience=patience,
-                         stop_metric=stop_metric, embedding_l2=embedding_l2,  # type: ignore[arg-type]
-                         weight_decay=weight_decay, task_weights=_floats(task_weights, "--task-weights"),
-                         seed=seed, progress=not quiet)
+    settings: dict[str, Any] = {"optimizer": optimizer, "stop_metric": stop_metric}  # validated by TrainConfig
+    config = TrainConfig(
+        **settings,
+        lr=lr,
+        batch_size=batch_size,
+        epochs=epochs,
+        max_steps=max_steps,
+        eval_every=eval_every,
+        patience=patience,
+        embedding_l2=embedding_l2,
+        weight_decay=weight_decay,
+        task_weights=_floats(task_weights, "--task-weights"),
+        seed=seed,
+        progress=not quiet,
+    )
     prepared = _load(fmt, data, schema, on_bad_line, split, cache_dir, min_count=min_count)
-    options = {"embedding_dim": embedding_dim, "top_mlp": _ints(top_mlp, "--top-mlp"),
-               "bottom_mlp": _ints(bottom_mlp, "--bottom-mlp"), "head": head, "interaction": interaction,
-               "dropout": dropout}
+    options = {
+        "embedding_dim": embedding_dim,
+        "top_mlp": _ints(top_mlp, "--top-mlp"),
+        "bottom_mlp": _ints(bottom_mlp, "--bottom-mlp"),
+        "head": head,
+        "interaction": interaction,
+        "dropout": dropout,
+    }
     _, report = train_model(prepared, config, out, resume=resume, model_options=options)
     print_metrics(report)
     typer.echo(f"wrote {out / 'model.pt'} and {out / 'report.json'}")
 
 
 @app.command()
-def evaluate(model: Annotated[Path, typer.Option("--model", help="model.pt written by 'sharkrec train'.")],
-             fmt: FormatOpt, data: DataOpt, out: Annotated[Path | None, typer.Option("--out")] = None,
-             schema: SchemaOpt = None, on_bad_line: BadLineOpt = "skip", split: SplitOpt = None,
-             threads: ThreadsOpt = None) -> None:
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", help="model.pt written by 'sharkrec train'.")],
+    fmt: FormatOpt,
+    data: DataOpt,
+    out: Annotated[Path | None, typer.Option("--out")] = None,
+    schema: SchemaOpt = None,
+    on_bad_line: BadLineOpt = "skip",
+    split: SplitOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
     """Evaluate a saved model on data encoded with the model's vocabularies."""
     from sharkrec.report import print_metrics
     from sharkrec.train.checkpoint import load_model

@@ -21,12 +21,16 @@ def run_demo(out: str | Path, rows: int = 300_000, seed: int = 0, console: Conso
     started = time.perf_counter()
     out = Path(out)
     config = SyntheticConfig(rows=rows, seed=seed, max_cardinality=max(1000, rows // 2))
-    console.print(f"[bold]sharkrec demo[/]: generating {rows:,} synthetic Criteo-shaped rows "
-                  f"({config.num_sparse} sparse fields, {config.num_dense} dense features)")
+    console.print(
+        f"[bold]sharkrec demo[/]: generating {rows:,} synthetic Criteo-shaped rows "
+        f"({config.num_sparse} sparse fields, {config.num_dense} dense features)"
+    )
     generated = generate(config)
     data, truth = generated.data, generated.ground_truth
-    console.print(f"train/valid/test rows: {len(data.train):,}/{len(data.valid):,}/{len(data.test):,}; "
-                  f"table rows: {sum(data.cardinalities.values()):,}; generated in {time.perf_counter() - started:.1f} s")
+    console.print(
+        f"train/valid/test rows: {len(data.train):,}/{len(data.valid):,}/{len(data.test):,}; "
+        f"table rows: {sum(data.cardinalities.values()):,}; generated in {time.perf_counter() - started:.1f} s"
+    )
     train_config = TrainConfig(epochs=2, eval_every=max(1, data.train.num_batches(512) // 2), patience=2, seed=seed)
     _, report = train_model(data, train_config, out)
     report["command"] = "demo"
@@ -35,10 +39,14 @@ def run_demo(out: str | Path, rows: int = 300_000, seed: int = 0, console: Conso
     write_json(out / REPORT_FILE, report)
     print_metrics(report, console)
     test_auc = report["metrics"]["test"]["click"]["auc"]
-    console.print(f"test AUC {test_auc:.4f}; the hidden teacher itself scores {truth.teacher_test_auc:.4f} "
-                  "(the best any model can do on this data)")
+    console.print(
+        f"test AUC {test_auc:.4f}; the hidden teacher itself scores {truth.teacher_test_auc:.4f} "
+        "(the best any model can do on this data)"
+    )
     order = truth.order
-    console.print(f"most important fields by ground truth: {', '.join(order[:5])}; "
-                  f"pure noise: {', '.join(truth.names_with_role('noise'))}")
+    console.print(
+        f"most important fields by ground truth: {', '.join(order[:5])}; "
+        f"pure noise: {', '.join(truth.names_with_role('noise'))}"
+    )
     console.print(f"wrote {out / REPORT_FILE} and {out / 'model.pt'} in {report['seconds']:.1f} s")
     return report

@@ -16,14 +16,24 @@ def print_metrics(report: dict[str, Any], console: Console | None = None) -> Non
         table.add_column(column, justify="right" if column not in ("split", "task") else "left")
     for split, tasks in report.get("metrics", {}).items():
         for task, values in tasks.items():
-            table.add_row(split, task, f"{values['auc']:.4f}", f"{values['logloss']:.4f}",
-                          f"{values['positive_rate']:.3f}", f"{values['samples']:,}")
+            table.add_row(
+                split,
+                task,
+                f"{values['auc']:.4f}",
+                f"{values['logloss']:.4f}",
+                f"{values['positive_rate']:.3f}",
+                f"{values['samples']:,}",
+            )
     console.print(table)
     memory = report.get("memory")
     if memory:
-        console.print(f"embedding bytes: {memory['embedding_bytes']:,} "
-                      f"(fp32 equivalent {memory['embedding_bytes_fp32']:,}, rows {memory.get('embedding_rows', 0):,})")
+        console.print(
+            f"embedding bytes: {memory['embedding_bytes']:,} "
+            f"(fp32 equivalent {memory['embedding_bytes_fp32']:,}, rows {memory.get('embedding_rows', 0):,})"
+        )
     training = report.get("training")
     if training:
-        console.print(f"trained {training['steps']:,} steps, {training['samples_per_second']:,.0f} samples/s, "
-                      f"best step {training['best_step']:,}; {report.get('seconds', 0.0):.1f} s in all")
+        console.print(
+            f"trained {training['steps']:,} steps, {training['samples_per_second']:,.0f} samples/s, "
+            f"best step {training['best_step']:,}; {report.get('seconds', 0.0):.1f} s in all"
+        )

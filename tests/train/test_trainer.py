@@ -11,11 +11,12 @@ from tests.toy import toy_data
 FAST = {"batch_size": 64, "epochs": 3, "lr": 0.01, "progress": False}
 
 
-@pytest.mark.parametrize(("optimizer", "lr", "min_auc"), [("adam", 0.02, 0.8), ("adagrad", 0.02, 0.8),
-                                                        ("sgd", 0.5, 0.6)])
+@pytest.mark.parametrize(
+    ("optimizer", "lr", "min_auc"), [("adam", 0.02, 0.8), ("adagrad", 0.02, 0.8), ("sgd", 0.5, 0.6)]
+)
 def test_each_optimizer_learns_the_informative_field(optimizer, lr, min_auc):
     data = toy_data(rows=4000)
-    model, report = train_model(data, TrainConfig(optimizer=optimizer, **{**FAST, "lr": lr}))
+    _, report = train_model(data, TrainConfig(optimizer=optimizer, **{**FAST, "lr": lr}))
     # the label depends on field "a" and dense x0 (teacher AUC about 0.9); plain SGD learns slowest
     assert report["metrics"]["test"]["y0"]["auc"] > min_auc
     assert report["training"]["steps"] > 0
@@ -46,6 +47,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         def hook(step, loss):
             if step == step_to_stop:
                 raise KeyboardInterrupt
+
         return hook
 
     model = build_model(data, seed=3)
@@ -54,7 +56,8 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         trainer.fit(data.train, data.valid)
     resumed_model = build_model(data, seed=99)  # different init: everything must come from the checkpoint
     result = Trainer(resumed_model, config, data.schema.label_names, tmp_path / "cut").fit(
-        data.train, data.valid, resume=True)
+        data.train, data.valid, resume=True
+    )
     assert result.steps == 2 * data.train.num_batches(64)
     for key, value in reference.state_dict().items():
         assert torch.equal(value, resumed_model.state_dict()[key]), key
@@ -69,13 +72,15 @@ def test_resume_refuses_changed_settings_and_missing_state(tmp_path):
         Trainer(build_model(data), changed, data.schema.label_names, tmp_path).fit(data.train, data.valid, resume=True)
     with pytest.raises(CheckpointError, match="nothing to resume"):
         Trainer(build_model(data), config, data.schema.label_names, tmp_path / "new").fit(
-            data.train, data.valid, resume=True)
+            data.train, data.valid, resume=True
+        )
 
 
 def test_early_stopping_keeps_best_checkpoint(tmp_path):
     data = toy_data(rows=2000)
-    config = TrainConfig(batch_size=32, epochs=30, eval_every=10, patience=2, lr=0.05, progress=False,
-                         stop_metric="logloss")
+    config = TrainConfig(
+        batch_size=32, epochs=30, eval_every=10, patience=2, lr=0.05, progress=False, stop_metric="logloss"
+    )
     model = build_model(data)
     result = Trainer(model, config, data.schema.label_names, tmp_path).fit(data.train, data.valid)
     assert result.stopped_early
@@ -115,8 +120,18 @@ def test_saved_model_file_corruption_is_a_one_line_error(tmp_path):
         load_model(tmp_path / "other.pt")
 
 
-@pytest.mark.parametrize("bad", [{"lr": 0}, {"batch_size": 0}, {"epochs": 0}, {"optimizer": "lion"},
-                                 {"stop_metric": "accuracy"}, {"task_weights": (-1.0,)}, {"patience": -1}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"lr": 0},
+        {"batch_size": 0},
+        {"epochs": 0},
+        {"optimizer": "lion"},
+        {"stop_metric": "accuracy"},
+        {"task_weights": (-1.0,)},
+        {"patience": -1},
+    ],
+)
 def test_train_config_validation(bad):
     with pytest.raises(ConfigError):
         TrainConfig(**bad)

@@ -62,7 +62,10 @@ class EncodedSplit:
         self.num_sparse = len(sparse)
         self._single_fields = [i for i, c in enumerate(sparse) if c.offsets is None]
         self._multi_fields = {
-            i: (torch.from_numpy(np.asarray(c.values, dtype=np.int64)), torch.from_numpy(np.asarray(c.offsets, dtype=np.int64)))
+            i: (
+                torch.from_numpy(np.asarray(c.values, dtype=np.int64)),
+                torch.from_numpy(np.asarray(c.offsets, dtype=np.int64)),
+            )
             for i, c in enumerate(sparse)
             if c.offsets is not None
         }
@@ -153,7 +156,9 @@ def _gather_bags(values: Tensor, offsets: Tensor, index: Tensor) -> FieldIds:
     torch.cumsum(lengths, 0, out=new_offsets[1:])
     total = int(new_offsets[-1])
     # position of each gathered value inside the source array
-    within = torch.arange(total, dtype=torch.int64) - torch.repeat_interleave(new_offsets[:-1], lengths, output_size=total)
+    within = torch.arange(total, dtype=torch.int64) - torch.repeat_interleave(
+        new_offsets[:-1], lengths, output_size=total
+    )
     source = torch.repeat_interleave(starts, lengths, output_size=total) + within
     return FieldIds(values.index_select(0, source), new_offsets)
 

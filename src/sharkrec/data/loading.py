@@ -12,10 +12,17 @@ from sharkrec.errors import ConfigError
 FORMATS = ("criteo", "libfm", "movielens", "csv", "tsv", "parquet", "synthetic")
 
 
-def load_data(fmt: str, data: str | Path | None, *, schema: str | Path | Schema | None = None,
-              on_bad_line: str = "skip", split: tuple[float, float, float] | None = None,
-              cache_dir: str | Path | None = None, vocabularies: dict[str, Any] | None = None,
-              min_count: int | None = None) -> PreparedData:
+def load_data(
+    fmt: str,
+    data: str | Path | None,
+    *,
+    schema: str | Path | Schema | None = None,
+    on_bad_line: str = "skip",
+    split: tuple[float, float, float] | None = None,
+    cache_dir: str | Path | None = None,
+    vocabularies: dict[str, Any] | None = None,
+    min_count: int | None = None,
+) -> PreparedData:
     """Read ``data`` in format ``fmt`` into train / valid / test splits.
 
     ``fmt == "synthetic"``: ``data`` is a generator spec (``rows=100000,seed=1``, a JSON file, or

@@ -133,9 +133,7 @@ class Schema:
         missing = [n for n in names if n not in known]
         if missing:
             what = "fields" if kind is None else f"{kind.value} fields"
-            raise SchemaError(
-                f"{what} {missing} are not in the schema; known {what}: {describe_names(known)}"
-            )
+            raise SchemaError(f"{what} {missing} are not in the schema; known {what}: {describe_names(known)}")
 
     def with_fields(self, fields: Sequence[FieldSpec]) -> Schema:
         return replace(self, fields=tuple(fields))
@@ -146,8 +144,11 @@ class Schema:
             "delimiter": self.delimiter,
             "has_header": self.has_header,
             "fields": [
-                {k: (v.value if isinstance(v, FieldKind) else (list(v) if isinstance(v, tuple) else v))
-                 for k, v in asdict(spec).items() if v is not None and not (k == "min_count" and v == 1)}
+                {
+                    k: (v.value if isinstance(v, FieldKind) else (list(v) if isinstance(v, tuple) else v))
+                    for k, v in asdict(spec).items()
+                    if v is not None and not (k == "min_count" and v == 1)
+                }
                 for spec in self.fields
             ],
         }
@@ -190,7 +191,9 @@ class Schema:
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise SchemaError(f"schema file {str(path)!r} is not valid JSON ({exc.msg} at line {exc.lineno}); fix it") from None
+            raise SchemaError(
+                f"schema file {str(path)!r} is not valid JSON ({exc.msg} at line {exc.lineno}); fix it"
+            ) from None
         return cls.from_dict(payload)
 
 

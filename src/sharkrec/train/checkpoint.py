@@ -41,7 +41,9 @@ def vocab_to_payload(vocab: Vocabulary) -> dict[str, Any]:
         "name": vocab.name,
         "min_count": vocab.min_count,
         "key_kind": "int" if np.issubdtype(keys.dtype, np.integer) else "str",
-        "keys": torch.from_numpy(keys.astype(np.int64)) if np.issubdtype(keys.dtype, np.integer) else [str(k) for k in keys],
+        "keys": torch.from_numpy(keys.astype(np.int64))
+        if np.issubdtype(keys.dtype, np.integer)
+        else [str(k) for k in keys],
         "counts": torch.from_numpy(vocab.counts_.astype(np.int64)),
         "positive_counts": torch.from_numpy(vocab.positive_counts_.astype(np.int64)),
     }
@@ -50,17 +52,24 @@ def vocab_to_payload(vocab: Vocabulary) -> dict[str, Any]:
 def vocab_from_payload(payload: dict[str, Any]) -> Vocabulary:
     keys = payload["keys"]
     keys_array = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys, dtype=object)
-    return Vocabulary.from_dict({
-        "name": payload["name"],
-        "min_count": payload["min_count"],
-        "keys": keys_array,
-        "counts": payload["counts"].numpy(),
-        "positive_counts": payload["positive_counts"].numpy(),
-    })
+    return Vocabulary.from_dict(
+        {
+            "name": payload["name"],
+            "min_count": payload["min_count"],
+            "keys": keys_array,
+            "counts": payload["counts"].numpy(),
+            "positive_counts": payload["positive_counts"].numpy(),
+        }
+    )
 
 
-def save_model(path: str | Path, model: nn.Module, schema: Schema, vocabularies: dict[str, Vocabulary],
-               info: dict[str, Any] | None = None) -> None:
+def save_model(
+    path: str | Path,
+    model: nn.Module,
+    schema: Schema,
+    vocabularies: dict[str, Vocabulary],
+    info: dict[str, Any] | None = None,
+) -> None:
     """Write a model file atomically. ``model`` must have ``config.to_dict()`` (a DLRM)."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
@@ -70,7 +79,7 @@ def save_model(path: str | Path, model: nn.Module, schema: Schema, vocabularies:
         "version": MODEL_VERSION,
         "model_class": type(model).__name__,
         "model_config": config.to_dict(),
-        "embedding_spec": json.dumps(model.embedding.spec()),
+        "embedding_spec": json.dumps(embedding_spec(model)),
         "state_dict": model.state_dict(),
         "schema": schema.to_dict(),
         "vocabularies": {name: vocab_to_payload(v) for name, v in vocabularies.items()},
@@ -79,7 +88,19 @@ def save_model(path: str | Path, model: nn.Module, schema: Schema, vocabularies:
     atomic_save(path, lambda tmp: torch.save(payload, tmp))
 
 
-def read_payload(path: str | Path, expected_format: str = MODEL_FORMAT, max_version: int = MODEL_VERSION) -> dict[str, Any]:
+def embedding_spec(model: nn.Module) -> dict[str, Any]:
+    """The ``spec()`` of a model's embedding layer (how to rebuild it on load)."""
+    from sharkrec.model.embedding import FieldEmbedding
+
+    embedding = getattr(model, "embedding", None)
+    if not isinstance(embedding, FieldEmbedding):
+        raise CheckpointError(f"cannot save a {type(model).__name__}: it has no sharkrec embedding layer")
+    return embedding.spec()
+
+
+def read_payload(
+    path: str | Path, expected_format: str = MODEL_FORMAT, max_version: int = MODEL_VERSION
+) -> dict[str, Any]:
     """Load and check a torch payload: exists, readable, right format, known version."""
     path = Path(path)
     if not path.is_file():
@@ -118,6 +139,8 @@ def load_model(path: str | Path) -> ModelBundle:
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         if isinstance(exc, CheckpointError):
             raise
-        raise CheckpointError(f"model file {str(path)!r} is inconsistent ({exc}); re-save it with this sharkrec") from None
+        raise CheckpointError(
+            f"model file {str(path)!r} is inconsistent ({exc}); re-save it with this sharkrec"
+        ) from None
     model.eval()
     return ModelBundle(model=model, schema=schema, vocabularies=vocabularies, info=payload.get("info", {}))

@@ -33,7 +33,9 @@ def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p)))
 
 
-def task_metrics(labels: np.ndarray, probabilities: np.ndarray, task_names: tuple[str, ...]) -> dict[str, dict[str, float]]:
+def task_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, task_names: tuple[str, ...]
+) -> dict[str, dict[str, float]]:
     """``{task: {"auc": ..., "logloss": ..., "positive_rate": ..., "mean_prediction": ...}}``.
 
     Shapes: labels and probabilities (N, T).

@@ -38,8 +38,13 @@ class RowWiseAdagrad(torch.optim.Optimizer):
     Only the rows present in the sparse gradient are read or written. State: (rows,) float32.
     """
 
-    def __init__(self, params: Iterable[nn.Parameter], lr: float = 0.01, eps: float = 1e-8,
-                 initial_accumulator_value: float = 0.0) -> None:
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter],
+        lr: float = 0.01,
+        eps: float = 1e-8,
+        initial_accumulator_value: float = 0.0,
+    ) -> None:
         if lr <= 0:
             raise ConfigError(f"learning rate {lr} must be positive")
         super().__init__(params, {"lr": lr, "eps": eps, "initial_accumulator_value": initial_accumulator_value})
@@ -52,8 +57,9 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                     continue
                 state = self.state[param]
                 if "sum" not in state:
-                    state["sum"] = torch.full((param.shape[0],), group["initial_accumulator_value"],
-                                              dtype=torch.float32)
+                    state["sum"] = torch.full(
+                        (param.shape[0],), group["initial_accumulator_value"], dtype=torch.float32
+                    )
                 grad = param.grad
                 if grad.is_sparse:
                     grad = grad.coalesce()
@@ -72,9 +78,16 @@ class RowWiseAdagrad(torch.optim.Optimizer):
 class SplitOptimizer:
     """A dense optimizer for the network and a sparse one for the embedding tables, stepped together."""
 
-    def __init__(self, model: nn.Module, sparse_params: list[nn.Parameter], kind: OptimizerKind,
-                 lr: float, embedding_lr: float | None = None, weight_decay: float = 0.0,
-                 sparse_optimizer: torch.optim.Optimizer | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        sparse_params: list[nn.Parameter],
+        kind: OptimizerKind,
+        lr: float,
+        embedding_lr: float | None = None,
+        weight_decay: float = 0.0,
+        sparse_optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
         if lr <= 0:
             raise ConfigError(f"learning rate {lr} must be positive; the paper uses 0.01")
         sparse_ids = {id(p) for p in sparse_params}

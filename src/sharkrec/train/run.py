@@ -42,18 +42,28 @@ def memory_summary(model: DLRM) -> dict[str, int]:
     """Bytes actually held by the embedding tables, and what fp32 tables of the same rows would hold."""
     rows = model.embedding.num_rows()
     fp32 = sum(rows.values()) * model.embedding.embedding_dim * 4
-    return {"embedding_bytes": int(model.embedding.embedding_bytes()), "embedding_bytes_fp32": int(fp32),
-            "embedding_rows": int(sum(rows.values()))}
+    return {
+        "embedding_bytes": int(model.embedding.embedding_bytes()),
+        "embedding_bytes_fp32": int(fp32),
+        "embedding_rows": int(sum(rows.values())),
+    }
 
 
 def split_metrics(model: DLRM, data: PreparedData, splits: tuple[str, ...] = ("valid", "test")) -> dict[str, Any]:
-    return {name: evaluate(model, data.split(name), data.schema.label_names) for name in splits
-            if len(data.split(name)) > 0}
+    return {
+        name: evaluate(model, data.split(name), data.schema.label_names) for name in splits if len(data.split(name)) > 0
+    }
 
 
-def train_model(data: PreparedData, train_config: TrainConfig, out_dir: str | Path | None = None, *,
-                resume: bool = False, model_options: dict[str, Any] | None = None,
-                model: DLRM | None = None) -> tuple[DLRM, dict[str, Any]]:
+def train_model(
+    data: PreparedData,
+    train_config: TrainConfig,
+    out_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    model_options: dict[str, Any] | None = None,
+    model: DLRM | None = None,
+) -> tuple[DLRM, dict[str, Any]]:
     """Build (or take) a DLRM, train it, evaluate it and, with ``out_dir``, write model and report."""
     started = time.perf_counter()
     if model is None:
@@ -64,8 +74,13 @@ def train_model(data: PreparedData, train_config: TrainConfig, out_dir: str | Pa
     report["seconds"] = time.perf_counter() - started
     if out_dir is not None:
         out = Path(out_dir)
-        save_model(out / MODEL_FILE, model, data.schema, data.vocabularies,
-                   info={"train_config": train_config.to_dict(), "metrics": report["metrics"]})
+        save_model(
+            out / MODEL_FILE,
+            model,
+            data.schema,
+            data.vocabularies,
+            info={"train_config": train_config.to_dict(), "metrics": report["metrics"]},
+        )
         write_json(out / REPORT_FILE, report)
     return model, report
 
@@ -97,8 +112,12 @@ def evaluate_bundle(bundle: ModelBundle, data: PreparedData, out_dir: str | Path
     model = bundle.model
     if not isinstance(model, DLRM):
         raise ConfigError(f"cannot evaluate a {type(model).__name__}; sharkrec evaluates DLRM models")
-    report: dict[str, Any] = {"command": "evaluate", "metrics": split_metrics(model, data, ("train", "valid", "test")),
-                              "memory": memory_summary(model), "data": _data_summary(data)}
+    report: dict[str, Any] = {
+        "command": "evaluate",
+        "metrics": split_metrics(model, data, ("train", "valid", "test")),
+        "memory": memory_summary(model),
+        "data": _data_summary(data),
+    }
     report["seconds"] = time.perf_counter() - started
     if out_dir is not None:
         write_json(Path(out_dir) / REPORT_FILE, report)
@@ -121,6 +140,9 @@ def check_schema_matches(model_schema: Schema, data_schema: Schema) -> None:
 def _data_summary(data: PreparedData) -> dict[str, Any]:
     summary = {k: v for k, v in data.report.items() if k != "ground_truth"}
     summary["rows"] = {"train": len(data.train), "valid": len(data.valid), "test": len(data.test)}
-    summary["fields"] = {"sparse": list(data.schema.sparse_names), "dense": list(data.schema.dense_names),
-                         "labels": list(data.schema.label_names)}
+    summary["fields"] = {
+        "sparse": list(data.schema.sparse_names),
+        "dense": list(data.schema.dense_names),
+        "labels": list(data.schema.label_names),
+    }
     return summary

@@ -138,15 +138,17 @@ def predict(model: nn.Module, split: EncodedSplit, batch_size: int = 8192) -> np
     return torch.cat(outputs).numpy()
 
 
-def evaluate(model: nn.Module, split: EncodedSplit, task_names: tuple[str, ...],
-             batch_size: int = 8192) -> dict[str, dict[str, float]]:
+def evaluate(
+    model: nn.Module, split: EncodedSplit, task_names: tuple[str, ...], batch_size: int = 8192
+) -> dict[str, dict[str, float]]:
     """AUC, log loss, positive rate and mean prediction per task on ``split``."""
     probabilities = predict(model, split, batch_size)
     return task_metrics(split.labels.numpy(), probabilities, task_names)
 
 
-def batch_loss(model: DLRM, batch: Batch, task_weights: torch.Tensor, embedding_l2: float = 0.0,
-               reduction: str = "mean") -> torch.Tensor:
+def batch_loss(
+    model: DLRM, batch: Batch, task_weights: torch.Tensor, embedding_l2: float = 0.0, reduction: str = "mean"
+) -> torch.Tensor:
     """Task-weighted binary cross-entropy of a batch (+ L2 on its looked-up vectors)."""
     vectors = model.field_vectors(batch)  # (B, F, D)
     logits = model.logits_from_fields(vectors)  # (B, T)
@@ -162,9 +164,14 @@ class Trainer:
     """Trains a DLRM-style model (anything with ``field_vectors``, ``logits_from_fields`` and
     ``embedding.sparse_parameters()``) on an :class:`EncodedSplit`."""
 
-    def __init__(self, model: DLRM, config: TrainConfig, task_names: tuple[str, ...],
-                 out_dir: str | Path | None = None,
-                 on_step: Callable[[int, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        model: DLRM,
+        config: TrainConfig,
+        task_names: tuple[str, ...],
+        out_dir: str | Path | None = None,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.model = model
         self.config = config
         self.task_names = task_names
@@ -178,9 +185,15 @@ class Trainer:
         self.task_weights = torch.tensor(weights, dtype=torch.float32)
         table_lr = config.embedding_lr if config.embedding_lr is not None else config.lr
         own_optimizer = model.embedding.make_sparse_optimizer(config.optimizer.value, table_lr)
-        self.optimizer = SplitOptimizer(model, list(model.embedding.sparse_parameters()), config.optimizer,
-                                        config.lr, config.embedding_lr, config.weight_decay,
-                                        sparse_optimizer=own_optimizer)
+        self.optimizer = SplitOptimizer(
+            model,
+            list(model.embedding.sparse_parameters()),
+            config.optimizer,
+            config.lr,
+            config.embedding_lr,
+            config.weight_decay,
+            sparse_optimizer=own_optimizer,
+        )
         self._interrupt_requested = False
 
     def request_interrupt(self) -> None:
@@ -223,10 +236,13 @@ class Trainer:
         payload = read_payload(self.state_path, STATE_FORMAT, STATE_VERSION)
         saved = payload["train_config"]
         current = self.config.to_dict()
-        changed = sorted(k for k in current if k not in ("epochs", "max_steps", "progress") and saved.get(k) != current[k])
+        changed = sorted(
+            k for k in current if k not in ("epochs", "max_steps", "progress") and saved.get(k) != current[k]
+        )
         if changed:
             raise CheckpointError(
-                f"cannot resume: settings {changed} differ from the interrupted run; use the same settings or a new --out"
+                f"cannot resume: settings {changed} differ from the interrupted run; "
+                "use the same settings or a new --out"
             )
         self.model.load_state_dict(payload["model_state"])
         self.optimizer.load_state_dict(payload["optimizer_state"])
@@ -246,9 +262,19 @@ class Trainer:
             total_steps = min(total_steps, config.max_steps)
         eval_every = config.eval_every or steps_per_epoch
 
-        progress: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "history": [], "best_value": None,
-                                    "best_step": 0, "bad_evals": 0, "samples": 0, "seconds": 0.0,
-                                    "data_seconds": 0.0, "stopped_early": False}
+        progress: dict[str, Any] = {
+            "step": 0,
+            "epoch": 0,
+            "batch": 0,
+            "history": [],
+            "best_value": None,
+            "best_step": 0,
+            "bad_evals": 0,
+            "samples": 0,
+            "seconds": 0.0,
+            "data_seconds": 0.0,
+            "stopped_early": False,
+        }
         best_state: dict[str, Any] | None = None
         if resume:
             progress, best_state = self._load_state()
@@ -256,9 +282,16 @@ class Trainer:
             torch.manual_seed(config.seed)
 
         result = TrainResult()
-        bar = tqdm(total=total_steps, initial=progress["step"], disable=not config.progress,
-                   desc="train", unit="step", dynamic_ncols=True, leave=False,
-                   mininterval=0.5 if sys.stderr.isatty() else 15.0)
+        bar = tqdm(
+            total=total_steps,
+            initial=progress["step"],
+            disable=not config.progress,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            leave=False,
+            mininterval=0.5 if sys.stderr.isatty() else 15.0,
+        )
         self.model.train()
         started = time.perf_counter() - progress["seconds"]
         data_seconds = progress["data_seconds"]
@@ -268,8 +301,9 @@ class Trainer:
             previous_handler = signal.signal(signal.SIGINT, lambda *_: self.request_interrupt())
         try:
             while not done and progress["epoch"] < config.epochs:
-                batches = train.batches(config.batch_size, shuffle=True, seed=config.seed,
-                                        epoch=progress["epoch"], start=progress["batch"])
+                batches = train.batches(
+                    config.batch_size, shuffle=True, seed=config.seed, epoch=progress["epoch"], start=progress["batch"]
+                )
                 while True:
                     tick = time.perf_counter()
                     batch = next(batches, None)
@@ -283,7 +317,9 @@ class Trainer:
                     bar.update(1)
                     if progress["step"] % 20 == 0:
                         elapsed = time.perf_counter() - started
-                        bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{progress['samples'] / max(elapsed, 1e-9):,.0f}")
+                        bar.set_postfix(
+                            loss=f"{loss:.4f}", samples_s=f"{progress['samples'] / max(elapsed, 1e-9):,.0f}"
+                        )
                     if self.on_step is not None:
                         self.on_step(progress["step"], loss)
                     if self._interrupt_requested:
@@ -340,15 +376,19 @@ class Trainer:
             raise ConfigError(f"training loss became {value}; lower the learning rate (now {self.config.lr})")
         return value
 
-    def _validate(self, valid: EncodedSplit, progress: dict[str, Any],
-                  best_state: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
+    def _validate(
+        self, valid: EncodedSplit, progress: dict[str, Any], best_state: dict[str, Any] | None
+    ) -> tuple[dict[str, Any] | None, bool]:
         metrics = evaluate(self.model, valid, self.task_names, self.config.eval_batch_size)
         self.model.train()
         value = self._aggregate(metrics)
-        progress["history"].append({"step": progress["step"], "epoch": progress["epoch"], "valid": metrics,
-                                    "seconds": progress["seconds"]})
+        progress["history"].append(
+            {"step": progress["step"], "epoch": progress["epoch"], "valid": metrics, "seconds": progress["seconds"]}
+        )
         better = progress["best_value"] is None or (
-            value > progress["best_value"] if self.config.stop_metric is StopMetric.AUC else value < progress["best_value"]
+            value > progress["best_value"]
+            if self.config.stop_metric is StopMetric.AUC
+            else value < progress["best_value"]
         )
         if better:
             progress["best_value"] = value
