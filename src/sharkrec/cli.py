@@ -146,7 +146,17 @@ def train(
     data: DataOpt,
     out: OutOpt,
     schema: SchemaOpt = None,
-    precision: Annotated[str, typer.Option(help="Embedding storage precision.")] = "fp32",
+    precision: Annotated[
+        str, typer.Option(help="Embedding row storage: fp32, fp16, int8, f-quant, mpe (not fp32: use adagrad or sgd).")
+    ] = "fp32",
+    memory_budget: Annotated[float | None, typer.Option(help="f-quant: bytes kept as a share of fp32.")] = None,
+    t8: Annotated[float | None, typer.Option(help="f-quant: priority below which rows are int8 (Eq. 8).")] = None,
+    t16: Annotated[float | None, typer.Option(help="f-quant: priority from which rows are fp32 (Eq. 8).")] = None,
+    alpha: Annotated[float | None, typer.Option(help="f-quant: weight of positive samples (Eq. 7).")] = None,
+    beta: Annotated[float | None, typer.Option(help="f-quant: decay rate of the priority (Eq. 7).")] = None,
+    recheck_every: Annotated[int | None, typer.Option(help="f-quant/mpe: batches between tier checks.")] = None,
+    int4: Annotated[bool, typer.Option("--int4", help="f-quant: allow an int4 tier for the coldest rows.")] = False,
+    cache_fraction: Annotated[float | None, typer.Option(help="mpe: share of rows in the fp32 cache.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (model init and data order).")] = 0,
     task_weights: Annotated[str | None, typer.Option(help="Loss weight per task, e.g. 1,0.5.")] = None,
     optimizer: Annotated[str, typer.Option(help="sgd, adagrad or adam (tables updated sparsely).")] = "adam",
@@ -178,8 +188,21 @@ def train(
     from sharkrec.train.run import train_model
     from sharkrec.train.trainer import TrainConfig
 
-    if precision != "fp32":
-        raise SharkrecError(f"--precision {precision!r} is not available yet; use fp32")
+    precision_options: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "memory_budget": memory_budget,
+            "t8": t8,
+            "t16": t16,
+            "alpha": alpha,
+            "beta": beta,
+            "recheck_every": recheck_every,
+            "cache_fraction": cache_fraction,
+        }.items()
+        if value is not None
+    }
+    if int4:
+        precision_options["use_int4"] = True
     _threads(threads)
     settings: dict[str, Any] = {"optimizer": optimizer, "stop_metric": stop_metric}  # validated by TrainConfig
     config = TrainConfig(
@@ -205,7 +228,15 @@ def train(
         "interaction": interaction,
         "dropout": dropout,
     }
-    _, report = train_model(prepared, config, out, resume=resume, model_options=options)
+    _, report = train_model(
+        prepared,
+        config,
+        out,
+        resume=resume,
+        model_options=options,
+        precision=precision,
+        precision_options=precision_options,
+    )
     print_metrics(report)
     typer.echo(f"wrote {out / 'model.pt'} and {out / 'report.json'}")
 

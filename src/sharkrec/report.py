@@ -31,6 +31,14 @@ def print_metrics(report: dict[str, Any], console: Console | None = None) -> Non
             f"embedding bytes: {memory['embedding_bytes']:,} "
             f"(fp32 equivalent {memory['embedding_bytes_fp32']:,}, rows {memory.get('embedding_rows', 0):,})"
         )
+    detail = (memory or {}).get("detail")
+    if detail:
+        console.print(
+            "embedding storage: "
+            + ", ".join(
+                f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in detail.items() if not isinstance(v, dict)
+            )
+        )
     training = report.get("training")
     if training:
         console.print(

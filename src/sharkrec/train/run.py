@@ -38,15 +38,24 @@ def build_model(data: PreparedData, seed: int = 0, **options: Any) -> DLRM:
     return DLRM(model_config_for(data, **options))
 
 
-def memory_summary(model: DLRM) -> dict[str, int]:
-    """Bytes actually held by the embedding tables, and what fp32 tables of the same rows would hold."""
+def memory_summary(model: DLRM) -> dict[str, Any]:
+    """Bytes actually held by the embedding tables, and what fp32 tables of the same rows would hold.
+
+    Layers that report their storage in detail (mixed precision) add ``detail``: per-tier payload,
+    scales, row map, the paper's Table 1 header words and training-only extras.
+    """
     rows = model.embedding.num_rows()
     fp32 = sum(rows.values()) * model.embedding.embedding_dim * 4
-    return {
+    summary: dict[str, Any] = {
         "embedding_bytes": int(model.embedding.embedding_bytes()),
         "embedding_bytes_fp32": int(fp32),
         "embedding_rows": int(sum(rows.values())),
     }
+    summary["embedding_share_of_fp32"] = summary["embedding_bytes"] / fp32 if fp32 else 0.0
+    detail = getattr(model.embedding, "memory_report", None)
+    if callable(detail):
+        summary["detail"] = detail().to_dict()
+    return summary
 
 
 def split_metrics(model: DLRM, data: PreparedData, splits: tuple[str, ...] = ("valid", "test")) -> dict[str, Any]:
@@ -63,14 +72,28 @@ def train_model(
     resume: bool = False,
     model_options: dict[str, Any] | None = None,
     model: DLRM | None = None,
+    precision: str = "fp32",
+    precision_options: dict[str, Any] | None = None,
 ) -> tuple[DLRM, dict[str, Any]]:
     """Build (or take) a DLRM, train it, evaluate it and, with ``out_dir``, write model and report."""
     started = time.perf_counter()
     if model is None:
         model = build_model(data, train_config.seed, **(model_options or {}))
+    if precision != "fp32":
+        from sharkrec.model.embedding import FloatEmbedding
+        from sharkrec.quant.build import build_embedding
+
+        if not isinstance(model.embedding, FloatEmbedding):
+            raise ConfigError(
+                f"--precision {precision} starts from fp32 tables; this model already has "
+                f"a {type(model.embedding).__name__}"
+            )
+        options = {"batch_size": train_config.batch_size, **(precision_options or {})}
+        model = model.with_embedding(build_embedding(precision, model.embedding, data, **options))
     trainer = Trainer(model, train_config, data.schema.label_names, out_dir)
     result = trainer.fit(data.train, data.valid, resume=resume)
     report = training_report(model, data, train_config, result)
+    report["config"]["precision"] = {"scheme": precision, **(precision_options or {})}
     report["seconds"] = time.perf_counter() - started
     if out_dir is not None:
         out = Path(out_dir)
