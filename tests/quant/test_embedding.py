@@ -153,6 +153,7 @@ def test_uniform_baselines_hold_their_bytes() -> None:
     assert build_embedding("fp32", base) is base
     assert fp16.embedding_bytes() == 60 * (32 + 5)
     assert int8.embedding_bytes() == 60 * (16 + 4 + 5)
+    assert build_embedding("int4", base).embedding_bytes() == 60 * (8 + 4 + 5)
     mpe = build_embedding("mpe", base, None, cache_fraction=0.25)
     assert isinstance(mpe, MixedPrecisionEmbedding) and mpe.memory_report().tiers["fp32"]["rows"] == 15
 
@@ -164,8 +165,8 @@ def test_bad_input_errors() -> None:
         mixed.make_sparse_optimizer("adam", 0.01)
     with pytest.raises(ConfigError, match="unknown precision"):
         build_embedding("int3", base)
-    with pytest.raises(ConfigError, match="alpt"):
-        build_embedding("alpt", base)
+    with pytest.raises(ConfigError, match="alpt takes step_lr"):
+        build_embedding("alpt", base, None, beta=0.1)
     with pytest.raises(ConfigError, match="tier codes for field 'tags'"):
         MixedPrecisionEmbedding.from_float(base, {"a": torch.zeros(40)})
     with pytest.raises(ConfigError, match="t8"):

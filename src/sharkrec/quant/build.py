@@ -8,11 +8,11 @@ precision   what it builds
 fp32        the float embedding itself (the baseline)
 fp16        every row fp16 (round-to-nearest; ``stochastic_fp16=True`` for stochastic)
 int8        every row int8 with a per-row scale, stochastic rounding on write-back
+int4        every row int4 (two values a byte) with a per-row scale, stochastic rounding
 f-quant     SHARK F-Quantization: Eq. 7 priorities, Eq. 8 tiers (``FQuantPolicy`` options)
 mpe         an fp32 cache of the hottest rows by LFU count (``cache_fraction``), the rest int8
+alpt        ALPT: every row int8 with a learned per-row step size (``step_lr``, default 0.01)
 ==========  ===============================================================================
-
-ALPT (learned int8 step size) is not implemented yet and raises :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ import torch
 from sharkrec.data.dataset import PreparedData
 from sharkrec.errors import ConfigError
 from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding
+from sharkrec.quant.alpt import ALPTEmbedding
 from sharkrec.quant.codec import Precision
 from sharkrec.quant.embedding import MixedPrecisionEmbedding
 from sharkrec.quant.priority import FQuantPolicy
 
-PRECISIONS = ("fp32", "fp16", "int8", "f-quant", "mpe", "alpt")
+PRECISIONS = ("fp32", "fp16", "int8", "int4", "f-quant", "mpe", "alpt")
 _ROUNDING = ("stochastic_int", "stochastic_fp16")
 
 
@@ -49,12 +50,15 @@ def build_embedding(precision: str, float_embedding: FloatEmbedding, data: Prepa
     batch_size = int(policy.pop("batch_size", 512))
     if precision == "fp32":
         return float_embedding
-    if precision in ("fp16", "int8"):
+    if precision in ("fp16", "int8", "int4"):
         if policy:
             raise ConfigError(f"precision {precision} takes no policy options, got {sorted(policy)}")
         return MixedPrecisionEmbedding.from_float(float_embedding, Precision(precision), **rounding)
     if precision == "alpt":
-        raise ConfigError("precision 'alpt' is not implemented yet; use fp32, fp16, int8, f-quant or mpe")
+        step_lr = float(policy.pop("step_lr", 0.01))
+        if policy:
+            raise ConfigError(f"alpt takes step_lr and stochastic_int, got {sorted(policy)}")
+        return ALPTEmbedding.from_float(float_embedding, Precision.INT8, step_lr=step_lr, **rounding)
     if precision == "mpe":
         cache = float(policy.pop("cache_fraction", 0.1))
         if not 0 <= cache <= 1:

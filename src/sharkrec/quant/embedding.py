@@ -466,9 +466,14 @@ class TierOptimizer(torch.optim.Optimizer):
             grad = leaf.grad
             if grad is None:
                 continue
+            update = grad
             if group["kind"] == "adagrad":
                 accumulator = state[f"sum_{field}"].index_select(0, rows) + grad.pow(2).mean(1)
                 state[f"sum_{field}"].index_copy_(0, rows, accumulator)
-                grad = grad / (accumulator.sqrt().unsqueeze(1) + group["eps"])
-            self.embedding.write_rows(field, rows, leaf.detach() - group["lr"] * grad)
+                update = grad / (accumulator.sqrt().unsqueeze(1) + group["eps"])
+            self._store(field, rows, leaf.detach() - group["lr"] * update, grad)
         self.embedding._touched = []
+
+    def _store(self, field: int, rows: Tensor, values: Tensor, grad: Tensor) -> None:
+        """Write the updated fp32 rows (U, D) back into their tiers; ``grad`` (U, D) is dL/d(row)."""
+        self.embedding.write_rows(field, rows, values)
