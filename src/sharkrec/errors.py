@@ -6,6 +6,11 @@ problem and the fix; the command-line tool prints it without a traceback and exi
 
 from __future__ import annotations
 
+import enum
+from typing import Any, TypeVar
+
+E = TypeVar("E", bound=enum.Enum)
+
 
 class SharkrecError(ValueError):
     """A problem with the user's input, data, model or artifact, stated with its fix."""
@@ -25,3 +30,14 @@ class ConfigError(SharkrecError):
 
 class CheckpointError(SharkrecError):
     """A checkpoint or artifact is missing, corrupted, truncated or of an unknown version."""
+
+
+def parse_choice(kind: type[E], value: Any, what: str) -> E:
+    """``kind(value)``, or a :class:`ConfigError` naming ``what``, the bad value and the valid choices."""
+    if isinstance(value, kind):
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(str(member.value) for member in kind)
+        raise ConfigError(f"unknown {what} {value!r}; use one of {choices}") from None

@@ -64,3 +64,14 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def read_json(path: str | os.PathLike[str], what: str, error: type[Exception], hint: str) -> Any:
+    """Parse a JSON file, or raise ``error`` naming ``what``, the path and ``hint`` (how to fix it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {str(path)!r} does not exist; {hint}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} {str(path)!r} is not valid JSON ({exc.msg} at line {exc.lineno}); fix it") from None

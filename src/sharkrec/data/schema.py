@@ -8,7 +8,6 @@ artifacts so a model can check that it is given data of the shape it was trained
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -185,16 +184,9 @@ class Schema:
 
     @classmethod
     def load(cls, path: str | Path) -> Schema:
-        path = Path(path)
-        if not path.is_file():
-            raise SchemaError(f"schema file {str(path)!r} does not exist; pass an existing JSON file to --schema")
-        try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise SchemaError(
-                f"schema file {str(path)!r} is not valid JSON ({exc.msg} at line {exc.lineno}); fix it"
-            ) from None
-        return cls.from_dict(payload)
+        from sharkrec.io import read_json
+
+        return cls.from_dict(read_json(path, "schema file", SchemaError, "pass an existing JSON file to --schema"))
 
 
 def describe_names(names: Any, limit: int = 12) -> str:

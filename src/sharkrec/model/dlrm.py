@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from sharkrec.data.batch import Batch
-from sharkrec.errors import ConfigError, DataError
+from sharkrec.errors import ConfigError, DataError, parse_choice
 from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding
 from sharkrec.model.heads import MMoEHead, SharedBottomHead, mlp
 
@@ -350,8 +350,4 @@ def _sizes(name: str, value: Any) -> tuple[int, ...]:
 
 
 def _enum(kind: type[enum.Enum], value: Any, name: str) -> Any:
-    try:
-        return kind(value)
-    except ValueError:
-        choices = ", ".join(str(k.value) for k in kind)
-        raise ConfigError(f"{name} {value!r} is unknown; use one of {choices}") from None
+    return parse_choice(kind, value, name)

@@ -88,11 +88,18 @@ class FieldEmbedding(nn.Module, abc.ABC):
 
 
 EMBEDDING_KINDS: dict[str, type[FieldEmbedding]] = {}
+#: modules whose layers a saved model may use; imported on demand by :func:`embedding_from_spec`
+_BUILTIN_KIND_MODULES = ("sharkrec.prune.embedding",)
 
 
 def embedding_from_spec(spec: Mapping[str, Any]) -> FieldEmbedding:
     """Rebuild an (empty) embedding layer from the ``spec()`` of a registered class."""
     kind = spec.get("kind")
+    if kind not in EMBEDDING_KINDS:
+        import importlib
+
+        for module in _BUILTIN_KIND_MODULES:  # compressed layers register themselves when imported
+            importlib.import_module(module)
     if kind not in EMBEDDING_KINDS:
         raise ConfigError(
             f"unknown embedding kind {kind!r}; known kinds: {sorted(EMBEDDING_KINDS)} "

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from sharkrec.data.batch import Batch
 from sharkrec.data.dataset import EncodedSplit
-from sharkrec.errors import CheckpointError, ConfigError
+from sharkrec.errors import CheckpointError, ConfigError, parse_choice
 from sharkrec.io import atomic_save
 from sharkrec.model.dlrm import DLRM
 from sharkrec.train.metrics import task_metrics
@@ -67,9 +67,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.optimizer, OptimizerKind):
-            object.__setattr__(self, "optimizer", _enum(OptimizerKind, self.optimizer, "optimizer"))
+            object.__setattr__(self, "optimizer", parse_choice(OptimizerKind, self.optimizer, "optimizer"))
         if not isinstance(self.stop_metric, StopMetric):
-            object.__setattr__(self, "stop_metric", _enum(StopMetric, self.stop_metric, "stop metric"))
+            object.__setattr__(self, "stop_metric", parse_choice(StopMetric, self.stop_metric, "stop metric"))
         checks = [
             (self.lr > 0, f"learning rate {self.lr} must be positive"),
             (self.embedding_lr is None or self.embedding_lr > 0, f"embedding lr {self.embedding_lr} must be positive"),
@@ -96,12 +96,6 @@ class TrainConfig:
         return out
 
 
-def _enum(kind: type[enum.Enum], value: Any, what: str) -> Any:
-    try:
-        return kind(value)
-    except ValueError:
-        choices = ", ".join(str(m.value) for m in kind)
-        raise ConfigError(f"unknown {what} {value!r}; use one of {choices}") from None
 
 
 class TrainingInterrupted(RuntimeError):

@@ -4,7 +4,6 @@ and the ``--data`` spec the command line passes (:func:`parse_synthetic_spec`)."
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from sharkrec.errors import ConfigError
+from sharkrec.io import read_json
 
 # Criteo Kaggle cardinalities (as counted by facebookresearch/dlrm), the default spread of sizes
 _CRITEO_CARDINALITIES = (
@@ -291,16 +291,7 @@ def parse_synthetic_spec(text: str) -> SyntheticConfig:
         return SyntheticConfig()
     path = Path(text)
     if text.endswith(".json") or ("=" not in text and path.is_file()):
-        if not path.is_file():
-            raise ConfigError(
-                f"synthetic spec file {text!r} does not exist; pass an existing JSON file or key=value pairs"
-            )
-        try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(
-                f"synthetic spec file {text!r} is not valid JSON ({exc.msg} at line {exc.lineno}); fix it"
-            ) from None
+        payload = read_json(path, "synthetic spec file", ConfigError, "pass an existing JSON file or key=value pairs")
         return SyntheticConfig.from_dict(payload)
     tokens = [t.strip() for t in text.split(",") if t.strip()]
     preset: Callable[..., SyntheticConfig] = SyntheticConfig
