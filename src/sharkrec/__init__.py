@@ -1,6 +1,23 @@
 """sharkrec: compress the embedding layer of recommendation models."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from sharkrec.errors import SharkrecError
 
-__all__ = ["SharkrecError", "__version__"]
+if TYPE_CHECKING:
+    from sharkrec.export.engine import ServingModel
+
+__all__ = ["SharkrecError", "__version__", "load"]
 __version__ = "0.1.0"
+
+
+def load(path: Any, **options: Any) -> ServingModel:
+    """The inference model of an artifact directory (see :func:`sharkrec.export.load_artifact`).
+
+    Imported lazily so ``import sharkrec`` stays light (no torch until a model is loaded).
+    """
+    from sharkrec.export.artifact import load_artifact
+
+    return load_artifact(path, **options)

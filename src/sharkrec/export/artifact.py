@@ -1,0 +1,268 @@
+"""The model artifact: one directory of safetensors files and a JSON manifest.
+
+Layout of ``ART/`` (written to a temporary sibling directory, then renamed into place)::
+
+    manifest.json            format name + version, schema, model config, fields, tiers, scales,
+                             the Table 1 row-header layout, memory, sha256 + size of every file
+    dense.safetensors        the network's weights (bottom MLP, head), DLRM state-dict names
+    embedding.safetensors    per kept field k: field.k.<tier> payloads (slot order) and
+                             field.k.<tier>_scale (int8 / int4), see :mod:`sharkrec.export.tables`
+    vocabulary.safetensors   per kept field k: vocab.k.keys int64, or vocab.k.key_bytes uint8 +
+                             vocab.k.key_offsets int64 (utf-8 strings), raw keys in slot order
+
+Pruned fields have no tables: the manifest holds their constant vector. :func:`load_artifact`
+checks the format, the version and every file's size and sha256 before reading a tensor; any
+problem is one :class:`CheckpointError` line naming the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from sharkrec.data.schema import Schema
+from sharkrec.data.vocab import Vocabulary
+from sharkrec.errors import CheckpointError, SharkrecError
+from sharkrec.export.engine import ServingEmbedding, ServingModel
+from sharkrec.export.tables import FieldTables, ServingVocabulary, TierPool, export_fields
+from sharkrec.model.embedding import FieldEmbedding
+from sharkrec.quant.codec import Precision
+
+ARTIFACT_FORMAT = "sharkrec-artifact"
+ARTIFACT_VERSION = 1
+MANIFEST = "manifest.json"
+FILES = ("dense.safetensors", "embedding.safetensors", "vocabulary.safetensors")
+#: Table 1 of the paper: the words a packed row would carry, and where this layout keeps each
+ROW_HEADER = [
+    {"word": "precision", "bytes": 1, "kept_as": "the tier's slot range (fields[].tiers[].slots)"},
+    {"word": "dimension", "bytes": 2, "kept_as": "embedding.dim (one D for every row)"},
+    {"word": "scale", "bytes": 4, "kept_as": "field.<k>.<tier>_scale float32 (int8 / int4 rows)"},
+]
+HEADER_BYTES_PER_ROW = 1 + 2 + 4
+_FIX = "re-export it with 'sharkrec compress' (or save_artifact)"
+
+
+def save_artifact(model_or_bundle: Any, schema: Schema | None, vocabularies: Mapping[str, Vocabulary] | None,
+                  path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Write the artifact directory ``path`` atomically; returns the manifest.
+
+    Args:
+        model_or_bundle: a DLRM (fp32, mixed-precision or pruned embedding) or a ``ModelBundle``.
+        schema, vocabularies: the training schema and vocabularies (taken from a bundle when ``None``).
+        path: the artifact directory; an existing artifact there is replaced, anything else is refused.
+    """
+    model = getattr(model_or_bundle, "model", model_or_bundle)
+    schema = schema if schema is not None else getattr(model_or_bundle, "schema", None)
+    vocabularies = vocabularies if vocabularies is not None else getattr(model_or_bundle, "vocabularies", None)
+    config = getattr(model, "config", None)
+    if not isinstance(model, nn.Module) or config is None or not hasattr(model, "embedding"):
+        raise CheckpointError(f"cannot export a {type(model).__name__}; pass a sharkrec DLRM or a ModelBundle")
+    if schema is None or vocabularies is None:
+        raise CheckpointError("an artifact needs the schema and vocabularies; pass them or a ModelBundle")
+    embedding = model.embedding
+    if not isinstance(embedding, FieldEmbedding):
+        raise CheckpointError(f"cannot export a {type(embedding).__name__} embedding; use a sharkrec FieldEmbedding")
+    tables, constants = export_fields(embedding, vocabularies)
+    dim = int(embedding.embedding_dim)
+    dense = {name: t.detach().contiguous() for name, t in model.state_dict().items()
+             if not name.startswith("embedding.")}
+    tensors: dict[str, Tensor] = {}
+    vocab_tensors: dict[str, Tensor] = {}
+    kept = {t.name: (k, t) for k, t in enumerate(tables)}
+    fields = []
+    for name in embedding.field_names:
+        if name in constants:
+            fields.append({"name": name, "status": "pruned", "constant": constants[name].tolist()})
+            continue
+        k, table = kept[name]
+        fields.append(_field_entry(k, table, tensors, vocab_tensors))
+    manifest: dict[str, Any] = {
+        "format": ARTIFACT_FORMAT,
+        "version": ARTIFACT_VERSION,
+        "model": {"class": type(model).__name__, "config": config.to_dict()},
+        "schema": schema.to_dict(),
+        "tasks": list(getattr(model, "task_names", ())),
+        "embedding": {"dim": dim, "row_header": ROW_HEADER, "fields": fields},
+        "memory": _memory(tables, len(constants), dim),
+    }
+    with _atomic_dir(Path(path)) as tmp:
+        contents = {"dense.safetensors": dense, "embedding.safetensors": tensors,
+                    "vocabulary.safetensors": vocab_tensors}
+        files = {}
+        for file_name, payload in contents.items():
+            save_file(payload, str(tmp / file_name))
+            files[file_name] = {"sha256": _sha256(tmp / file_name), "bytes": (tmp / file_name).stat().st_size}
+        manifest["files"] = files
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _field_entry(k: int, table: FieldTables, tensors: dict[str, Tensor], vocab_tensors: dict[str, Tensor]
+                 ) -> dict[str, Any]:
+    tiers = []
+    for pool, (precision, start, end) in zip(table.tiers, table.bounds(), strict=True):
+        payload_name = f"field.{k}.{precision.value}"
+        tensors[payload_name] = pool.payload
+        scale_name = None
+        if pool.scale is not None:
+            scale_name = f"field.{k}.{precision.value}_scale"
+            tensors[scale_name] = pool.scale
+        tiers.append({"precision": precision.value, "slots": [start, end], "traffic": pool.traffic,
+                      "payload": payload_name, "scale": scale_name})
+    vocab = table.vocabulary
+    if vocab.key_kind == "int":
+        vocab_tensors[f"vocab.{k}.keys"] = torch.from_numpy(np.ascontiguousarray(vocab.keys, dtype=np.int64))
+    else:
+        encoded = [str(key).encode("utf-8", errors="surrogateescape") for key in vocab.keys]
+        offsets = np.concatenate([[0], np.cumsum([len(e) for e in encoded])]).astype(np.int64)
+        vocab_tensors[f"vocab.{k}.key_bytes"] = torch.from_numpy(np.frombuffer(b"".join(encoded) or b"\0",
+                                                                               dtype=np.uint8).copy())
+        vocab_tensors[f"vocab.{k}.key_offsets"] = torch.from_numpy(offsets)
+    return {"name": table.name, "status": "kept", "index": k, "rows": table.rows, "tiers": tiers,
+            "vocabulary": {"key_kind": vocab.key_kind, "size": len(vocab.keys), "oov_slot": vocab.oov_slot}}
+
+
+def _memory(tables: list[FieldTables], removed: int, dim: int) -> dict[str, int]:
+    payload = sum(p.payload.numel() * p.payload.element_size() for t in tables for p in t.tiers)
+    scales = sum(p.scale.numel() * 4 for t in tables for p in t.tiers if p.scale is not None)
+    rows = sum(t.rows for t in tables)
+    header = HEADER_BYTES_PER_ROW * rows
+    return {"rows": rows, "payload_bytes": payload, "scale_bytes": scales, "constant_bytes": 4 * dim * removed,
+            "embedding_bytes": payload + scales + 4 * dim * removed, "table1_header_bytes": header,
+            "table1_bytes": payload + header, "fp32_bytes": 4 * dim * rows}
+
+
+@contextmanager
+def _atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield an empty temporary directory next to ``target``; it replaces ``target`` if the block succeeds."""
+    if target.exists() and not (target.is_dir() and ((target / MANIFEST).is_file() or not any(target.iterdir()))):
+        raise CheckpointError(f"{str(target)!r} exists and is not a sharkrec artifact; choose another output path")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        for child in tmp.iterdir():
+            with open(child, "rb") as handle:
+                os.fsync(handle.fileno())
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, old / "artifact")
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checked manifest of artifact ``path`` (format, version, files present with the right size and sha256)."""
+    root = Path(path)
+    if not root.is_dir():
+        what = "is a file, not an artifact directory" if root.exists() else "does not exist"
+        raise CheckpointError(f"artifact {str(root)!r} {what}; pass the directory written by save_artifact")
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(f"artifact {str(root)!r} has no {MANIFEST}; it is incomplete, {_FIX}")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"artifact {str(root)!r} has a corrupted {MANIFEST} ({exc}); {_FIX}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
+        raise CheckpointError(f"{str(root)!r} is not a {ARTIFACT_FORMAT} directory; pass an artifact written by "
+                              "sharkrec")
+    version = manifest.get("version")
+    if not isinstance(version, int) or not 1 <= version <= ARTIFACT_VERSION:
+        raise CheckpointError(f"artifact {str(root)!r} has format version {version!r}; this sharkrec reads versions "
+                              f"1..{ARTIFACT_VERSION}: upgrade sharkrec or re-export the model")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or sorted(files) != sorted(FILES):
+        raise CheckpointError(f"artifact {str(root)!r} lists files {sorted(files or {})}, expected {list(FILES)}; "
+                              f"{_FIX}")
+    for name, entry in files.items():
+        file = root / name
+        if not file.is_file():
+            raise CheckpointError(f"artifact {str(root)!r} lacks {name}; it is incomplete, {_FIX}")
+        size = file.stat().st_size
+        if size != entry.get("bytes"):
+            raise CheckpointError(f"artifact file {str(file)!r} is truncated or extended ({size} bytes, the manifest "
+                                  f"says {entry.get('bytes')}); {_FIX}")
+        if _sha256(file) != entry.get("sha256"):
+            raise CheckpointError(f"artifact file {str(file)!r} is corrupted (sha256 differs from the manifest); "
+                                  f"{_FIX}")
+    return manifest
+
+
+def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fbgemm") -> ServingModel:
+    """The :class:`ServingModel` of artifact ``path``; ``kernel`` picks the lookup path (see the engine)."""
+    from sharkrec.model.dlrm import DLRM, DLRMConfig
+
+    manifest = read_manifest(path)
+    root = Path(path)
+    try:
+        loaded = {name: load_file(str(root / name)) for name in FILES}
+        config = DLRMConfig.from_dict(manifest["model"]["config"])
+        schema = Schema.from_dict(manifest["schema"])
+        section = manifest["embedding"]
+        dim = int(section["dim"])
+        tables, constants, vocabularies = [], {}, {}
+        for entry in section["fields"]:
+            if entry["status"] == "pruned":
+                constants[entry["name"]] = torch.tensor(entry["constant"], dtype=torch.float32)
+                continue
+            table = _read_field(entry, loaded["embedding.safetensors"], loaded["vocabulary.safetensors"])
+            tables.append(table)
+            vocabularies[table.name] = table.vocabulary
+        names = [entry["name"] for entry in section["fields"]]
+        embedding = ServingEmbedding(names, tables, constants, dim, kernel=kernel)
+        network = DLRM(config, embedding)
+        network.load_state_dict(loaded["dense.safetensors"], strict=True)
+    except SharkrecError as exc:
+        raise CheckpointError(f"artifact {str(root)!r} is inconsistent ({exc}); {_FIX}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"artifact {str(root)!r} is inconsistent ({reason}); {_FIX}") from None
+    return ServingModel(network, schema, vocabularies, manifest)
+
+
+def _read_field(entry: Mapping[str, Any], tensors: Mapping[str, Tensor], vocab: Mapping[str, Tensor]) -> FieldTables:
+    pools = []
+    for tier in entry["tiers"]:
+        scale_name = tier.get("scale")
+        pools.append(TierPool(Precision.parse(tier["precision"]), tensors[tier["payload"]],
+                              tensors[scale_name] if scale_name else None, int(tier["traffic"])))
+    k, info = int(entry["index"]), entry["vocabulary"]
+    if info["key_kind"] == "int":
+        keys = vocab[f"vocab.{k}.keys"].numpy()
+    else:
+        blob = vocab[f"vocab.{k}.key_bytes"].numpy().tobytes()
+        offsets = vocab[f"vocab.{k}.key_offsets"].tolist()
+        keys = np.asarray([blob[a:b].decode("utf-8", errors="surrogateescape")
+                           for a, b in itertools.pairwise(offsets)], dtype=object)
+    if len(keys) != int(info["size"]) or sum(p.rows for p in pools) != len(keys) + 1:
+        raise CheckpointError(f"field {entry['name']!r} has {len(keys)} keys for {sum(p.rows for p in pools)} rows")
+    return FieldTables(str(entry["name"]), tuple(pools),
+                       ServingVocabulary(str(entry["name"]), str(info["key_kind"]), keys, int(info["oov_slot"])))

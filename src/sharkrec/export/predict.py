@@ -1,0 +1,179 @@
+"""Batch prediction: raw rows in the training format → one line of scores per row, streamed in chunks.
+
+The input is read ``chunk_rows`` lines at a time (plain or gzip), each chunk parsed by the
+format's own reader and checked with the training cell rules, so memory stays O(chunk). Labels
+may be absent (Criteo with 39 columns, libFM lines starting with a pair, CSV whose header lacks
+the label columns). Output is tab-separated with a header::
+
+    line    <task 1>    <task 2> ...
+    1       0.0312      ...
+
+``line`` is the 1-based physical input line, so rows stay identifiable when malformed lines are
+skipped (``on_bad_line="skip"``, counted in the report) or the run stops at the first one
+(``"error"``). The output file appears only when the whole input was scored (atomic write).
+Limitation: CSV cells with quoted newlines are not supported (chunks are cut at line ends).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from sharkrec.data.encode import parse_rows
+from sharkrec.data.formats.text import GZIP_MAGIC, MAX_LINE_NUMBERS, BadLines, OnBadLine, RawTable
+from sharkrec.data.readers import read_raw
+from sharkrec.data.schema import Schema
+from sharkrec.errors import ConfigError, DataError
+from sharkrec.export.engine import ServingModel
+from sharkrec.io import atomic_open
+
+PREDICT_FORMATS = ("criteo", "libfm", "csv", "tsv")
+
+
+@dataclass(frozen=True)
+class PredictReport:
+    """What :func:`predict_file` did: rows scored, bad lines skipped (first line numbers), seconds."""
+
+    rows: int
+    bad_lines: int
+    first_bad_lines: tuple[int, ...] = ()
+    first_problem: str | None = None
+    seconds: float = 0.0
+    tasks: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "bad_lines": self.bad_lines, "first_bad_lines": list(self.first_bad_lines),
+                "first_problem": self.first_problem, "seconds": self.seconds, "tasks": list(self.tasks)}
+
+
+def predict_file(artifact: str | os.PathLike[str] | ServingModel, input_path: str | os.PathLike[str],
+                 output_path: str | os.PathLike[str], fmt: str | None = None, *, on_bad_line: str = "skip",
+                 chunk_rows: int = 65536, schema: Schema | None = None) -> PredictReport:
+    """Score every row of ``input_path`` (format ``fmt``) with ``artifact``; write ``output_path`` atomically.
+
+    ``fmt`` defaults to the training format recorded in the artifact's schema (see :func:`input_format`).
+    ``schema`` overrides the artifact's (only its column positions / delimiter should differ).
+    """
+    from sharkrec.export.artifact import load_artifact
+
+    started = time.perf_counter()
+    model = artifact if isinstance(artifact, ServingModel) else load_artifact(artifact)
+    schema = schema or model.schema
+    fmt = fmt or input_format(schema)
+    if fmt not in PREDICT_FORMATS:
+        raise ConfigError(f"predict reads formats {', '.join(PREDICT_FORMATS)}, not {fmt!r}; convert the input")
+    if chunk_rows < 1:
+        raise ConfigError(f"chunk_rows is {chunk_rows}; use 1 or more")
+    policy = OnBadLine.parse(on_bad_line)
+    source = Path(input_path)
+    rows, bad = 0, BadLines(str(source))
+    with atomic_open(output_path, "w") as out:
+        out.write("\t".join(["line", *model.task_names]) + "\n")
+        for table in _chunks(fmt, source, schema, chunk_rows):
+            parsed, checked = parse_rows(table, schema)
+            found = table.bad_lines[0].merge(checked) if table.bad_lines else checked
+            if found.count and policy is OnBadLine.ERROR:
+                raise found.error()
+            bad = bad.merge(found)
+            if len(parsed) == 0:
+                continue
+            scores = model.predict_proba(model.encode(parsed)).numpy()  # (N, T)
+            np.savetxt(out, np.column_stack([parsed.line_numbers, scores]),
+                       fmt=["%d"] + ["%.7g"] * scores.shape[1], delimiter="\t")
+            rows += len(parsed)
+        if rows == 0:
+            raise DataError(f"input {source} has no valid rows ({bad.count} malformed lines); nothing to predict")
+    return PredictReport(rows, bad.count, bad.first_line_numbers, bad.first_problem,
+                         time.perf_counter() - started, model.task_names)
+
+
+def input_format(schema: Schema) -> str:
+    """The raw format a training schema came from: criteo, libfm (frappe), else csv or tsv by delimiter."""
+    if schema.name == "criteo":
+        return "criteo"
+    if schema.name in ("frappe", "libfm"):
+        return "libfm"
+    return "tsv" if schema.delimiter == "\t" else "csv"
+
+
+def _open(path: Path) -> IO[bytes]:
+    if not path.is_file():
+        raise DataError(f"input file {path} does not exist; pass an existing file to --input")
+    with open(path, "rb") as probe:
+        magic = probe.read(2)
+    if magic == GZIP_MAGIC:
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+def _chunks(fmt: str, path: Path, schema: Schema, chunk_rows: int) -> Iterator[RawTable]:
+    """Raw tables of ``chunk_rows`` lines each, with physical line numbers of the whole file."""
+    header_lines = 1 if fmt in ("csv", "tsv") and schema.has_header else 0
+    with _open(path) as handle, tempfile.TemporaryDirectory(prefix="sharkrec-predict-") as scratch:
+        chunk_file = Path(scratch) / ("chunk" + path.suffix if path.suffix not in (".gz",) else "chunk")
+        header = b""
+        first_line = 1
+        if header_lines:
+            header = handle.readline()
+            while header and not header.strip():
+                header, first_line = handle.readline(), first_line + 1
+            first_line += 1
+        fill: bytes | None = None  # prefix / suffix that adds placeholder labels, decided on the first line
+        while True:
+            lines = [line for _, line in zip(range(chunk_rows), handle, strict=False)]
+            if not lines:
+                return
+            if fill is None:
+                header, fill = _label_fill(fmt, schema, header, lines)
+            body = [_fill_line(fmt, line, fill) if fill and line.strip() else line for line in lines]
+            if not any(line.strip() for line in body):
+                first_line += len(lines)
+                continue
+            chunk_file.write_bytes(header + b"".join(body))
+            table = read_raw(fmt, chunk_file, schema)
+            shift = first_line - 1 - header_lines
+            yield _relabel(table, shift, str(path))
+            first_line += len(lines)
+
+
+def _fill_line(fmt: str, line: bytes, fill: bytes) -> bytes:
+    """``line`` with placeholder labels: in front (criteo, libfm) or appended (csv, tsv)."""
+    if fmt in ("criteo", "libfm"):
+        return fill + line
+    end = len(line.rstrip(b"\r\n"))
+    return line[:end] + fill + line[end:]
+
+
+def _label_fill(fmt: str, schema: Schema, header: bytes, lines: list[bytes]) -> tuple[bytes, bytes]:
+    """(header, fill): ``fill`` is added to every line when the input has no label columns."""
+    first = next((line for line in lines if line.strip()), b"")
+    n_labels = len(schema.labels)
+    if fmt == "criteo" and first.rstrip(b"\r\n").count(b"\t") == 38:
+        return header, b"0\t"
+    tokens = first.split()
+    if fmt == "libfm" and tokens and b":" in tokens[0]:
+        return header, b"0 "
+    if fmt in ("csv", "tsv") and header:
+        delimiter = (schema.delimiter or {"csv": ",", "tsv": "\t"}[fmt]).encode()
+        names = [name.strip().decode("utf-8", errors="replace") for name in header.rstrip(b"\r\n").split(delimiter)]
+        absent = [spec for spec in schema.labels if str(spec.source) not in names]
+        if absent and len(absent) == n_labels:
+            end = len(header.rstrip(b"\r\n"))
+            added = b"".join(delimiter + str(spec.source).encode() for spec in absent)
+            return header[:end] + added + header[end:], delimiter.join([b""] + [b"0"] * len(absent))
+    return header, b""
+
+
+def _relabel(table: RawTable, shift: int, source: str) -> RawTable:
+    """``table`` with line numbers of the whole input (``shift`` added) and the input's name."""
+    records = tuple(replace(record, source=source, first_line_numbers=tuple(
+        n + shift for n in record.first_line_numbers)[:MAX_LINE_NUMBERS]) for record in table.bad_lines)
+    return RawTable(table.frame, table.line_numbers + shift, source, records)

@@ -1,0 +1,183 @@
+"""HTTP serving: ``POST /predict`` (JSON rows of raw values → scores) and ``GET /health``.
+
+Request ``{"rows": [{"C1": "68fd1e64", "I1": 3, "genres": ["Drama", "War"]}, ...]}``; response
+``{"tasks": ["label"], "scores": [[0.031], ...]}``. Bad requests never reach the model:
+
+- malformed JSON, a value of the wrong type (an object, a boolean), no or too many rows → 422
+  with the pydantic location of the problem;
+- a field the schema does not know, a dense value that is not a number, a list for a
+  single-value field → 400 naming the row and the field.
+
+Concurrent requests are batched: each request is checked and parsed in its handler, then queued;
+one worker takes the first waiting request, gathers more for up to ``max_wait_ms`` or until
+``max_batch_rows`` rows, scores them as one batch on a single model thread and answers each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any, Union
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+
+from sharkrec.data.encode import ParsedRows
+from sharkrec.errors import ConfigError, SharkrecError
+from sharkrec.export.engine import ServingModel
+from sharkrec.export.rows import parse_records
+
+#: one cell: a string or number, a list of them (multi-hot), or null (missing)
+Cell = Union[StrictStr, StrictInt, StrictFloat, None, list[Union[StrictStr, StrictInt]]]  # noqa: UP007
+
+
+class PredictRequest(BaseModel):
+    """Rows of raw field values, keyed by schema field name."""
+
+    model_config = ConfigDict(extra="forbid")
+    rows: list[dict[str, Cell]] = Field(min_length=1)
+
+
+class PredictResponse(BaseModel):
+    """One list of T probabilities per row, in the order of ``tasks``."""
+
+    tasks: list[str]
+    scores: list[list[float]]
+
+
+class Batcher:
+    """Gathers the parsed rows of concurrent requests into batches for one model thread."""
+
+    def __init__(self, model: ServingModel, max_batch_rows: int, max_wait_ms: float) -> None:
+        self.model = model
+        self.max_batch_rows = max_batch_rows
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.batches = 0
+        self.rows = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sharkrec-model")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[tuple[ParsedRows, asyncio.Future[np.ndarray]]] | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    async def predict(self, rows: ParsedRows) -> np.ndarray:
+        """(N, T) probabilities of ``rows``, scored in a batch with whatever else is waiting."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._queue is None or self._worker is None or self._worker.done():
+            self._loop, self._queue = loop, asyncio.Queue()
+            self._worker = loop.create_task(self._run(self._queue))
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        await self._queue.put((rows, future))
+        return await future
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        self._executor.shutdown(wait=False)
+
+    async def _run(self, queue: asyncio.Queue[tuple[ParsedRows, asyncio.Future[np.ndarray]]]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await queue.get()]
+            size = len(items[0][0])
+            deadline = loop.time() + self.max_wait_s
+            while size < self.max_batch_rows:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+                items.append(item)
+                size += len(item[0])
+            try:
+                merged = ParsedRows.concat([rows for rows, _ in items])
+                scores = await loop.run_in_executor(self._executor, self._score, merged)
+            except Exception as exc:  # answer every waiting request; the worker keeps running
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.batches += 1
+            self.rows += size
+            start = 0
+            for rows, future in items:
+                if not future.done():
+                    future.set_result(scores[start:start + len(rows)])
+                start += len(rows)
+
+    def _score(self, rows: ParsedRows) -> np.ndarray:
+        return self.model.predict_proba(self.model.encode(rows)).numpy()
+
+
+def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_rows: int = 4096,
+               max_wait_ms: float = 2.0, max_request_rows: int = 10000) -> FastAPI:
+    """A FastAPI app serving ``artifact`` (a path or a loaded :class:`ServingModel`)."""
+    from sharkrec.export.artifact import load_artifact
+
+    if max_batch_rows < 1 or max_request_rows < 1 or not max_wait_ms >= 0:
+        raise ConfigError("max_batch_rows and max_request_rows must be >= 1 and max_wait_ms >= 0")
+    model = artifact if isinstance(artifact, ServingModel) else load_artifact(artifact)
+    batcher = Batcher(model, max_batch_rows, max_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="sharkrec", lifespan=lifespan)
+    app.state.model = model
+    app.state.batcher = batcher
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in error.get('loc', ()))}: {error.get('msg')}" for error in exc.errors()]
+        return JSONResponse(status_code=422, content={"error": "; ".join(problems[:5]) + (
+            f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""), "detail": jsonable(exc.errors())})
+
+    @app.exception_handler(SharkrecError)
+    async def bad_data(request: Request, exc: SharkrecError) -> JSONResponse:
+        return JSONResponse(status_code=400, content={"error": str(exc)})
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "format_version": model.manifest.get("version"), "tasks": list(model.task_names),
+                "fields": list(model.schema.sparse_names) + list(model.schema.dense_names),
+                "batches": batcher.batches, "rows": batcher.rows}
+
+    @app.post("/predict", response_model=PredictResponse)
+    async def predict(request: PredictRequest) -> PredictResponse:
+        if len(request.rows) > max_request_rows:
+            raise ConfigError(f"the request has {len(request.rows)} rows; send at most {max_request_rows} per request")
+        parsed = parse_records(model, request.rows)  # a bad row fails this request alone
+        scores = await batcher.predict(parsed)
+        return PredictResponse(tasks=list(model.task_names), scores=scores.tolist())
+
+    return app
+
+
+def jsonable(errors: Any) -> Any:
+    """Pydantic error records with their non-JSON parts (exception objects in ``ctx``) made strings."""
+    out = []
+    for error in errors:
+        error = dict(error)
+        if "ctx" in error:
+            error["ctx"] = {k: str(v) for k, v in error["ctx"].items()}
+        error.pop("url", None)
+        if isinstance(error.get("input"), bytes):
+            error["input"] = error["input"].decode("utf-8", errors="replace")
+        out.append(error)
+    return out
+
+
+def serve(artifact: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
+    """Run the app with uvicorn until interrupted (``sharkrec serve``)."""
+    import uvicorn
+
+    uvicorn.run(create_app(artifact, **options), host=host, port=port, log_level="info")

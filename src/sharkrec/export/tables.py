@@ -1,0 +1,194 @@
+"""Serving tables: each kept field's rows in tier order, hottest first, and the raw value → slot map.
+
+At export every row of a field gets one *slot*. Slots are ordered by tier, then by training
+frequency (hottest first), then by row id::
+
+    slots [0, n32)                 fp32 rows      payload (n32, D) float32
+    slots [n32, n32+n16)           fp16 rows      payload (n16, D) float16
+    slots [.., ..+n8)              int8 rows      payload (n8, D) int8 + scale (n8,) float32
+    slots [.., ..+n4)              int4 rows      payload (n4, ceil(D/2)) uint8 + scale (n4,) float32
+
+so a row's tier is a slot range (the precision word of Table 1 is implicit) and the hot rows of
+every tier sit together in memory. The permutation is folded into the vocabulary: the raw keys are
+stored in slot order (the OOV slot left out), so the position ``p`` a hash lookup returns *is* the
+slot, shifted by one past the OOV slot: ``slot = p + (p >= oov_slot)``; unknown values get
+``oov_slot``. No row → slot table exists at serving time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from sharkrec.data.vocab import Vocabulary
+from sharkrec.errors import CheckpointError
+from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding
+from sharkrec.quant.codec import Precision
+
+TIERS = tuple(Precision)  # slot order of the tiers: fp32, fp16, int8, int4
+
+
+@dataclass(frozen=True)
+class TierPool:
+    """The rows of one tier of one field, in slot order.
+
+    ``payload``: (n, D) float32 / (n, D) float16 / (n, D) int8 / (n, ceil(D/2)) uint8;
+    ``scale``: (n,) float32 for int8 and int4 (value = scale · code), else ``None``;
+    ``traffic``: training occurrences of these rows (from the vocabulary counts).
+    """
+
+    precision: Precision
+    payload: Tensor
+    scale: Tensor | None
+    traffic: int
+
+    @property
+    def rows(self) -> int:
+        return int(self.payload.shape[0])
+
+
+@dataclass(frozen=True)
+class ServingVocabulary:
+    """Raw value → slot of one field; ``keys`` are the raw values in slot order without the OOV slot.
+
+    ``key_kind`` is ``"int"`` (keys int64) or ``"str"``. Values of another type are converted
+    (``"5"`` reads as 5 for an int vocabulary; 5 reads as ``"5"`` for a str one).
+    """
+
+    name: str
+    key_kind: str
+    keys: np.ndarray
+    oov_slot: int
+
+    @property
+    def num_slots(self) -> int:
+        return len(self.keys) + 1
+
+    def index(self) -> pd.Index:
+        cached = self.__dict__.get("_index")
+        if cached is None:
+            cached = pd.Index(self.keys)
+            object.__setattr__(self, "_index", cached)  # a cache, not state: the dataclass stays frozen
+        return cached
+
+    def slots(self, values: Sequence[object] | np.ndarray) -> np.ndarray:
+        """(N,) int64 slots of raw ``values`` (N,); unknown values get the OOV slot."""
+        values = np.asarray(values, dtype=object)
+        if len(values) == 0:
+            return np.zeros(0, dtype=np.int64)
+        codes, uniques = pd.factorize(values)
+        if self.key_kind == "int":
+            numbers = pd.to_numeric(pd.Series(uniques, dtype=object), errors="coerce").to_numpy(dtype=np.float64)
+            whole = np.isfinite(numbers) & (numbers == np.round(numbers))
+            lookup = np.where(whole, numbers, np.nan)
+            positions = np.full(len(uniques), -1, dtype=np.int64)
+            if whole.any():
+                positions[whole] = self.index().get_indexer(lookup[whole].astype(np.int64))
+        else:
+            positions = self.index().get_indexer(np.asarray([str(u) for u in uniques], dtype=object))
+        positions = positions.astype(np.int64)
+        unique_slots = np.where(positions < 0, self.oov_slot, positions + (positions >= self.oov_slot))
+        return unique_slots[codes].astype(np.int64)
+
+
+@dataclass(frozen=True)
+class FieldTables:
+    """A kept field's tiers (only non-empty ones, in slot order) and its vocabulary."""
+
+    name: str
+    tiers: tuple[TierPool, ...]
+    vocabulary: ServingVocabulary
+
+    @property
+    def rows(self) -> int:
+        return sum(pool.rows for pool in self.tiers)
+
+    def bounds(self) -> list[tuple[Precision, int, int]]:
+        """``(precision, first slot, end slot)`` of each tier."""
+        out, start = [], 0
+        for pool in self.tiers:
+            out.append((pool.precision, start, start + pool.rows))
+            start += pool.rows
+        return out
+
+
+def _row_storage(embedding: FieldEmbedding, field: int, name: str) -> tuple[Tensor, dict[Precision, tuple]]:
+    """(R,) tier codes and, per tier, (pool payload, pool scale or None, (R,) pool position of each row)."""
+    if isinstance(embedding, FloatEmbedding):
+        table = embedding.table(name).detach().float()
+        rows = table.shape[0]
+        return torch.zeros(rows, dtype=torch.int8), {Precision.FP32: (table, None, torch.arange(rows))}
+    from sharkrec.quant.embedding import MixedPrecisionEmbedding
+
+    if isinstance(embedding, MixedPrecisionEmbedding):
+        buffers = dict(embedding.named_buffers())
+        codes = buffers[f"tier_{field}"].clone()
+        slots = buffers[f"slot_{field}"].long()
+        pools = {}
+        for tier in TIERS:
+            scale = buffers.get(f"{tier.value}_scale_{field}")
+            pools[tier] = (buffers[f"{tier.value}_{field}"], scale, slots)
+        return codes, pools
+    raise CheckpointError(
+        f"cannot export an embedding of kind {type(embedding).kind or type(embedding).__name__!r}; "
+        "export a model with fp32, mixed-precision (fp16/int8/f-quant/mpe/alpt) or pruned tables"
+    )
+
+
+def field_tables(embedding: FieldEmbedding, field: int, name: str, vocabulary: Vocabulary) -> FieldTables:
+    """Tier-ordered, hottest-first tables of field ``field`` (named ``name``) and its folded vocabulary."""
+    codes, pools = _row_storage(embedding, field, name)
+    rows = int(codes.shape[0])
+    if vocabulary.num_rows != rows:
+        raise CheckpointError(
+            f"field {name!r} has {rows} rows but its vocabulary has {vocabulary.num_rows}; "
+            "export the model with the vocabularies it was trained with"
+        )
+    counts = np.asarray(vocabulary.counts_, dtype=np.int64)
+    tier_codes = codes.numpy().astype(np.int64)
+    row_ids = np.arange(rows)
+    order = np.lexsort((row_ids, -counts, tier_codes))  # slot -> row: tier, then hottest first, then row id
+    tiers = []
+    for tier in TIERS:
+        members = order[tier_codes[order] == tier.code]  # rows of this tier, in slot order
+        if len(members) == 0:
+            continue
+        payload, scale, position = pools[tier]
+        where = position[torch.from_numpy(members)]
+        tiers.append(TierPool(tier, payload.index_select(0, where).contiguous(),
+                              None if scale is None else scale.index_select(0, where).float().contiguous(),
+                              int(counts[members].sum())))
+    keys = np.asarray(vocabulary.keys_)
+    key_kind = "int" if np.issubdtype(keys.dtype, np.integer) else "str"
+    oov_slot = int(np.flatnonzero(order == 0)[0])
+    keyed = order[order != 0] - 1  # slot order without the OOV slot -> position in keys_
+    slot_keys = keys[keyed].astype(np.int64) if key_kind == "int" else np.asarray([str(k) for k in keys[keyed]],
+                                                                                     dtype=object)
+    return FieldTables(name, tuple(tiers), ServingVocabulary(name, key_kind, slot_keys, oov_slot))
+
+
+def split_pruned(embedding: FieldEmbedding) -> tuple[FieldEmbedding, dict[str, Tensor]]:
+    """(the embedding of the kept fields, {removed field: (D,) constant}) of any embedding."""
+    from sharkrec.prune.embedding import PrunedEmbedding
+
+    if isinstance(embedding, PrunedEmbedding):
+        return embedding.kept, {name: embedding.constants[r].detach().float().clone()
+                                for r, name in enumerate(embedding.removed)}
+    return embedding, {}
+
+
+def export_fields(embedding: FieldEmbedding, vocabularies: Mapping[str, Vocabulary]
+                  ) -> tuple[list[FieldTables], dict[str, Tensor]]:
+    """Serving tables of every kept field (model order) and the constants of the removed ones."""
+    kept, constants = split_pruned(embedding)
+    missing = [name for name in kept.field_names if name not in vocabularies]
+    if missing:
+        raise CheckpointError(f"no vocabulary for fields {missing}; export with the vocabularies the model was "
+                              "trained with (the ModelBundle of load_model)")
+    tables = [field_tables(kept, i, name, vocabularies[name]) for i, name in enumerate(kept.field_names)]
+    return tables, constants
