@@ -264,6 +264,121 @@ def evaluate(
     print_metrics(report)
 
 
+def _names(text: str | None) -> list[str] | None:
+    if text is None or text.strip() == "":
+        return None
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+ModelOpt = Annotated[Path, typer.Option("--model", help="model.pt written by 'sharkrec train' (or prune).")]
+MethodOpt = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        help="default (taylor2), taylor, taylor-abs, taylor2, taylor-logit, permutation, exact, lasso"
+        " (prune also: random).",
+    ),
+]
+ScoreSplitOpt = Annotated[str, typer.Option("--score-split", help="Split to score fields on: train, valid, test.")]
+ScoreBatchOpt = Annotated[int, typer.Option("--batch-size", help="Scoring batch size.")]
+MaxSamplesOpt = Annotated[int | None, typer.Option("--max-samples", help="Score on at most this many samples.")]
+
+
+@app.command()
+def importance(
+    model: ModelOpt,
+    fmt: FormatOpt,
+    data: DataOpt,
+    out: OutOpt,
+    method: MethodOpt = "default",
+    batch_size: ScoreBatchOpt = 4096,
+    max_samples: MaxSamplesOpt = None,
+    repeats: Annotated[int | None, typer.Option(help="permutation: shuffles per field (T).")] = None,
+    fields: Annotated[str | None, typer.Option(help="Score only these fields, e.g. C1,C2.")] = None,
+    score_split: ScoreSplitOpt = "valid",
+    seed: Annotated[int, typer.Option(help="Random seed of the method's draws.")] = 0,
+    schema: SchemaOpt = None,
+    on_bad_line: BadLineOpt = "skip",
+    split: SplitOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Rank a model's fields by importance (SHARK F-Permutation or a baseline); write report.json and a chart."""
+    from sharkrec.importance.run import print_importance, run_importance
+    from sharkrec.train.checkpoint import load_model
+
+    _threads(threads)
+    bundle = load_model(model)
+    prepared = _load(fmt, data, schema, on_bad_line, split, None, vocabularies=bundle.vocabularies)
+    report = run_importance(
+        bundle,
+        prepared,
+        method,
+        out,
+        split=score_split,
+        batch_size=batch_size,
+        max_samples=max_samples,
+        repeats=repeats,
+        fields=_names(fields),
+        seed=seed,
+    )
+    print_importance(report)
+    typer.echo(f"wrote {out / 'report.json'} and {out / 'importance.png'}")
+
+
+@app.command()
+def prune(
+    model: ModelOpt,
+    fmt: FormatOpt,
+    data: DataOpt,
+    out: OutOpt,
+    target_memory: Annotated[float, typer.Option(help="Share of embedding bytes to keep, in (0, 1).")],
+    method: MethodOpt = "default",
+    t_accuracy: Annotated[float, typer.Option(help="Stop before test AUC < this x the base AUC, in (0, 1].")] = 0.9925,
+    fields_per_step: Annotated[int, typer.Option(help="Tables removed per step (f).")] = 1,
+    fine_tune_fraction: Annotated[float, typer.Option(help="Share of train data fine-tuned on per step.")] = 0.1,
+    fine_tune_steps: Annotated[int | None, typer.Option(help="At most this many fine-tune steps per step.")] = None,
+    fine_tune_lr: Annotated[float | None, typer.Option(help="Fine-tune lr (default: 0.1 x the model's).")] = None,
+    fine_tune_optimizer: Annotated[str | None, typer.Option(help="Fine-tune optimizer (default: the model's).")] = None,
+    order: Annotated[str | None, typer.Option(help="Remove fields in this order, no scoring, e.g. C3,C7.")] = None,
+    keep: Annotated[str | None, typer.Option(help="Never remove these fields, e.g. C1,C2.")] = None,
+    batch_size: ScoreBatchOpt = 4096,
+    max_samples: MaxSamplesOpt = None,
+    score_split: ScoreSplitOpt = "valid",
+    seed: Annotated[int, typer.Option(help="Random seed (support samples, draws, random order).")] = 0,
+    schema: SchemaOpt = None,
+    on_bad_line: BadLineOpt = "skip",
+    split: SplitOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Prune the weakest embedding tables (SHARK Algorithm 1); write model.pt, plan.json, report.json, a PNG."""
+    from sharkrec.prune.loop import PruneConfig
+    from sharkrec.prune.run import fine_tune_config, print_step, run_prune
+    from sharkrec.report import print_metrics
+    from sharkrec.train.checkpoint import load_model
+
+    _threads(threads)
+    bundle = load_model(model)
+    config = PruneConfig(
+        target_memory=target_memory,
+        t_accuracy=t_accuracy,
+        fields_per_step=fields_per_step,
+        fine_tune_fraction=fine_tune_fraction,
+        fine_tune=fine_tune_config(
+            bundle, max_steps=fine_tune_steps, lr=fine_tune_lr, optimizer=fine_tune_optimizer
+        ),
+        batch_size=batch_size,
+        max_samples=max_samples,
+        score_split=score_split,
+        keep=tuple(_names(keep) or ()),
+        seed=seed,
+    )
+    prepared = _load(fmt, data, schema, on_bad_line, split, None, vocabularies=bundle.vocabularies)
+    result, report = run_prune(bundle, prepared, method, out, config=config, order=_names(order), on_step=print_step)
+    print_metrics(report)
+    typer.echo(f"{result.stopped_because}; removed {', '.join(result.plan.removed) or 'nothing'}")
+    typer.echo(f"wrote {out / 'model.pt'}, {out / 'plan.json'}, {out / 'report.json'} and {out / 'pruning_curve.png'}")
+
+
 def main() -> None:
     """Console entry point: user errors are one line on stderr and exit status 2."""
     try:

@@ -41,19 +41,26 @@ def field_statistics(model: DLRM, split: EncodedSplit, batch_size: int) -> tuple
 
     Pooled multi-hot vectors and the dense field's bottom-MLP output are treated like any vector, so
     E_i is the frequency-weighted mean of field i's table rows (Eq. 4's ``E(v_i)``).
+
+    Each batch's outer products are one float32 ``bmm`` (F, D, B) x (F, B, D) of vectors shifted by the
+    first batch's mean (so E[vvᵀ] − EEᵀ does not cancel), summed across batches in float64.
     """
     total: Tensor | None = None
     outer: Tensor | None = None
+    shift: Tensor | None = None
     for batch in sweep(split, batch_size):
-        vectors = model.field_vectors(batch).double()  # (B, F, D)
-        batch_total = vectors.sum(0)  # (F, D)
-        batch_outer = torch.einsum("bfd,bfe->fde", vectors, vectors)  # (F, D, D)
+        vectors = model.field_vectors(batch)  # (B, F, D) float32
+        if shift is None:
+            shift = vectors.mean(0)  # (F, D)
+        centred = (vectors - shift).transpose(0, 1)  # (F, B, D)
+        batch_outer = torch.bmm(centred.transpose(1, 2), centred).double()  # (F, D, D)
+        batch_total = centred.double().sum(1)  # (F, D)
         total = batch_total if total is None else total + batch_total
         outer = batch_outer if outer is None else outer + batch_outer
-    assert total is not None and outer is not None  # the split is not empty (checked by attribute)
-    mean = total / len(split)
-    covariance = outer / len(split) - torch.einsum("fd,fe->fde", mean, mean)
-    return mean, covariance
+    assert total is not None and outer is not None and shift is not None  # the split is not empty
+    centred_mean = total / len(split)  # E[v] − shift
+    covariance = outer / len(split) - torch.einsum("fd,fe->fde", centred_mean, centred_mean)
+    return centred_mean + shift.double(), covariance
 
 
 @torch.no_grad()
@@ -84,24 +91,28 @@ def logit_jacobians(model: DLRM, vectors: Tensor) -> tuple[Tensor, Tensor]:
 
 def taylor_terms(logits: Tensor, labels: Tensor, vectors: Tensor, jacobians: Tensor, mean: Tensor,
                  covariance: Tensor, references: Tensor | None, task_weights: Tensor) -> dict[str, Tensor]:
-    """Per-sample scores (B, F) of every variant for one batch (all float64).
+    """Per-sample scores (B, F) of every variant for one batch (float64; products of D-vectors in float32).
 
     Shapes: logits, labels (B, T); vectors (B, F, D); jacobians (B, F, T, D); mean (F, D);
     covariance (F, D, D); references (K, F, D) or None (then no ``taylor-logit``); task_weights (T,).
     """
-    z, y, v, jac = logits.double(), labels.double(), vectors.double(), jacobians.double()
-    w = task_weights.double()
+    # the heavy (B, F, T, D) products in float32 (one bmm for JᵀΣJ); the (B, F, T) results in float64
+    jac32 = jacobians.float()
+    batch, fields, tasks, dim = jac32.shape
+    delta = mean.float().unsqueeze(0) - vectors.float()  # (B, F, D)
+    j_delta = torch.einsum("bftd,bfd->bft", jac32, delta).double()  # J_t·(E_i − v)
+    by_field = jac32.permute(1, 0, 2, 3).reshape(fields, batch * tasks, dim)  # (F, B·T, D)
+    j_sigma = torch.bmm(by_field, covariance.float())  # (F, B·T, D): J_tᵀ Σ_i
+    j_sigma_j = (j_sigma * by_field).sum(-1).reshape(fields, batch, tasks).transpose(0, 1).double()  # (B, F, T)
+    z, y, w = logits.double(), labels.double(), task_weights.double()
     p = torch.sigmoid(z)  # (B, T)
-    delta = mean.unsqueeze(0) - v  # (B, F, D)
-    j_delta = torch.einsum("bftd,bfd->bft", jac, delta)  # J_t·(E_i − v)
     first = (j_delta * (w * (p - y)).unsqueeze(1)).sum(-1)  # (B, F): ∂L/∂v_i · (E_i − v), Eq. 4
-    j_sigma_j = torch.einsum("bftd,fde,bfte->bft", jac, covariance, jac)  # J_tᵀ Σ_i J_t
     curvature = (w * p * (1 - p)).unsqueeze(1)  # (B, 1, T)
     second = 0.5 * ((j_delta.square() + j_sigma_j) * curvature).sum(-1)  # (B, F)
     out = {"taylor": first, "taylor-abs": first.abs(), "taylor2": first + second}
     if references is not None:
         # float32 here: K BCE evaluations per sample and field dominate the cost (results summed in float64)
-        jac32, y32, w32, z32 = jacobians.float(), labels.float(), task_weights.float(), logits.float()
+        y32, w32, z32 = labels.float(), task_weights.float(), logits.float()
         j_v = torch.einsum("bftd,bfd->bft", jac32, vectors.float())  # (B, F, T)
         j_ref = torch.einsum("bftd,kfd->bftk", jac32, references.float())  # (B, F, T, K)
         shifted = j_ref.sub_(j_v.unsqueeze(-1)).add_(z32[:, None, :, None])  # z' (B, F, T, K)

@@ -1,0 +1,122 @@
+"""Prune a saved model and write model.pt, plan.json, report.json and a curve: the library behind ``sharkrec prune``."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from sharkrec.data.dataset import PreparedData
+from sharkrec.errors import ConfigError
+from sharkrec.io import atomic_save, write_json
+from sharkrec.model.dlrm import DLRM
+from sharkrec.prune.loop import DEFAULT_FINE_TUNE, PruneConfig, PruneResult, prune
+from sharkrec.train.checkpoint import ModelBundle, save_model
+from sharkrec.train.run import memory_summary
+from sharkrec.train.trainer import TrainConfig
+
+MODEL_FILE = "model.pt"
+PLAN_FILE = "plan.json"
+REPORT_FILE = "report.json"
+CURVE_FILE = "pruning_curve.png"
+LR_SCALE = 0.1  # fine-tune lr as a share of the training lr
+
+
+def fine_tune_config(bundle: ModelBundle, **overrides: Any) -> TrainConfig:
+    """One epoch with the model's own optimizer, batch size and regularisation (from its train config) at
+    0.1 x its lr: the optimizer state starts fresh on a converged model (on Frappe the full lr cost 2 AUC
+    points after one step, 0.1 x cost 0.4; see benchmarks/results/pruning_curves.md)."""
+    saved = bundle.info.get("train_config") or {}
+    inherited = {k: saved[k] for k in ("optimizer", "batch_size", "embedding_l2", "weight_decay", "task_weights")
+                 if saved.get(k) is not None}
+    for key in ("lr", "embedding_lr"):
+        if saved.get(key) is not None:
+            inherited[key] = LR_SCALE * float(saved[key])
+    settings = {**inherited, **{k: v for k, v in overrides.items() if v is not None}}
+    if "task_weights" in settings:
+        settings["task_weights"] = tuple(settings["task_weights"])
+    return dataclasses.replace(DEFAULT_FINE_TUNE, **settings)
+
+
+def run_prune(bundle: ModelBundle, data: PreparedData, method: str = "default", out_dir: str | Path | None = None,
+              *, config: PruneConfig, order: list[str] | None = None,
+              on_step: Callable[[dict[str, Any]], None] | None = None) -> tuple[PruneResult, dict[str, Any]]:
+    """Run :func:`sharkrec.prune.prune` on a saved model; with ``out_dir`` write the model, plan, report, PNG.
+
+    Files are written only after the whole run succeeded, report.json last.
+    """
+    started = time.perf_counter()
+    model = bundle.model
+    if not isinstance(model, DLRM):
+        raise ConfigError(f"cannot prune a {type(model).__name__}; sharkrec prunes DLRM models")
+    result = prune(model, data, method, order=order, config=config, on_step=on_step)
+    final = [h for h in result.history if h["accepted"]][-1]
+    base = result.history[0]
+    memory = memory_summary(result.model)
+    memory.update({"embedding_bytes_before": base["embedding_bytes"],
+                   "embedding_share_kept": memory["embedding_bytes"] / base["embedding_bytes"],
+                   "target_memory": config.target_memory})
+    report: dict[str, Any] = {
+        "command": "prune",
+        "method": result.plan.method,
+        "metrics": final["metrics"],
+        "base_metrics": base["metrics"],
+        "memory": memory,
+        "plan": result.plan.to_dict(),
+        "history": list(result.history),
+        "stopped_because": result.stopped_because,
+        "config": {**{k: v for k, v in dataclasses.asdict(config).items() if k != "fine_tune"},
+                   "fine_tune": config.fine_tune.to_dict(), "keep": list(config.keep)},
+    }
+    report["seconds"] = time.perf_counter() - started
+    if out_dir is not None:
+        out = Path(out_dir)
+        info = {**bundle.info, "pruning_plan": result.plan.to_dict(), "metrics": final["metrics"]}
+        save_model(out / MODEL_FILE, result.model, bundle.schema, bundle.vocabularies, info=info)
+        write_json(out / PLAN_FILE, result.plan.to_dict())
+        save_curve(result.history, config.t_accuracy, out / CURVE_FILE)
+        write_json(out / REPORT_FILE, report)
+    return result, report
+
+
+def save_curve(history: tuple[dict[str, Any], ...] | list[dict[str, Any]], t_accuracy: float,
+               path: str | Path) -> None:
+    """Test AUC (per task) against the number of fields left, with the T_accuracy floor; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for task in history[0]["metrics"]["test"]:
+        xs = [h["num_fields_kept"] for h in history]
+        ys = [h["metrics"]["test"][task]["auc"] for h in history]
+        line = ax.plot(xs, ys, marker="o", label=f"{task} test AUC")[0]
+        ax.axhline(t_accuracy * ys[0], color=line.get_color(), linestyle=":", label=f"{task} T_accuracy floor")
+        rejected = [(x, y) for x, y, h in zip(xs, ys, history, strict=True) if not h["accepted"]]
+        if rejected:
+            ax.plot(*zip(*rejected, strict=True), "x", color="red", markersize=10, label="undone step")
+    ax.set_xlabel("fields left")
+    ax.set_ylabel("test AUC")
+    ax.invert_xaxis()
+    ax.legend(fontsize=8)
+    ax.set_title("pruning (Algorithm 1)")
+    fig.tight_layout()
+    try:
+        atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def print_step(entry: dict[str, Any], console: Console | None = None) -> None:
+    """One line per step: fields removed, bytes kept, test AUC per task."""
+    console = console or Console()
+    aucs = ", ".join(f"{t} {m['auc']:.4f}" for t, m in entry["metrics"]["test"].items())
+    removed = ",".join(entry["removed"]) or "-"
+    status = "" if entry["accepted"] else " [red](below T_accuracy: undone)[/red]"
+    console.print(f"step {entry['step']}: -{removed} | {entry['num_fields_kept']} fields | "
+                  f"{entry['removed_share']:.1%} bytes removed | test AUC {aucs}{status}", soft_wrap=True)
