@@ -33,7 +33,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
 def test_help_lists_commands():
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("demo", "prepare", "train", "evaluate"):
+    for command in ("demo", "prepare", "train", "evaluate", "importance", "prune", "predict", "serve"):
         assert command in result.stdout
 
 
@@ -129,3 +129,34 @@ def test_unknown_format_is_rejected(tmp_path):
     result = run_cli("train", "--format", "xml", "--data", "x", "--out", str(tmp_path))
     assert result.returncode != 0
     assert "xml" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_train_export_predict_on_csv(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    a = rng.integers(0, 30, n)
+    x = rng.normal(size=n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-((a % 3) - 1.0) * 2 - x))).astype(int)
+    lines = ["a,x,y"] + [f"v{ai},{xi:.4f},{yi}" for ai, xi, yi in zip(a, x, y, strict=True)]
+    data = tmp_path / "clicks.csv"
+    data.write_text("\n".join(lines) + "\n")
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"fields": [{"name": "a", "kind": "sparse"}, {"name": "x", "kind": "dense"},
+                                             {"name": "y", "kind": "label"}]}))
+    trained = run_cli("train", "--format", "csv", "--data", str(data), "--schema", str(schema),
+                      "--out", str(tmp_path / "run"), "--epochs", "3", "--quiet", "--batch-size", "128")
+    assert trained.returncode == 0, trained.stderr
+    exported = run_cli("export", "--model", str(tmp_path / "run" / "model.pt"), "--out", str(tmp_path / "art"))
+    assert exported.returncode == 0, exported.stderr
+    unseen = tmp_path / "new.csv"
+    unseen.write_text("a,x\nv3,0.5\nnever-seen,1.0\nv4,not-a-number\n")
+    scored = run_cli("predict", "--model", str(tmp_path / "art"), "--input", str(unseen),
+                     "--output", str(tmp_path / "scores.tsv"))
+    assert scored.returncode == 0, scored.stderr
+    rows = (tmp_path / "scores.tsv").read_text().strip().splitlines()
+    assert rows[0].split("\t") == ["line", "y"]
+    assert len(rows) == 3  # the malformed dense value is skipped and counted
+    assert all(0.0 < float(r.split("\t")[1]) < 1.0 for r in rows[1:])
+    assert "bad lines skipped: 1" in scored.stdout

@@ -363,9 +363,7 @@ def prune(
         t_accuracy=t_accuracy,
         fields_per_step=fields_per_step,
         fine_tune_fraction=fine_tune_fraction,
-        fine_tune=fine_tune_config(
-            bundle, max_steps=fine_tune_steps, lr=fine_tune_lr, optimizer=fine_tune_optimizer
-        ),
+        fine_tune=fine_tune_config(bundle, max_steps=fine_tune_steps, lr=fine_tune_lr, optimizer=fine_tune_optimizer),
         batch_size=batch_size,
         max_samples=max_samples,
         score_split=score_split,
@@ -377,6 +375,57 @@ def prune(
     print_metrics(report)
     typer.echo(f"{result.stopped_because}; removed {', '.join(result.plan.removed) or 'nothing'}")
     typer.echo(f"wrote {out / 'model.pt'}, {out / 'plan.json'}, {out / 'report.json'} and {out / 'pruning_curve.png'}")
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Option("--model", help="model.pt from 'sharkrec train' or 'sharkrec prune'.")],
+    out: Annotated[Path, typer.Option("--out", help="Artifact directory to write (replaced if it is an artifact).")],
+) -> None:
+    """Write a model as a serving artifact: safetensors + manifest, rows in their stored precision."""
+    from sharkrec.export import save_artifact
+    from sharkrec.train.checkpoint import load_model
+
+    bundle = load_model(model)
+    manifest = save_artifact(bundle, None, None, out)
+    memory = manifest.get("memory", {})
+    typer.echo(f"wrote artifact {out} (embedding payload {memory.get('payload_bytes', 0):,} bytes)")
+
+
+@app.command()
+def predict(
+    model: Annotated[
+        Path, typer.Option("--model", help="Artifact directory written by 'sharkrec compress' / save_artifact.")
+    ],
+    input_path: Annotated[Path, typer.Option("--input", help="Raw rows in the training format.")],
+    output: Annotated[Path, typer.Option("--output", help="Scores TSV: input line number, one column per task.")],
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="criteo, libfm, csv, tsv (default: the artifact's).")
+    ] = None,
+    on_bad_line: BadLineOpt = "skip",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Score a raw input file with a compressed artifact (streamed; the output is written atomically)."""
+    from sharkrec.export import predict_file
+
+    _threads(threads)
+    report = predict_file(model, input_path, output, fmt, on_bad_line=on_bad_line)
+    typer.echo(f"scored {report.rows:,} rows; bad lines skipped: {report.bad_lines}; wrote {output}")
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option("--model", help="Artifact directory.")],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a request may wait to be batched with others.")] = 2.0,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Serve an artifact over HTTP: POST /predict (JSON rows in, scores out), GET /health."""
+    from sharkrec.export.server import serve as run_server
+
+    _threads(threads)
+    run_server(model, host=host, port=port, max_wait_ms=max_wait_ms)
 
 
 def main() -> None:

@@ -139,8 +139,10 @@ def load_model(path: str | Path) -> ModelBundle:
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         if isinstance(exc, CheckpointError):
             raise
+        reason = " ".join(str(exc).split())[:300]  # one line, however long torch's message is
         raise CheckpointError(
-            f"model file {str(path)!r} is inconsistent ({exc}); re-save it with this sharkrec"
+            f"model file {str(path)!r} does not match this sharkrec's model layout ({reason}); "
+            "re-train or re-save it with this version"
         ) from None
     model.eval()
     return ModelBundle(model=model, schema=schema, vocabularies=vocabularies, info=payload.get("info", {}))
