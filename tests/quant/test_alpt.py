@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,7 +62,7 @@ def test_trains_learns_steps_and_round_trips(tmp_path: Path) -> None:
     data = toy_data(3000)
     model = build_model(data, 0)
     assert isinstance(model.embedding, FloatEmbedding)
-    embedding = build_embedding("alpt", model.embedding, data, step_lr=0.02)
+    embedding = build_embedding("alpt", model.embedding, data, step_lr=0.1)
     assert isinstance(embedding, ALPTEmbedding)
     initial = [embedding.step_sizes(i).clone() for i in range(embedding.num_fields)]
     config = TrainConfig(optimizer=OptimizerKind.ADAGRAD, lr=0.05, epochs=4, batch_size=128, progress=False,
@@ -75,10 +77,15 @@ def test_trains_learns_steps_and_round_trips(tmp_path: Path) -> None:
     assert float(changed.max()) > 0.05 and int((changed > 1e-3).sum()) > 10
     assert report["memory"]["embedding_bytes"] < 0.5 * report["memory"]["embedding_bytes_fp32"]
     bundle = load_model(tmp_path / "model.pt")
-    assert isinstance(bundle.model.embedding, ALPTEmbedding) and bundle.model.embedding.step_lr == 0.02
+    assert isinstance(bundle.model.embedding, ALPTEmbedding) and bundle.model.embedding.step_lr == 0.1
     assert (predict(bundle.model, data.test) == predict(trained, data.test)).all()
     for i in range(learned.num_fields):
         assert torch.equal(bundle.model.embedding.step_sizes(i), learned.step_sizes(i))
+    # a fresh process that never imported sharkrec.quant can load it too
+    code = ("from sharkrec.train.checkpoint import load_model; "
+            f"print(type(load_model({str(tmp_path / 'model.pt')!r}).model.embedding).__name__)")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "ALPTEmbedding"
 
 
 def test_bad_input() -> None:

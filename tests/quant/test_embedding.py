@@ -158,6 +158,20 @@ def test_uniform_baselines_hold_their_bytes() -> None:
     assert isinstance(mpe, MixedPrecisionEmbedding) and mpe.memory_report().tiers["fp32"]["rows"] == 15
 
 
+def test_random_tiers_match_f_quant_bytes() -> None:
+    base = float_embedding(dim=16)
+    fquant = build_embedding("f-quant", base, None, memory_budget=0.3, use_int4=True)
+    control = build_embedding("random", base, None, memory_budget=0.3, use_int4=True, seed=3)
+    assert isinstance(fquant, MixedPrecisionEmbedding) and isinstance(control, MixedPrecisionEmbedding)
+    assert control.embedding_bytes() == fquant.embedding_bytes() <= 0.3 * control.memory_report().fp32_bytes
+    assert control.policy is None
+    draws = [build_embedding("random", base, None, memory_budget=0.5, seed=s) for s in (0, 1)]
+    plans = [d.tier_of_rows()["a"] for d in draws if isinstance(d, MixedPrecisionEmbedding)]
+    assert len(plans) == 2 and not torch.equal(plans[0], plans[1])
+    with pytest.raises(ConfigError, match="memory_budget or tier_fractions"):
+        build_embedding("random", base, None, t8=1.0, t16=2.0)
+
+
 def test_bad_input_errors() -> None:
     base = float_embedding()
     mixed = MixedPrecisionEmbedding.from_float(base, Precision.INT8)
@@ -175,3 +189,30 @@ def test_bad_input_errors() -> None:
         mixed([FieldIds(torch.tensor([40])), FieldIds(torch.tensor([0]))])
     with pytest.raises(ConfigError, match="memory budget"):
         build_embedding("f-quant", base, None, memory_budget=2.0)
+
+
+def test_flat_priority_update_matches_per_field_eq7() -> None:
+    """observe_batch's one-unique-for-all-fields update equals Eq. 7 applied field by field."""
+    from sharkrec.quant.priority import batch_row_weights, lazy_update
+
+    base = float_embedding()
+    mixed = build_embedding("f-quant", base, None, memory_budget=0.6, beta=0.3, recheck_every=3)
+    assert isinstance(mixed, MixedPrecisionEmbedding)
+    generator = torch.Generator().manual_seed(0)
+    reference = [torch.zeros(40), torch.zeros(20)]
+    stamps = [torch.zeros(40, dtype=torch.int32), torch.zeros(20, dtype=torch.int32)]
+    for step in range(1, 8):
+        lengths = torch.randint(0, 4, (6,), generator=generator)
+        sparse = [FieldIds(torch.randint(0, 40, (6,), generator=generator)),
+                  FieldIds(torch.randint(0, 20, (int(lengths.sum()),), generator=generator),
+                           torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]))]
+        labels = torch.randint(0, 2, (6, 1), generator=generator).float()
+        mixed.observe_batch(sparse, labels)
+        for i, ids in enumerate(sparse):
+            rows, weights = batch_row_weights(ids, labels[:, 0] > 0.5, 2.0)
+            lazy_update(reference[i], stamps[i], rows, weights, step, 0.7, 0.3)
+        cached = mixed(sparse)  # reuses the unique rows observe_batch found
+        assert torch.equal(cached, mixed(sparse))
+    step_now = torch.tensor(7)
+    for got, want, stamp in zip(mixed.priorities(), reference, stamps, strict=True):
+        assert torch.allclose(got, (want.double() * 0.7 ** (step_now - stamp).double()).float(), atol=1e-6)

@@ -7,9 +7,9 @@ from sharkrec.quant.embedding import MemoryReport, MixedPrecisionEmbedding, Tier
 from sharkrec.quant.priority import FQuantPolicy
 
 __all__ = [
+    "PRECISIONS",
     "ALPTEmbedding",
     "ALPTOptimizer",
-    "PRECISIONS",
     "FQuantPolicy",
     "MemoryReport",
     "MixedPrecisionEmbedding",

@@ -11,7 +11,8 @@ int8        every row int8 with a per-row scale, stochastic rounding on write-ba
 int4        every row int4 (two values a byte) with a per-row scale, stochastic rounding
 f-quant     SHARK F-Quantization: Eq. 7 priorities, Eq. 8 tiers (``FQuantPolicy`` options)
 mpe         an fp32 cache of the hottest rows by LFU count (``cache_fraction``), the rest int8
-alpt        ALPT: every row int8 with a learned per-row step size (``step_lr``, default 0.01)
+random      control: tiers drawn at random with the tier counts f-quant's budget gives (fixed)
+alpt        ALPT: every row int8 with a learned per-row step size (``step_lr``, default 0.1)
 ==========  ===============================================================================
 """
 
@@ -28,9 +29,9 @@ from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding
 from sharkrec.quant.alpt import ALPTEmbedding
 from sharkrec.quant.codec import Precision
 from sharkrec.quant.embedding import MixedPrecisionEmbedding
-from sharkrec.quant.priority import FQuantPolicy
+from sharkrec.quant.priority import FQuantPolicy, tier_counts_for_budget
 
-PRECISIONS = ("fp32", "fp16", "int8", "int4", "f-quant", "mpe", "alpt")
+PRECISIONS = ("fp32", "fp16", "int8", "int4", "f-quant", "mpe", "random", "alpt")
 _ROUNDING = ("stochastic_int", "stochastic_fp16")
 
 
@@ -55,10 +56,12 @@ def build_embedding(precision: str, float_embedding: FloatEmbedding, data: Prepa
             raise ConfigError(f"precision {precision} takes no policy options, got {sorted(policy)}")
         return MixedPrecisionEmbedding.from_float(float_embedding, Precision(precision), **rounding)
     if precision == "alpt":
-        step_lr = float(policy.pop("step_lr", 0.01))
+        step_lr = float(policy.pop("step_lr", 0.1))
         if policy:
             raise ConfigError(f"alpt takes step_lr and stochastic_int, got {sorted(policy)}")
         return ALPTEmbedding.from_float(float_embedding, Precision.INT8, step_lr=step_lr, **rounding)
+    if precision == "random":
+        return random_tiers(float_embedding, int(policy.pop("seed", 0)), rounding, **policy)
     if precision == "mpe":
         cache = float(policy.pop("cache_fraction", 0.1))
         if not 0 <= cache <= 1:
@@ -77,6 +80,28 @@ def build_embedding(precision: str, float_embedding: FloatEmbedding, data: Prepa
     module.retier()
     module.rows_moved = 0
     return module
+
+
+def random_tiers(float_embedding: FloatEmbedding, seed: int, rounding: dict[str, Any],
+                 **policy: Any) -> MixedPrecisionEmbedding:
+    """Fixed tiers drawn uniformly at random over all rows, with the counts f-quant would use.
+
+    The counts come from :func:`tier_counts_for_budget` for the same :class:`FQuantPolicy`
+    budget options, so the bytes equal f-quant's exactly; only *which* rows get the precise
+    tiers differs (the control for "does the priority matter?"). ``seed`` picks the draw.
+    """
+    try:
+        rule = FQuantPolicy(**policy)
+    except TypeError as exc:
+        raise ConfigError(f"bad random-tiers option ({exc}); give memory_budget or tier_fractions") from None
+    if rule.memory_budget is None and rule.tier_fractions is None:
+        raise ConfigError("random tiers need memory_budget or tier_fractions to set the tier counts")
+    rows = float_embedding.num_rows()
+    counts = tier_counts_for_budget(sum(rows.values()), float_embedding.embedding_dim, rule)
+    codes = torch.cat([torch.full((n,), rule.tiers[k].code, dtype=torch.int8) for k, n in enumerate(counts)])
+    codes = codes[torch.randperm(codes.shape[0], generator=torch.Generator().manual_seed(seed))]
+    plan = dict(zip(rows, torch.split(codes, list(rows.values())), strict=True))
+    return MixedPrecisionEmbedding.from_float(float_embedding, plan, **rounding)
 
 
 def expected_priorities(data: PreparedData, alpha: float, batch_size: int) -> list[torch.Tensor]:

@@ -10,8 +10,10 @@ dict *is* the tiered storage; there is no fp32 shadow copy of low-precision rows
     int8_i        (n8, D)           int8     + int8_scale_i (n8,) float32
     int4_i        (n4, ceil(D/2))   uint8    + int4_scale_i (n4,) float32 (two values per byte)
 
-With a policy the layer also holds the Eq. 7 priorities ``priority_i`` (R,) float32,
-``last_step_i`` (R,) int32 and a step counter (training extras, reported separately).
+With a policy the layer also holds the Eq. 7 priorities of all fields in one flat ``priority``
+(ΣR,) float32 (field i's rows from offset ΣR_<i), ``last_step`` (ΣR,) int32 and a step counter
+(training extras, reported separately): one batch then costs one ``unique`` and one lazy update
+for all fields together, which the forward pass of the same batch reuses.
 
 Forward: per field, the unique rows a batch uses are gathered from their pools and dequantized
 into one fp32 leaf tensor (U, D) that requires grad; samples index it (single-hot) or sum-pool it
@@ -39,13 +41,15 @@ from sharkrec.quant import codec
 from sharkrec.quant.codec import Precision
 from sharkrec.quant.priority import (
     FQuantPolicy,
-    batch_row_weights,
     current_priority,
     lazy_update,
     tier_counts_for_budget,
     tiers_by_rank,
     tiers_by_threshold,
 )
+
+#: slots (U,) of a batch's rows and, per tier present, their positions in the batch (None: all of them)
+TierGroups = tuple[Tensor, list[tuple[Precision, Tensor | None]]]
 
 #: Table 1 of the paper: per-row extra words of the serving layout (precision, dimension, scale)
 HEADER_BYTES = {"precision": 1, "dimension": 2, "scale": 4}
@@ -122,6 +126,8 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         self.check_ids = bool(check_ids)
         self.rows_moved = 0  # rows that changed tier since construction (not saved)
         self._touched: list[tuple[int, Tensor, Tensor]] = []  # (field, rows (U,), leaf (U, D)) of the last forward
+        self._groups: dict[int, TierGroups] = {}  # per field: where the last forward's rows live (for the step)
+        self._unique: list[tuple[Tensor, Tensor, Tensor]] = []  # (ids, rows, inverse) of the observed batch
         self._optimizer_ref: weakref.ref[TierOptimizer] | None = None
         start = Precision.parse(initial)
         d, half = self.embedding_dim, (self.embedding_dim + 1) // 2
@@ -135,10 +141,13 @@ class MixedPrecisionEmbedding(FieldEmbedding):
             self.register_buffer(f"int8_scale_{i}", torch.zeros(counts[Precision.INT8]))
             self.register_buffer(f"int4_{i}", torch.full((counts[Precision.INT4], half), 0x88, dtype=torch.uint8))
             self.register_buffer(f"int4_scale_{i}", torch.zeros(counts[Precision.INT4]))
-            if policy is not None:
-                self.register_buffer(f"priority_{i}", torch.zeros(rows))
-                self.register_buffer(f"last_step_{i}", torch.zeros(rows, dtype=torch.int32))
+        total_rows = sum(int(r) for r in field_rows.values())
+        self._row_bases = [0]  # field i's rows start at _row_bases[i] in the flat priority vector
+        for rows in field_rows.values():
+            self._row_bases.append(self._row_bases[-1] + int(rows))
         if policy is not None:
+            self.register_buffer("priority", torch.zeros(total_rows))
+            self.register_buffer("last_step", torch.zeros(total_rows, dtype=torch.int32))
             self.register_buffer("step", torch.zeros((), dtype=torch.int64))
 
     # ---------------------------------------------------------------- build / save
@@ -202,34 +211,43 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         assert buffer is not None
         return buffer
 
-    def read_rows(self, field: int, rows: Tensor) -> Tensor:
-        """(U, D) float32 values of ``rows`` (U,) of field ``field``, dequantized from their tiers."""
-        tiers = self._buffer(f"tier_{field}").index_select(0, rows).long()
+    def tier_groups(self, field: int, rows: Tensor) -> TierGroups:
+        """Slots (U,) int64 of ``rows`` (U,) and, per tier present, the positions (or ``None``: all)."""
+        tiers = self._buffer(f"tier_{field}").index_select(0, rows)
         slots = self._buffer(f"slot_{field}").index_select(0, rows).long()
+        counts = torch.bincount(tiers.long(), minlength=len(Precision)).tolist()
+        present = [code for code, count in enumerate(counts) if count]
+        if len(present) == 1:
+            return slots, [(Precision.from_code(present[0]), None)]
+        order = torch.argsort(tiers)
+        groups: list[tuple[Precision, Tensor | None]] = []
+        start = 0
+        for code in present:
+            groups.append((Precision.from_code(code), order[start:start + counts[code]]))
+            start += counts[code]
+        return slots, groups
+
+    def read_rows(self, field: int, rows: Tensor, groups: TierGroups | None = None) -> Tensor:
+        """(U, D) float32 values of ``rows`` (U,) of field ``field``, dequantized from their tiers."""
+        slots, by_tier = groups if groups is not None else self.tier_groups(field, rows)
+        if len(by_tier) == 1:
+            return self._decode(field, by_tier[0][0], slots)
         out = torch.empty(rows.shape[0], self.embedding_dim)
-        present = torch.bincount(tiers, minlength=4).tolist()
-        for code, count in enumerate(present):
-            if count == 0:
-                continue
-            where = (tiers == code).nonzero().squeeze(1) if count < rows.shape[0] else None
-            tier_slots = slots if where is None else slots.index_select(0, where)
-            values = self._decode(field, Precision.from_code(code), tier_slots)
-            if where is None:
-                return values
-            out.index_copy_(0, where, values)
+        for tier, where in by_tier:
+            assert where is not None
+            out.index_copy_(0, where, self._decode(field, tier, slots.index_select(0, where)))
         return out
 
-    def write_rows(self, field: int, rows: Tensor, values: Tensor) -> None:
-        """Store (U, D) float32 ``values`` into ``rows`` (U,) of field ``field``, each in its own tier."""
-        tiers = self._buffer(f"tier_{field}").index_select(0, rows).long()
-        slots = self._buffer(f"slot_{field}").index_select(0, rows).long()
-        for code, count in enumerate(torch.bincount(tiers, minlength=4).tolist()):
-            if count == 0:
-                continue
-            where = (tiers == code).nonzero().squeeze(1)
-            tier = Precision.from_code(code)
-            payload, scales = self._encode(tier, values.index_select(0, where))
-            tier_slots = slots.index_select(0, where)
+    def write_rows(self, field: int, rows: Tensor, values: Tensor, groups: TierGroups | None = None) -> None:
+        """Store (U, D) float32 ``values`` into ``rows`` (U,) of field ``field``, each in its own tier.
+
+        ``groups``: :meth:`tier_groups` of ``rows`` if the caller has them (valid until tiers change).
+        """
+        slots, by_tier = groups if groups is not None else self.tier_groups(field, rows)
+        for tier, where in by_tier:
+            tier_values = values if where is None else values.index_select(0, where)
+            tier_slots = slots if where is None else slots.index_select(0, where)
+            payload, scales = self._encode(tier, tier_values)
             self._buffer(f"{tier.value}_{field}").index_copy_(0, tier_slots, payload)
             if scales is not None:
                 self._buffer(f"{tier.value}_scale_{field}").index_copy_(0, tier_slots, scales)
@@ -261,6 +279,7 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         Rows that keep their tier keep their stored bytes; a row that changes tier is re-encoded
         from its current (dequantized) value. Pools are rebuilt in row order: O(R·D).
         """
+        self._groups.clear()  # slots change: cached tier groups of the last forward are stale
         old_tiers = self._buffer(f"tier_{field}")
         old_slots = self._buffer(f"slot_{field}").long()
         codes = codes.to(torch.int8)
@@ -303,17 +322,16 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         """Per field (R,) float32 priorities after the batches seen so far (lazy decay applied)."""
         if self.policy is None:
             raise ConfigError("this embedding has no priority policy; build it with an FQuantPolicy")
-        step = int(self._buffer("step"))
-        return [current_priority(self._buffer(f"priority_{i}"), self._buffer(f"last_step_{i}"), step,
-                                 self.policy.keep) for i in range(self.num_fields)]
+        flat = current_priority(self._buffer("priority"), self._buffer("last_step"), int(self._buffer("step")),
+                                self.policy.keep)
+        return list(torch.split(flat, list(self.num_rows().values())))
 
     def set_priorities(self, values: Sequence[Tensor]) -> None:
         """Replace every row's priority (e.g. a warm start from data counts) as of the current step."""
         if self.policy is None:
             raise ConfigError("this embedding has no priority policy; build it with an FQuantPolicy")
-        for i, value in enumerate(values):
-            self._buffer(f"priority_{i}").copy_(value)
-            self._buffer(f"last_step_{i}").fill_(int(self._buffer("step")))
+        self._buffer("priority").copy_(torch.cat([v.float() for v in values]))
+        self._buffer("last_step").fill_(int(self._buffer("step")))
 
     @torch.no_grad()
     def observe_batch(self, sparse: Sequence[FieldIds], labels: Tensor) -> None:
@@ -327,10 +345,26 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         step_buffer += 1
         step = int(step_buffer)
         positive = (labels > 0.5).any(dim=1)  # (B,)
+        bases = self._row_bases
+        flat_ids, flags = [], []
         for i, ids in enumerate(sparse):
-            rows, weights = batch_row_weights(ids, positive, self.policy.alpha)
-            lazy_update(self._buffer(f"priority_{i}"), self._buffer(f"last_step_{i}"), rows, weights, step,
-                        self.policy.keep, self.policy.gain)
+            flat_ids.append(ids.values.long() + bases[i])  # (nnz_i,) ids in the flat row space
+            flags.append(positive if ids.offsets is None else
+                         torch.repeat_interleave(positive, ids.offsets[1:] - ids.offsets[:-1]))
+        rows, inverse = torch.unique(torch.cat(flat_ids), return_inverse=True)  # (U,), (Σnnz,)
+        per_value = torch.where(torch.cat(flags), float(self.policy.alpha), 1.0).float()
+        weights = torch.zeros(rows.shape[0]).index_add_(0, inverse, per_value)  # α·c⁺ + c⁻ per row
+        lazy_update(self._buffer("priority"), self._buffer("last_step"), rows, weights, step,
+                    self.policy.keep, self.policy.gain)
+        # per field unique rows / inverse for the forward pass of the same batch
+        row_starts = torch.searchsorted(rows, torch.tensor(bases)).tolist()  # (F + 1,)
+        self._unique = []
+        value_start = 0
+        for i, ids in enumerate(sparse):
+            value_end = value_start + int(ids.values.shape[0])
+            self._unique.append((ids.values, rows[row_starts[i]:row_starts[i + 1]] - bases[i],
+                                 inverse[value_start:value_end] - row_starts[i]))
+            value_start = value_end
         if step % self.policy.recheck_every == 0:
             self.retier()
 
@@ -354,14 +388,22 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         self._check_inputs(sparse)
         record = torch.is_grad_enabled() and self.training
         self._touched = []
+        self._groups = {}
+        cached = self._unique if len(self._unique) == len(sparse) else [None] * len(sparse)
+        self._unique = []
         vectors = []
-        for i, ids in enumerate(sparse):
-            rows, inverse = torch.unique(ids.values.long(), return_inverse=True)  # (U,), (nnz,)
+        for i, (ids, seen) in enumerate(zip(sparse, cached, strict=True)):
+            if seen is not None and seen[0] is ids.values:
+                rows, inverse = seen[1], seen[2]
+            else:
+                rows, inverse = torch.unique(ids.values.long(), return_inverse=True)  # (U,), (nnz,)
+            groups = self.tier_groups(i, rows)
             with torch.no_grad():
-                leaf = self.read_rows(i, rows)  # (U, D) float32
+                leaf = self.read_rows(i, rows, groups)  # (U, D) float32
             if record:
                 leaf.requires_grad_(True)
                 self._touched.append((i, rows, leaf))
+                self._groups[i] = groups
             if ids.offsets is None:
                 vectors.append(leaf.index_select(0, inverse))  # (B, D)
             else:
@@ -375,11 +417,17 @@ class MixedPrecisionEmbedding(FieldEmbedding):
                             f"({', '.join(self.field_names)}); build the batch with the model's schema")
         if not self.check_ids:
             return
-        for i, (name, ids) in enumerate(zip(self.field_names, sparse, strict=True)):
-            rows = int(self._buffer(f"tier_{i}").shape[0])
-            if ids.values.numel() and (int(ids.values.min()) < 0 or int(ids.values.max()) >= rows):
-                raise DataError(f"field {name!r} has ids outside 0..{rows - 1}; encode the data with the "
-                                "vocabulary the model was built with")
+        checked = [i for i, ids in enumerate(sparse) if ids.values.numel()]
+        if not checked:
+            return
+        low_high = torch.stack([torch.stack(torch.aminmax(sparse[i].values)) for i in checked])  # (K, 2)
+        limits = torch.tensor([int(self._buffer(f"tier_{i}").shape[0]) for i in checked])
+        bad = (low_high[:, 0] < 0) | (low_high[:, 1] >= limits)
+        if bool(bad.any()):  # one host synchronisation for all fields
+            i = checked[int(bad.nonzero()[0, 0])]
+            rows = int(limits[checked.index(i)])
+            raise DataError(f"field {self.field_names[i]!r} has ids outside 0..{rows - 1}; encode the data with "
+                            "the vocabulary the model was built with")
 
     # ---------------------------------------------------------------- training
     def make_sparse_optimizer(self, kind: str, lr: float) -> TierOptimizer:
@@ -407,8 +455,7 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         embedding = row_map + sum(t["payload_bytes"] + t["scale_bytes"] for t in tiers.values())
         priority = 0
         if self.policy is not None:
-            extras = [f"{kind}_{i}" for kind in ("priority", "last_step") for i in range(self.num_fields)]
-            priority = _nbytes(self._buffer("step")) + sum(_nbytes(self._buffer(name)) for name in extras)
+            priority = sum(_nbytes(self._buffer(name)) for name in ("priority", "last_step", "step"))
         optimizer = self._optimizer_ref() if self._optimizer_ref is not None else None
         optimizer_bytes = optimizer.state_bytes() if optimizer is not None else 0
         total_rows = sum(self.num_rows().values())
@@ -476,4 +523,4 @@ class TierOptimizer(torch.optim.Optimizer):
 
     def _store(self, field: int, rows: Tensor, values: Tensor, grad: Tensor) -> None:
         """Write the updated fp32 rows (U, D) back into their tiers; ``grad`` (U, D) is dL/d(row)."""
-        self.embedding.write_rows(field, rows, values)
+        self.embedding.write_rows(field, rows, values, self.embedding._groups.get(field))

@@ -133,12 +133,14 @@ class FQuantPolicy:
         return cls(**payload)
 
 
-def batch_row_weights(ids: FieldIds, positive: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+def batch_row_weights(ids: FieldIds, positive: Tensor, alpha: float,
+                      unique: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """Unique rows of one field in a batch and their ``α·c⁺ + c⁻`` (Eq. 7's bracket).
 
     Args:
         ids: the field's ids, (B,) or (nnz,) with (B + 1,) offsets.
         positive: (B,) bool, the sample is positive.
+        unique: ``torch.unique(ids.values, return_inverse=True)`` if the caller has it already.
     Returns:
         rows (U,) int64 and weights (U,) float32.
     """
@@ -148,8 +150,8 @@ def batch_row_weights(ids: FieldIds, positive: Tensor, alpha: float) -> tuple[Te
     else:
         lengths = ids.offsets[1:] - ids.offsets[:-1]
         sample_positive = torch.repeat_interleave(positive, lengths)
-    rows, inverse = torch.unique(values, return_inverse=True)
-    per_value = torch.where(sample_positive, torch.tensor(float(alpha)), torch.tensor(1.0))
+    rows, inverse = torch.unique(values, return_inverse=True) if unique is None else unique
+    per_value = torch.where(sample_positive, float(alpha), 1.0).float()
     weights = torch.zeros(rows.shape[0], dtype=torch.float32).index_add_(0, inverse, per_value)
     return rows, weights
 
@@ -162,7 +164,7 @@ def lazy_update(priority: Tensor, last_step: Tensor, rows: Tensor, weights: Tens
     (R,) int64 the step of that update; untouched rows are left alone (their decay is implicit).
     """
     elapsed = (step - last_step.index_select(0, rows)).double()  # (U,)
-    decayed = priority.index_select(0, rows).double() * torch.pow(torch.tensor(keep, dtype=torch.float64), elapsed)
+    decayed = priority.index_select(0, rows).double() * torch.pow(keep, elapsed)
     priority.index_copy_(0, rows, (decayed + gain * weights.double()).float())
     last_step.index_fill_(0, rows, step)
 
