@@ -50,34 +50,56 @@ SCHEMES: dict[str, tuple[str, dict[str, Any]]] = {
 def run_seed(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    synthetic = SyntheticConfig.stress(rows=args.rows, max_cardinality=args.max_cardinality, seed=args.seed,
-                                       ground_truth_sample=1000)
+    synthetic = SyntheticConfig.stress(
+        rows=args.rows, max_cardinality=args.max_cardinality, seed=args.seed, ground_truth_sample=1000
+    )
     data = generate(synthetic).data
     table_rows = sum(data.cardinalities.values())
     print(f"data {time.perf_counter() - t0:.1f}s, {table_rows} rows, {len(data.train)} train", flush=True)
-    part = {"seed": args.seed, "settings": vars(args), "table_rows": table_rows, "train_samples": len(data.train),
-            "environment": environment(), "results": []}
+    part = {
+        "seed": args.seed,
+        "settings": vars(args),
+        "table_rows": table_rows,
+        "train_samples": len(data.train),
+        "environment": environment(),
+        "results": [],
+    }
     if Path(args.part).is_file():
-        part["results"] = [r for r in json.loads(Path(args.part).read_text())["results"]
-                           if r["scheme"] not in args.schemes]
+        part["results"] = [
+            r for r in json.loads(Path(args.part).read_text())["results"] if r["scheme"] not in args.schemes
+        ]
     for name in args.schemes:
         precision, options = SCHEMES[name]
         options = dict(options, seed=args.seed) if precision == "random" else dict(options)
         model = build_model(data, args.seed, embedding_dim=args.dim)
         assert isinstance(model.embedding, FloatEmbedding)
         embedding = build_embedding(precision, model.embedding, data, **options)
-        config = TrainConfig(optimizer="adagrad", lr=args.lr, batch_size=512, epochs=1, eval_every=10**9,
-                             patience=0, seed=args.seed, progress=False)
+        config = TrainConfig(
+            optimizer="adagrad",
+            lr=args.lr,
+            batch_size=512,
+            epochs=1,
+            eval_every=10**9,
+            patience=0,
+            seed=args.seed,
+            progress=False,
+        )
         started = time.perf_counter()
         trained, report = train_model(data, config, model=model.with_embedding(embedding))
         test = next(iter(report["metrics"]["test"].values()))
         emb = trained.embedding
-        part["results"].append({"scheme": name, "auc": test["auc"], "logloss": test["logloss"],
-                                "bytes_fraction": report["memory"]["embedding_share_of_fp32"],
-                                "embedding_bytes": report["memory"]["embedding_bytes"],
-                                "rows_moved": emb.rows_moved if isinstance(emb, MixedPrecisionEmbedding) else 0,
-                                "samples_per_second": report["training"]["samples_per_second"],
-                                "seconds": time.perf_counter() - started})
+        part["results"].append(
+            {
+                "scheme": name,
+                "auc": test["auc"],
+                "logloss": test["logloss"],
+                "bytes_fraction": report["memory"]["embedding_share_of_fp32"],
+                "embedding_bytes": report["memory"]["embedding_bytes"],
+                "rows_moved": emb.rows_moved if isinstance(emb, MixedPrecisionEmbedding) else 0,
+                "samples_per_second": report["training"]["samples_per_second"],
+                "seconds": time.perf_counter() - started,
+            }
+        )
         print(part["results"][-1], flush=True)
         Path(args.part).write_text(json.dumps(part, indent=1))
 
@@ -108,29 +130,58 @@ def aggregate(paths: list[str], out: str) -> None:
                 r, b = by[name], by["fp32"]
                 deltas.append(100 * (r["auc"] - b["auc"]) / b["auc"])
                 dlog.append(100 * (r["logloss"] - b["logloss"]) / b["logloss"])
-                aucs.append(r["auc"]); fracs.append(r["bytes_fraction"]); moved.append(r["rows_moved"])
-                sps.append(r["samples_per_second"]); seeds.append(p["seed"])
-        rows.append({"scheme": name, "seeds": seeds, "auc": aucs, "delta_auc_pct": deltas,
-                     "delta_logloss_pct": dlog, "bytes_fraction": fracs, "rows_moved": moved,
-                     "samples_per_second": sps})
+                aucs.append(r["auc"])
+                fracs.append(r["bytes_fraction"])
+                moved.append(r["rows_moved"])
+                sps.append(r["samples_per_second"])
+                seeds.append(p["seed"])
+        rows.append(
+            {
+                "scheme": name,
+                "seeds": seeds,
+                "auc": aucs,
+                "delta_auc_pct": deltas,
+                "delta_logloss_pct": dlog,
+                "bytes_fraction": fracs,
+                "rows_moved": moved,
+                "samples_per_second": sps,
+            }
+        )
     s0 = parts[0]["settings"]
-    lines = [f"Stress regime: SyntheticConfig.stress(rows={s0['rows']:,}, max_cardinality={s0['max_cardinality']:,}), "
-             f"{parts[0]['table_rows']:,} table rows (seed {parts[0]['seed']}), {parts[0]['train_samples']:,} training "
-             f"samples (one pass), dim {s0['dim']}, adagrad lr {s0['lr']}, batch 512. Paired by seed: every scheme "
-             "of a seed has the same data, initial model and batches. ΔAUC/Δlogloss are relative (%) to fp32 of "
-             "the same seed, mean ± sample std over seeds. samples/s: 1-thread runs with 2-3 processes sharing 2 cores (rough).", "",
-             "| scheme | seeds | test AUC (mean) | ΔAUC % vs fp32 | Δlogloss % | bytes / fp32 | rows moved (mean) | samples/s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Stress regime: SyntheticConfig.stress(rows={s0['rows']:,}, max_cardinality={s0['max_cardinality']:,}), "
+        f"{parts[0]['table_rows']:,} table rows (seed {parts[0]['seed']}), {parts[0]['train_samples']:,} training "
+        f"samples (one pass), dim {s0['dim']}, adagrad lr {s0['lr']}, batch 512. Paired by seed: every scheme "
+        "of a seed has the same data, initial model and batches. ΔAUC/Δlogloss are relative (%) to fp32 of "
+        "the same seed, mean ± sample std over seeds. "
+        "samples/s: 1-thread runs with 2-3 processes sharing 2 cores (rough).",
+        "",
+        "| scheme | seeds | test AUC (mean) | ΔAUC % vs fp32 | Δlogloss % | bytes / fp32 "
+        "| rows moved (mean) | samples/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['scheme']} | {','.join(map(str, r['seeds']))} | {statistics.mean(r['auc']):.4f} | "
-                     f"{mean_std(r['delta_auc_pct'])} | {mean_std(r['delta_logloss_pct'])} | "
-                     f"{statistics.mean(r['bytes_fraction']):.3f} | {statistics.mean(r['rows_moved']):,.0f} | "
-                     f"{statistics.mean(r['samples_per_second']):,.0f} |")
+        lines.append(
+            f"| {r['scheme']} | {','.join(map(str, r['seeds']))} | {statistics.mean(r['auc']):.4f} | "
+            f"{mean_std(r['delta_auc_pct'])} | {mean_std(r['delta_logloss_pct'])} | "
+            f"{statistics.mean(r['bytes_fraction']):.3f} | {statistics.mean(r['rows_moved']):,.0f} | "
+            f"{statistics.mean(r['samples_per_second']):,.0f} |"
+        )
     verdict = verdicts(rows)
     lines += ["", *verdict]
-    write_results(out, {"benchmark": "quant_stress", "parts": paths, "seeds": [p["seed"] for p in parts],
-                        "settings": s0, "summary": rows, "per_seed": parts, "verdict": verdict},
-                  "\n".join(lines) + "\n")
+    write_results(
+        out,
+        {
+            "benchmark": "quant_stress",
+            "parts": paths,
+            "seeds": [p["seed"] for p in parts],
+            "settings": s0,
+            "summary": rows,
+            "per_seed": parts,
+            "verdict": verdict,
+        },
+        "\n".join(lines) + "\n",
+    )
     print("\n".join(lines))
 
 
@@ -139,28 +190,40 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     out: list[str] = []
     fq, uni = by.get("f-quant+int4 25%"), by.get("int4")
     if fq and uni:
-        pairs = [(f, u) for s, f in zip(fq["seeds"], fq["delta_auc_pct"])
-                 for t, u in zip(uni["seeds"], uni["delta_auc_pct"]) if s == t]
+        pairs = [
+            (f, u)
+            for s, f in zip(fq["seeds"], fq["delta_auc_pct"], strict=True)
+            for t, u in zip(uni["seeds"], uni["delta_auc_pct"], strict=True)
+            if s == t
+        ]
         rec = [(f - u) / -u for f, u in pairs if u < 0]
         ok = all(x >= 0.5 for x in rec) and rec
-        out.append(f"- Recovery: int4 everywhere loses {mean_std(uni['delta_auc_pct'])} % AUC at "
-                   f"{statistics.mean(uni['bytes_fraction']):.3f} of fp32 bytes; F-Q+int4 at "
-                   f"{statistics.mean(fq['bytes_fraction']):.3f} changes AUC by {mean_std(fq['delta_auc_pct'])} %. "
-                   f"Fraction of int4's loss recovered per seed: {', '.join(f'{x:.2f}' for x in rec)} → "
-                   f"{'YES, ≥ half recovered on every seed' if ok else 'NO (not ≥ half on every seed)'}.")
+        out.append(
+            f"- Recovery: int4 everywhere loses {mean_std(uni['delta_auc_pct'])} % AUC at "
+            f"{statistics.mean(uni['bytes_fraction']):.3f} of fp32 bytes; F-Q+int4 at "
+            f"{statistics.mean(fq['bytes_fraction']):.3f} changes AUC by {mean_std(fq['delta_auc_pct'])} %. "
+            f"Fraction of int4's loss recovered per seed: {', '.join(f'{x:.2f}' for x in rec)} → "
+            f"{'YES, ≥ half recovered on every seed' if ok else 'NO (not ≥ half on every seed)'}."
+        )
     comparisons = [("f-quant+int4 25%", o) for o in ("random tiers+int4 25%", "mpe 1% cache", "alpt")]
     comparisons += [("f-quant+int4 32%", o) for o in ("mpe 1% cache", "alpt", "int8")]
     comparisons += [("f-quant 50%", o) for o in ("int8",)]
     for mine, other in comparisons:
         fq, o = by.get(mine), by.get(other)
         if fq and o:
-            diff = [f - d for s, f in zip(fq["seeds"], fq["delta_auc_pct"])
-                    for t, d in zip(o["seeds"], o["delta_auc_pct"]) if s == t]
+            diff = [
+                f - d
+                for s, f in zip(fq["seeds"], fq["delta_auc_pct"], strict=True)
+                for t, d in zip(o["seeds"], o["delta_auc_pct"])
+                if s == t
+            ]
             wins = sum(x > 0 for x in diff)
             ob, fb = statistics.mean(o["bytes_fraction"]), statistics.mean(fq["bytes_fraction"])
-            out.append(f"- {mine} ({fb:.3f} bytes) vs {other} ({ob:.3f} bytes, "
-                       f"{'≥' if ob >= fb - 1e-9 else '<'} F-Q's): paired ΔAUC difference (F-Q − other) "
-                       f"{mean_std(diff)} pp; F-Q better on {wins}/{len(diff)} seeds.")
+            out.append(
+                f"- {mine} ({fb:.3f} bytes) vs {other} ({ob:.3f} bytes, "
+                f"{'≥' if ob >= fb - 1e-9 else '<'} F-Q's): paired ΔAUC difference (F-Q − other) "
+                f"{mean_std(diff)} pp; F-Q better on {wins}/{len(diff)} seeds."
+            )
     return out
 
 

@@ -56,17 +56,24 @@ def main() -> None:
         model = build_model(data, args.seed, embedding_dim=16)
         assert isinstance(model.embedding, FloatEmbedding)
         embedding = build_embedding(precision, model.embedding, data, **options)
-        config = TrainConfig(**TRAIN, epochs=40, patience=3, stop_metric="logloss", eval_every=eval_every,
-                             seed=args.seed, progress=False)
+        config = TrainConfig(
+            **TRAIN, epochs=40, patience=3, stop_metric="logloss", eval_every=eval_every, seed=args.seed, progress=False
+        )
         started = time.perf_counter()
         trained, report = train_model(data, config, model=model.with_embedding(embedding))
         test = next(iter(report["metrics"]["test"].values()))
         emb = trained.embedding
-        row = {"precision": precision, **options, "auc": test["auc"], "logloss": test["logloss"],
-               "bytes_fraction": report["memory"]["embedding_share_of_fp32"],
-               "embedding_bytes": report["memory"]["embedding_bytes"],
-               "rows_moved": emb.rows_moved if isinstance(emb, MixedPrecisionEmbedding) else 0,
-               "steps": report["training"]["steps"], "seconds": time.perf_counter() - started}
+        row = {
+            "precision": precision,
+            **options,
+            "auc": test["auc"],
+            "logloss": test["logloss"],
+            "bytes_fraction": report["memory"]["embedding_share_of_fp32"],
+            "embedding_bytes": report["memory"]["embedding_bytes"],
+            "rows_moved": emb.rows_moved if isinstance(emb, MixedPrecisionEmbedding) else 0,
+            "steps": report["training"]["steps"],
+            "seconds": time.perf_counter() - started,
+        }
         print(row, flush=True)
         return row
 
@@ -85,11 +92,15 @@ def main() -> None:
         r["share_rows_fp32_at_warm_start"] = float((prio >= r["t16"]).mean())
 
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, rows, key, label in ((axes[0], t8_rows, "t8", f"t8 (t16 = {args.t16_fixed})"),
-                                 (axes[1], t16_rows, "t16", f"t16 (t8 = {args.t8_fixed})")):
+    for ax, rows, key, label in (
+        (axes[0], t8_rows, "t8", f"t8 (t16 = {args.t16_fixed})"),
+        (axes[1], t16_rows, "t16", f"t16 (t8 = {args.t8_fixed})"),
+    ):
         xs = [r[key] for r in rows]
         ax.plot(xs, [r["auc"] for r in rows], "o-", color="C0", label="F-Q test AUC")
         for name, style in (("fp32", "--"), ("fp16", ":"), ("int8", "-.")):
@@ -107,24 +118,44 @@ def main() -> None:
     png = os.path.splitext(args.out)[0] + ".png"
     fig.savefig(png, dpi=120)
 
-    lines = [f"Frappe, one seed ({args.seed}), adagrad lr 0.1, embedding_l2 1e-2, dim 16, ≤ 40 epochs with "
-             "patience 3 on valid logloss; F-Q with absolute thresholds (α 2, β 0.01, re-check every 50 batches). "
-             f"Plot: `{os.path.basename(png)}`. One seed: Frappe's 3-seed noise is about ±0.08% relative AUC.", "",
-             "Warm-start priority quantiles (per-batch expected α·c⁺ + c⁻): "
-             + ", ".join(f"q{float(q):.2f} = {v:.3g}" for q, v in quantiles.items()), "",
-             "| run | t8 | t16 | test AUC | ΔAUC % vs fp32 | logloss | bytes / fp32 | int8 rows at start | fp32 rows at start | rows moved | steps |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Frappe, one seed ({args.seed}), adagrad lr 0.1, embedding_l2 1e-2, dim 16, ≤ 40 epochs with "
+        "patience 3 on valid logloss; F-Q with absolute thresholds (α 2, β 0.01, re-check every 50 batches). "
+        f"Plot: `{os.path.basename(png)}`. One seed: Frappe's 3-seed noise is about ±0.08% relative AUC.",
+        "",
+        "Warm-start priority quantiles (per-batch expected α·c⁺ + c⁻): "
+        + ", ".join(f"q{float(q):.2f} = {v:.3g}" for q, v in quantiles.items()),
+        "",
+        "| run | t8 | t16 | test AUC | ΔAUC % vs fp32 | logloss | bytes / fp32 | int8 rows at start | fp32 rows at start | rows moved | steps |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in refs.items():
-        lines.append(f"| {name} everywhere | – | – | {r['auc']:.4f} | {r['delta_auc_pct']:+.3f} | {r['logloss']:.4f} | "
-                     f"{r['bytes_fraction']:.3f} | – | – | 0 | {r['steps']} |")
+        lines.append(
+            f"| {name} everywhere | – | – | {r['auc']:.4f} | {r['delta_auc_pct']:+.3f} | {r['logloss']:.4f} | "
+            f"{r['bytes_fraction']:.3f} | – | – | 0 | {r['steps']} |"
+        )
     for label, rows in (("t8 sweep", t8_rows), ("t16 sweep", t16_rows)):
         for r in rows:
-            lines.append(f"| {label} | {r['t8']:g} | {r['t16']:g} | {r['auc']:.4f} | {r['delta_auc_pct']:+.3f} | "
-                         f"{r['logloss']:.4f} | {r['bytes_fraction']:.3f} | {r['share_rows_int8_at_warm_start']:.2f} | "
-                         f"{r['share_rows_fp32_at_warm_start']:.3f} | {r['rows_moved']:,} | {r['steps']} |")
-    write_results(args.out, {"benchmark": "quant_thresholds", "environment": environment(), "settings": vars(args),
-                             "train": TRAIN, "priority_quantiles": quantiles, "references": refs,
-                             "t8_sweep": t8_rows, "t16_sweep": t16_rows, "plot": png}, "\n".join(lines) + "\n")
+            lines.append(
+                f"| {label} | {r['t8']:g} | {r['t16']:g} | {r['auc']:.4f} | {r['delta_auc_pct']:+.3f} | "
+                f"{r['logloss']:.4f} | {r['bytes_fraction']:.3f} | {r['share_rows_int8_at_warm_start']:.2f} | "
+                f"{r['share_rows_fp32_at_warm_start']:.3f} | {r['rows_moved']:,} | {r['steps']} |"
+            )
+    write_results(
+        args.out,
+        {
+            "benchmark": "quant_thresholds",
+            "environment": environment(),
+            "settings": vars(args),
+            "train": TRAIN,
+            "priority_quantiles": quantiles,
+            "references": refs,
+            "t8_sweep": t8_rows,
+            "t16_sweep": t16_rows,
+            "plot": png,
+        },
+        "\n".join(lines) + "\n",
+    )
     print("\n".join(lines))
 
 
