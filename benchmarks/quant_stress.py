@@ -214,7 +214,7 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
             diff = [
                 f - d
                 for s, f in zip(fq["seeds"], fq["delta_auc_pct"], strict=True)
-                for t, d in zip(o["seeds"], o["delta_auc_pct"])
+                for t, d in zip(o["seeds"], o["delta_auc_pct"], strict=True)
                 if s == t
             ]
             wins = sum(x > 0 for x in diff)

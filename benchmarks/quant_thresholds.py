@@ -126,7 +126,8 @@ def main() -> None:
         "Warm-start priority quantiles (per-batch expected α·c⁺ + c⁻): "
         + ", ".join(f"q{float(q):.2f} = {v:.3g}" for q, v in quantiles.items()),
         "",
-        "| run | t8 | t16 | test AUC | ΔAUC % vs fp32 | logloss | bytes / fp32 | int8 rows at start | fp32 rows at start | rows moved | steps |",
+        "| run | t8 | t16 | test AUC | ΔAUC % vs fp32 | logloss | bytes / fp32 "
+        "| int8 rows at start | fp32 rows at start | rows moved | steps |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in refs.items():
