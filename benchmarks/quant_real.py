@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +29,32 @@ sys.path.insert(0, os.path.dirname(__file__))
 import numpy as np
 import torch
 
-from common import environment, write_results
+from common import environment, train_scheme, write_results
 from sharkrec.data.loading import load_data
-from sharkrec.model.embedding import FloatEmbedding
-from sharkrec.quant import MixedPrecisionEmbedding, build_embedding
-from sharkrec.train.run import build_model, train_model
 from sharkrec.train.trainer import TrainConfig
 
 SHARED = "/work/shared/data"
 # name -> (format, path, train settings, eval_every or None for twice an epoch)
 DATASETS: dict[str, tuple[str, str, dict[str, Any], int | None]] = {
-    "frappe": ("libfm", f"{SHARED}/frappe-x1-valid/frappe.validation.libfm.gz",
-               {"optimizer": "adagrad", "lr": 0.05, "embedding_l2": 1e-2}, None),
-    "movielens": ("movielens", f"{SHARED}/movielens-100k",
-                  {"optimizer": "adagrad", "lr": 0.05, "embedding_l2": 1e-2}, None),
+    "frappe": (
+        "libfm",
+        f"{SHARED}/frappe-x1-valid/frappe.validation.libfm.gz",
+        {"optimizer": "adagrad", "lr": 0.05, "embedding_l2": 1e-2},
+        None,
+    ),
+    "movielens": (
+        "movielens",
+        f"{SHARED}/movielens-100k",
+        {"optimizer": "adagrad", "lr": 0.05, "embedding_l2": 1e-2},
+        None,
+    ),
     # recipe of benchmarks/train_real.py (391 test rows: AUC noise about ±0.01)
-    "criteo": ("criteo", f"{SHARED}/criteo-kaggle-head8k",
-               {"optimizer": "adagrad", "lr": 0.01, "embedding_l2": 3e-2}, 5),
+    "criteo": (
+        "criteo",
+        f"{SHARED}/criteo-kaggle-head8k",
+        {"optimizer": "adagrad", "lr": 0.01, "embedding_l2": 3e-2},
+        5,
+    ),
 }
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "fp32": ("fp32", {}),
@@ -69,23 +77,18 @@ def run(dataset: str, seed: int, methods: list[str]) -> list[dict[str, Any]]:
     out = []
     for method in methods:
         precision, options = METHODS[method]
-        options = dict(options, seed=seed) if precision == "random" else dict(options)
-        model = build_model(data, seed, embedding_dim=16)
-        assert isinstance(model.embedding, FloatEmbedding)
-        embedding = build_embedding(precision, model.embedding, data, **options)
-        config = TrainConfig(**train_settings, epochs=30, patience=3, stop_metric="logloss",
-                             eval_every=eval_every or max(1, data.train.num_batches(512) // 2), seed=seed,
-                             progress=False)
-        started = time.perf_counter()
-        trained, report = train_model(data, config, model=model.with_embedding(embedding))
-        test = next(iter(report["metrics"]["test"].values()))
-        emb = trained.embedding
-        out.append({"dataset": dataset, "seed": seed, "method": method, "auc": test["auc"],
-                    "logloss": test["logloss"], "embedding_bytes": report["memory"]["embedding_bytes"],
-                    "embedding_bytes_fp32": report["memory"]["embedding_bytes_fp32"],
-                    "rows_moved": emb.rows_moved if isinstance(emb, MixedPrecisionEmbedding) else 0,
-                    "samples_per_second": report["training"]["samples_per_second"],
-                    "steps": report["training"]["steps"], "seconds": time.perf_counter() - started})
+        config = TrainConfig(
+            **train_settings,
+            epochs=30,
+            patience=3,
+            stop_metric="logloss",
+            eval_every=eval_every or max(1, data.train.num_batches(512) // 2),
+            seed=seed,
+            progress=False,
+        )
+        out.append(
+            {"dataset": dataset, "seed": seed, "method": method, **train_scheme(data, config, precision, options)}
+        )
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in out[-1].items()}, flush=True)
     return out
 
@@ -104,33 +107,43 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (dataset, method), runs in groups.items():
         paired = [(r, fp32[(dataset, r["seed"])]) for r in runs if (dataset, r["seed"]) in fp32]
-        out.append({
-            "dataset": dataset, "method": method, "seeds": [r["seed"] for r in runs],
-            "auc": _mean_std([r["auc"] for r in runs]),
-            "delta_auc_pct": _mean_std([100 * (r["auc"] - b["auc"]) / b["auc"] for r, b in paired]),
-            "delta_logloss_pct": _mean_std([100 * (r["logloss"] - b["logloss"]) / b["logloss"] for r, b in paired]),
-            "bytes_fraction": float(np.mean([r["embedding_bytes"] / r["embedding_bytes_fp32"] for r in runs])),
-            "rows_moved": float(np.mean([r["rows_moved"] for r in runs])),
-            "steps": float(np.mean([r["steps"] for r in runs])),
-            "relative_samples_per_second": float(np.mean([r["samples_per_second"] / b["samples_per_second"]
-                                                          for r, b in paired])),
-        })
+        out.append(
+            {
+                "dataset": dataset,
+                "method": method,
+                "seeds": [r["seed"] for r in runs],
+                "auc": _mean_std([r["auc"] for r in runs]),
+                "delta_auc_pct": _mean_std([100 * (r["auc"] - b["auc"]) / b["auc"] for r, b in paired]),
+                "delta_logloss_pct": _mean_std([100 * (r["logloss"] - b["logloss"]) / b["logloss"] for r, b in paired]),
+                "bytes_fraction": float(np.mean([r["embedding_bytes"] / r["embedding_bytes_fp32"] for r in runs])),
+                "rows_moved": float(np.mean([r["rows_moved"] for r in runs])),
+                "steps": float(np.mean([r["steps"] for r in runs])),
+                "relative_samples_per_second": float(
+                    np.mean([r["samples_per_second"] / b["samples_per_second"] for r, b in paired])
+                ),
+            }
+        )
     return out
 
 
 def markdown(summary: list[dict[str, Any]], seeds: int) -> str:
-    lines = [f"Paired by seed ({seeds} seeds), ΔAUC / Δlogloss relative to fp32 in % (mean ± std over seeds).",
-             "Samples/s are 1-thread runs on a shared 2-core machine: treat them as rough",
-             "(benchmarks/quant_throughput.py measures them properly). Steps: mean training steps until early",
-             "stopping; F-Q re-tiers every 50 steps, so where steps are few it mostly keeps its warm-start tiers.",
-             "", "| dataset | method | test AUC | ΔAUC % | Δlogloss % | bytes / fp32 | rows moved | steps "
-             "| samples/s vs fp32 |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Paired by seed ({seeds} seeds), ΔAUC / Δlogloss relative to fp32 in % (mean ± std over seeds).",
+        "Samples/s are 1-thread runs on a shared 2-core machine: treat them as rough",
+        "(benchmarks/quant_throughput.py measures them properly). Steps: mean training steps until early",
+        "stopping; F-Q re-tiers every 50 steps, so where steps are few it mostly keeps its warm-start tiers.",
+        "",
+        "| dataset | method | test AUC | ΔAUC % | Δlogloss % | bytes / fp32 | rows moved | steps | samples/s vs fp32 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for s in summary:
         d, ll = s["delta_auc_pct"], s["delta_logloss_pct"]
-        lines.append(f"| {s['dataset']} | {s['method']} | {s['auc']['mean']:.4f} ± {s['auc']['std']:.4f} | "
-                     f"{d['mean']:+.3f} ± {d['std']:.3f} | {ll['mean']:+.2f} ± {ll['std']:.2f} | "
-                     f"{s['bytes_fraction']:.3f} | {s['rows_moved']:,.0f} | {s['steps']:.0f} | "
-                     f"{s['relative_samples_per_second']:.2f}x |")
+        lines.append(
+            f"| {s['dataset']} | {s['method']} | {s['auc']['mean']:.4f} ± {s['auc']['std']:.4f} | "
+            f"{d['mean']:+.3f} ± {d['std']:.3f} | {ll['mean']:+.2f} ± {ll['std']:.2f} | "
+            f"{s['bytes_fraction']:.3f} | {s['rows_moved']:,.0f} | {s['steps']:.0f} | "
+            f"{s['relative_samples_per_second']:.2f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -151,8 +164,11 @@ def main() -> None:
         env = environment()
         rows = [r for d in args.datasets for s in args.seeds for r in run(d, s, args.methods)]
     summary = summarize(rows)
-    write_results(args.out, {"benchmark": "quant_real", "environment": env, "summary": summary,
-                             "results": rows}, markdown(summary, len(args.seeds)))
+    write_results(
+        args.out,
+        {"benchmark": "quant_real", "environment": env, "summary": summary, "results": rows},
+        markdown(summary, len(args.seeds)),
+    )
     print(markdown(summary, len(args.seeds)))
 
 

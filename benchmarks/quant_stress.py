@@ -25,11 +25,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import torch
 
-from common import environment, write_results
+from common import environment, train_scheme, write_results
 from sharkrec.data.synthetic import SyntheticConfig, generate
-from sharkrec.model.embedding import FloatEmbedding
-from sharkrec.quant import MixedPrecisionEmbedding, build_embedding
-from sharkrec.train.run import build_model, train_model
 from sharkrec.train.trainer import TrainConfig
 
 # MPE keeps non-cache rows int8 (~0.32 of fp32 bytes at dim 32), so it cannot reach 25%: it runs
@@ -70,10 +67,6 @@ def run_seed(args: argparse.Namespace) -> None:
         ]
     for name in args.schemes:
         precision, options = SCHEMES[name]
-        options = dict(options, seed=args.seed) if precision == "random" else dict(options)
-        model = build_model(data, args.seed, embedding_dim=args.dim)
-        assert isinstance(model.embedding, FloatEmbedding)
-        embedding = build_embedding(precision, model.embedding, data, **options)
         config = TrainConfig(
             optimizer="adagrad",
             lr=args.lr,
@@ -84,21 +77,8 @@ def run_seed(args: argparse.Namespace) -> None:
             seed=args.seed,
             progress=False,
         )
-        started = time.perf_counter()
-        trained, report = train_model(data, config, model=model.with_embedding(embedding))
-        test = next(iter(report["metrics"]["test"].values()))
-        emb = trained.embedding
         part["results"].append(
-            {
-                "scheme": name,
-                "auc": test["auc"],
-                "logloss": test["logloss"],
-                "bytes_fraction": report["memory"]["embedding_share_of_fp32"],
-                "embedding_bytes": report["memory"]["embedding_bytes"],
-                "rows_moved": emb.rows_moved if isinstance(emb, MixedPrecisionEmbedding) else 0,
-                "samples_per_second": report["training"]["samples_per_second"],
-                "seconds": time.perf_counter() - started,
-            }
+            {"scheme": name, **train_scheme(data, config, precision, options, embedding_dim=args.dim)}
         )
         print(part["results"][-1], flush=True)
         Path(args.part).write_text(json.dumps(part, indent=1))

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +23,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import torch
 
-from common import environment, write_results
+from common import environment, train_scheme, write_results
 from sharkrec.data.synthetic import SyntheticConfig, generate
-from sharkrec.model.embedding import FloatEmbedding
-from sharkrec.quant import MixedPrecisionEmbedding, build_embedding
-from sharkrec.train.run import build_model, train_model
 from sharkrec.train.trainer import TrainConfig
 
 SCHEMES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -50,12 +46,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES))
     parser.add_argument("--out", default="benchmarks/results/quant_stress_probe.json")
-    parser.add_argument("--append", action="store_true",
-                        help="keep the other schemes' results already in --out (same settings) and add these")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the other schemes' results already in --out (same settings) and add these",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    synthetic = SyntheticConfig.stress(rows=args.rows, max_cardinality=args.max_cardinality, seed=args.seed,
-                                       ground_truth_sample=1000)
+    synthetic = SyntheticConfig.stress(
+        rows=args.rows, max_cardinality=args.max_cardinality, seed=args.seed, ground_truth_sample=1000
+    )
     data = generate(synthetic).data
     table_rows = sum(data.cardinalities.values())
     results: list[dict[str, Any]] = []
@@ -64,34 +64,44 @@ def main() -> None:
         results = [r for r in previous["results"] if r["scheme"] not in args.schemes]
     for name in args.schemes:
         precision, options = SCHEMES[name]
-        options = dict(options, seed=args.seed) if precision == "random" else dict(options)
-        model = build_model(data, args.seed, embedding_dim=args.dim)
-        assert isinstance(model.embedding, FloatEmbedding)
-        embedding = build_embedding(precision, model.embedding, data, **options)
-        config = TrainConfig(optimizer="adagrad", lr=args.lr, batch_size=512, epochs=1, eval_every=10**9,
-                             patience=0, seed=args.seed, progress=False)
-        started = time.perf_counter()
-        trained, report = train_model(data, config, model=model.with_embedding(embedding))
-        test = next(iter(report["metrics"]["test"].values()))
-        emb = trained.embedding
-        results.append({"scheme": name, "auc": test["auc"], "logloss": test["logloss"],
-                        "bytes_fraction": report["memory"]["embedding_share_of_fp32"],
-                        "rows_moved": emb.rows_moved if isinstance(emb, MixedPrecisionEmbedding) else 0,
-                        "samples_per_second": report["training"]["samples_per_second"],
-                        "seconds": time.perf_counter() - started})
+        config = TrainConfig(
+            optimizer="adagrad",
+            lr=args.lr,
+            batch_size=512,
+            epochs=1,
+            eval_every=10**9,
+            patience=0,
+            seed=args.seed,
+            progress=False,
+        )
+        results.append({"scheme": name, **train_scheme(data, config, precision, options, embedding_dim=args.dim)})
         print(results[-1], flush=True)
     base = next((r for r in results if r["scheme"] == "fp32"), results[0])
-    lines = [f"Stress probe: SyntheticConfig.stress(rows={args.rows:,}, max_cardinality={args.max_cardinality:,}), "
-             f"{table_rows:,} table rows, {len(data.train):,} training samples (one pass), dim {args.dim}, "
-             f"adagrad lr {args.lr}, batch 512, seed {args.seed} (one seed: no error bars).", "",
-             "| scheme | test AUC | ΔAUC % vs fp32 | logloss | bytes / fp32 | rows moved | samples/s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Stress probe: SyntheticConfig.stress(rows={args.rows:,}, max_cardinality={args.max_cardinality:,}), "
+        f"{table_rows:,} table rows, {len(data.train):,} training samples (one pass), dim {args.dim}, "
+        f"adagrad lr {args.lr}, batch 512, seed {args.seed} (one seed: no error bars).",
+        "",
+        "| scheme | test AUC | ΔAUC % vs fp32 | logloss | bytes / fp32 | rows moved | samples/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r['scheme']} | {r['auc']:.4f} | {100 * (r['auc'] - base['auc']) / base['auc']:+.3f} | "
-                     f"{r['logloss']:.4f} | {r['bytes_fraction']:.3f} | {r['rows_moved']:,} | "
-                     f"{r['samples_per_second']:,.0f} |")
-    write_results(args.out, {"benchmark": "quant_stress_probe", "environment": environment(), "settings": vars(args),
-                             "table_rows": table_rows, "results": results}, "\n".join(lines) + "\n")
+        lines.append(
+            f"| {r['scheme']} | {r['auc']:.4f} | {100 * (r['auc'] - base['auc']) / base['auc']:+.3f} | "
+            f"{r['logloss']:.4f} | {r['bytes_fraction']:.3f} | {r['rows_moved']:,} | "
+            f"{r['samples_per_second']:,.0f} |"
+        )
+    write_results(
+        args.out,
+        {
+            "benchmark": "quant_stress_probe",
+            "environment": environment(),
+            "settings": vars(args),
+            "table_rows": table_rows,
+            "results": results,
+        },
+        "\n".join(lines) + "\n",
+    )
     print("\n".join(lines))
 
 

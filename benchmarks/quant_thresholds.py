@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -23,12 +22,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 import numpy as np
 import torch
 
-from common import environment, write_results
+from common import environment, train_scheme, write_results
 from sharkrec.data.loading import load_data
-from sharkrec.model.embedding import FloatEmbedding
-from sharkrec.quant import MixedPrecisionEmbedding, build_embedding
 from sharkrec.quant.build import expected_priorities
-from sharkrec.train.run import build_model, train_model
 from sharkrec.train.trainer import TrainConfig
 
 PATH = "/work/shared/data/frappe-x1-valid/frappe.validation.libfm.gz"
@@ -53,27 +49,10 @@ def main() -> None:
     eval_every = max(1, data.train.num_batches(512) // 2)
 
     def one(precision: str, **options: Any) -> dict[str, Any]:
-        model = build_model(data, args.seed, embedding_dim=16)
-        assert isinstance(model.embedding, FloatEmbedding)
-        embedding = build_embedding(precision, model.embedding, data, **options)
         config = TrainConfig(
             **TRAIN, epochs=40, patience=3, stop_metric="logloss", eval_every=eval_every, seed=args.seed, progress=False
         )
-        started = time.perf_counter()
-        trained, report = train_model(data, config, model=model.with_embedding(embedding))
-        test = next(iter(report["metrics"]["test"].values()))
-        emb = trained.embedding
-        row = {
-            "precision": precision,
-            **options,
-            "auc": test["auc"],
-            "logloss": test["logloss"],
-            "bytes_fraction": report["memory"]["embedding_share_of_fp32"],
-            "embedding_bytes": report["memory"]["embedding_bytes"],
-            "rows_moved": emb.rows_moved if isinstance(emb, MixedPrecisionEmbedding) else 0,
-            "steps": report["training"]["steps"],
-            "seconds": time.perf_counter() - started,
-        }
+        row = {"precision": precision, **options, **train_scheme(data, config, precision, options)}
         print(row, flush=True)
         return row
 

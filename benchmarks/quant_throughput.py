@@ -43,8 +43,16 @@ SCHEMES: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def train_seconds(model: DLRM, data: Any, steps: int) -> dict[str, float]:
-    config = TrainConfig(optimizer="adagrad", lr=0.05, batch_size=512, epochs=100, max_steps=steps,
-                         eval_every=10**9, patience=0, progress=False)
+    config = TrainConfig(
+        optimizer="adagrad",
+        lr=0.05,
+        batch_size=512,
+        epochs=100,
+        max_steps=steps,
+        eval_every=10**9,
+        patience=0,
+        progress=False,
+    )
     result = Trainer(model, config, data.schema.label_names).fit(data.train, data.valid.subset(range(512)))
     return {"samples_per_second": result.samples_per_second, "data_share": result.data_seconds / result.seconds}
 
@@ -71,23 +79,40 @@ def main() -> None:
         for name in args.schemes:
             started = time.perf_counter()
             rounds[name].append(train_seconds(models[name], data, args.steps))
-            print(name, round(rounds[name][-1]["samples_per_second"]), f"{time.perf_counter() - started:.1f}s",
-                  flush=True)
+            print(
+                name, round(rounds[name][-1]["samples_per_second"]), f"{time.perf_counter() - started:.1f}s", flush=True
+            )
     best = {name: max(r, key=lambda x: x["samples_per_second"]) for name, r in rounds.items()}
     base = best.get("fp32", next(iter(best.values())))["samples_per_second"]
-    results = [{"scheme": name, "samples_per_second": b["samples_per_second"],
-                "relative_to_fp32": b["samples_per_second"] / base, "data_share": b["data_share"],
-                "rounds": [r["samples_per_second"] for r in rounds[name]],
-                "embedding_share_of_fp32": models[name].embedding.embedding_bytes()
-                / (sum(data.cardinalities.values()) * 16 * 4)} for name, b in best.items()]
-    lines = [f"{args.rows:,} synthetic samples, {sum(data.cardinalities.values()):,} table rows, 26 fields, dim 16, "
-             f"batch 512, adagrad, 1 thread; best of {args.rounds} interleaved rounds of {args.steps} steps.", "",
-             "| scheme | samples/s | vs fp32 | bytes / fp32 | rounds (samples/s) |", "|---|---|---|---|---|"]
+    results = [
+        {
+            "scheme": name,
+            "samples_per_second": b["samples_per_second"],
+            "relative_to_fp32": b["samples_per_second"] / base,
+            "data_share": b["data_share"],
+            "rounds": [r["samples_per_second"] for r in rounds[name]],
+            "embedding_share_of_fp32": models[name].embedding.embedding_bytes()
+            / (sum(data.cardinalities.values()) * 16 * 4),
+        }
+        for name, b in best.items()
+    ]
+    lines = [
+        f"{args.rows:,} synthetic samples, {sum(data.cardinalities.values()):,} table rows, 26 fields, dim 16, "
+        f"batch 512, adagrad, 1 thread; best of {args.rounds} interleaved rounds of {args.steps} steps.",
+        "",
+        "| scheme | samples/s | vs fp32 | bytes / fp32 | rounds (samples/s) |",
+        "|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r['scheme']} | {r['samples_per_second']:,.0f} | {r['relative_to_fp32']:.2f}x | "
-                     f"{r['embedding_share_of_fp32']:.3f} | {', '.join(f'{x:,.0f}' for x in r['rounds'])} |")
-    write_results(args.out, {"benchmark": "quant_throughput", "environment": environment(),
-                             "settings": vars(args), "results": results}, "\n".join(lines) + "\n")
+        lines.append(
+            f"| {r['scheme']} | {r['samples_per_second']:,.0f} | {r['relative_to_fp32']:.2f}x | "
+            f"{r['embedding_share_of_fp32']:.3f} | {', '.join(f'{x:,.0f}' for x in r['rounds'])} |"
+        )
+    write_results(
+        args.out,
+        {"benchmark": "quant_throughput", "environment": environment(), "settings": vars(args), "results": results},
+        "\n".join(lines) + "\n",
+    )
     print("\n".join(lines))
 
 
