@@ -96,6 +96,15 @@ def _load(
     )
 
 
+def _load_with_model(model: Path, fmt: Format, data: str | None, schema: Path | None, on_bad_line: str,
+                     split: str | None) -> tuple[Any, Any]:
+    """A saved model and the data encoded with that model's vocabularies (not new ones)."""
+    from sharkrec.train.checkpoint import load_model
+
+    bundle = load_model(model)
+    return bundle, _load(fmt, data, schema, on_bad_line, split, None, vocabularies=bundle.vocabularies)
+
+
 def _threads(threads: int | None) -> None:
     import torch
 
@@ -254,12 +263,10 @@ def evaluate(
 ) -> None:
     """Evaluate a saved model on data encoded with the model's vocabularies."""
     from sharkrec.report import print_metrics
-    from sharkrec.train.checkpoint import load_model
     from sharkrec.train.run import evaluate_bundle
 
     _threads(threads)
-    bundle = load_model(model)
-    prepared = _load(fmt, data, schema or None, on_bad_line, split, None, vocabularies=bundle.vocabularies)
+    bundle, prepared = _load_with_model(model, fmt, data, schema, on_bad_line, split)
     report = evaluate_bundle(bundle, prepared, out)
     print_metrics(report)
 
@@ -304,11 +311,9 @@ def importance(
 ) -> None:
     """Rank a model's fields by importance (SHARK F-Permutation or a baseline); write report.json and a chart."""
     from sharkrec.importance.run import print_importance, run_importance
-    from sharkrec.train.checkpoint import load_model
 
     _threads(threads)
-    bundle = load_model(model)
-    prepared = _load(fmt, data, schema, on_bad_line, split, None, vocabularies=bundle.vocabularies)
+    bundle, prepared = _load_with_model(model, fmt, data, schema, on_bad_line, split)
     report = run_importance(
         bundle,
         prepared,
@@ -354,10 +359,9 @@ def prune(
     from sharkrec.prune.loop import PruneConfig
     from sharkrec.prune.run import fine_tune_config, print_step, run_prune
     from sharkrec.report import print_metrics
-    from sharkrec.train.checkpoint import load_model
 
     _threads(threads)
-    bundle = load_model(model)
+    bundle, prepared = _load_with_model(model, fmt, data, schema, on_bad_line, split)
     config = PruneConfig(
         target_memory=target_memory,
         t_accuracy=t_accuracy,
@@ -370,7 +374,6 @@ def prune(
         keep=tuple(_names(keep) or ()),
         seed=seed,
     )
-    prepared = _load(fmt, data, schema, on_bad_line, split, None, vocabularies=bundle.vocabularies)
     result, report = run_prune(bundle, prepared, method, out, config=config, order=_names(order), on_step=print_step)
     print_metrics(report)
     typer.echo(f"{result.stopped_because}; removed {', '.join(result.plan.removed) or 'nothing'}")
