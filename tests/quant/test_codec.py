@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from sharkrec.errors import ConfigError
 from sharkrec.quant import codec
 
 rows_strategy = st.integers(1, 6).flatmap(
@@ -83,5 +84,5 @@ def test_eq6_as_printed_would_overflow() -> None:
 
 @pytest.mark.parametrize("value", ["fp8", "", "INT8"])
 def test_unknown_precision(value: str) -> None:
-    with pytest.raises(codec.ConfigError, match="unknown precision"):
+    with pytest.raises(ConfigError, match="unknown precision"):
         codec.Precision.parse(value)

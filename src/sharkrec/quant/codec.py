@@ -32,7 +32,7 @@ import enum
 import torch
 from torch import Tensor
 
-from sharkrec.errors import ConfigError
+from sharkrec.errors import parse_choice
 
 
 class Precision(str, enum.Enum):
@@ -54,10 +54,7 @@ class Precision(str, enum.Enum):
 
     @classmethod
     def parse(cls, value: str | Precision) -> Precision:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ConfigError(f"unknown precision {value!r}; use one of fp32, fp16, int8, int4") from None
+        return parse_choice(cls, value, "precision")
 
     @property
     def max_level(self) -> int:
