@@ -381,6 +381,43 @@ def prune(
 
 
 @app.command()
+def compress(
+    model: ModelOpt,
+    fmt: FormatOpt,
+    data: DataOpt,
+    out: OutOpt,
+    target_memory: Annotated[float, typer.Option(help="Share of the embedding bytes to keep, in (0, 1].")] = 0.3,
+    max_auc_drop: Annotated[float, typer.Option(help="Largest relative validation AUC drop, e.g. 0.0015.")] = 0.0015,
+    max_trainings: Annotated[int, typer.Option(help="Fine-tune at most this many candidates.")] = 3,
+    method: MethodOpt = "default",
+    fine_tune_epochs: Annotated[int, typer.Option(help="Epochs of each candidate's fine-tune.")] = 2,
+    fine_tune_lr: Annotated[float | None, typer.Option(help="Fine-tune lr (default: 0.1 x the model's).")] = None,
+    no_int4: Annotated[bool, typer.Option("--no-int4", help="Never use the int4 tier.")] = False,
+    keep: Annotated[str | None, typer.Option(help="Never remove these fields, e.g. C1,C2.")] = None,
+    batch_size: ScoreBatchOpt = 4096,
+    max_samples: MaxSamplesOpt = None,
+    seed: Annotated[int, typer.Option(help="Random seed (scoring draws, fine-tune order).")] = 0,
+    schema: SchemaOpt = None,
+    on_bad_line: BadLineOpt = "skip",
+    split: SplitOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Prune (F-Permutation) and quantize (F-Quantization) to a memory target; write model.pt, artifact/, report."""
+    from sharkrec.compress import CompressConfig, run_compress
+    from sharkrec.compress.run import fine_tune_for, print_event, print_summary
+
+    _threads(threads)
+    bundle, prepared = _load_with_model(model, fmt, data, schema, on_bad_line, split)
+    fine_tune = fine_tune_for(bundle, epochs=fine_tune_epochs, lr=fine_tune_lr, seed=seed)
+    config = CompressConfig(target_memory=target_memory, max_auc_drop=max_auc_drop, max_trainings=max_trainings,
+                            importance_method=method, fine_tune=fine_tune, allow_int4=not no_int4,
+                            keep=tuple(_names(keep) or ()), batch_size=batch_size, max_samples=max_samples, seed=seed)
+    result = run_compress(bundle, prepared, config, out, on_event=print_event)
+    print_summary(result.report)
+    typer.echo(f"wrote {out / 'model.pt'}, {out / 'artifact'} and {out / 'report.json'}")
+
+
+@app.command()
 def export(
     model: Annotated[Path, typer.Option("--model", help="model.pt from 'sharkrec train' or 'sharkrec prune'.")],
     out: Annotated[Path, typer.Option("--out", help="Artifact directory to write (replaced if it is an artifact).")],

@@ -18,6 +18,7 @@ alpt        ALPT: every row int8 with a learned per-row step size (``step_lr``, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -104,17 +105,24 @@ def random_tiers(float_embedding: FloatEmbedding, seed: int, rounding: dict[str,
     return MixedPrecisionEmbedding.from_float(float_embedding, plan, **rounding)
 
 
-def expected_priorities(data: PreparedData, alpha: float, batch_size: int) -> list[torch.Tensor]:
+def expected_priorities(data: PreparedData, alpha: float, batch_size: int,
+                        fields: Sequence[str] | None = None) -> list[torch.Tensor]:
     """Per field (R,) ``(α·positives_r + negatives_r) · batch_size / N`` over the training split.
 
     This is the expectation of Eq. 7's bracket for one batch, the value Eq. 7 fluctuates around.
+    ``fields`` picks (and orders) the fields; default all sparse fields of ``data``.
     """
     train = data.train
     positive = (train.labels.numpy() > 0.5).any(axis=1)
     sample_weight = np.where(positive, alpha, 1.0)
     scale = batch_size / max(len(train), 1)
+    names = list(data.cardinalities)
+    unknown = [f for f in (fields or ()) if f not in names]
+    if unknown:
+        raise ConfigError(f"fields {unknown} are not in the data; known fields: {', '.join(names)}")
     out = []
-    for i, rows in enumerate(data.cardinalities.values()):
+    for name in fields if fields is not None else names:
+        i, rows = names.index(name), data.cardinalities[name]
         column = train.column(i)
         values = np.asarray(column.values, dtype=np.int64)
         if column.offsets is None:

@@ -1,0 +1,17 @@
+"""The compression pipeline (SHARK §4): F-Permutation pruning + F-Quantization, budget split searched."""
+
+from sharkrec.compress.pipeline import DEFAULT_FINE_TUNE, CompressConfig, CompressResult, compress
+from sharkrec.compress.run import run_compress
+from sharkrec.compress.search import Candidate, Prediction, enumerate_candidates, predict_candidates
+
+__all__ = [
+    "DEFAULT_FINE_TUNE",
+    "Candidate",
+    "CompressConfig",
+    "CompressResult",
+    "Prediction",
+    "compress",
+    "enumerate_candidates",
+    "predict_candidates",
+    "run_compress",
+]

@@ -1,0 +1,280 @@
+"""``sharkrec compress``: F-Permutation pruning, then F-Quantization training, then a serving artifact.
+
+::
+
+    result = compress(model, data, CompressConfig(target_memory=0.3, max_auc_drop=0.0015))
+    result.model       # the compressed DLRM (pruned fields → constants, kept rows in fp32/fp16/int8/int4)
+    result.report      # bytes per stage, metrics before/after, seconds per stage, the search
+
+Stages:
+
+1. **importance** — F-Permutation scores (taylor2 by default) of every field on the validation split;
+   the removal order is least important first.
+2. **search** — every split of the budget between pruning and quantization
+   (:func:`~sharkrec.compress.search.enumerate_candidates`) is predicted without training
+   (post-training compressed model on the validation split); candidates are ranked by predicted
+   validation AUC drop.
+3. **train** — candidates are fine-tuned in that order with F-Quantization active (priorities
+   and tiers keep updating; rows are written back in their tier) until one keeps every task's
+   validation AUC within ``max_auc_drop`` (relative) of the uncompressed model, at most
+   ``max_trainings`` of them. A full grid would train every candidate; the report says how many
+   trainings the search took against that grid. A fine-tune that ends with a worse validation log
+   loss than it started from is undone (the post-training model is kept).
+4. **export** — the chosen model as an artifact (:func:`sharkrec.export.save_artifact`).
+
+The test split is only used to report the chosen model's metrics, never to choose.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sharkrec.compress.search import (
+    Candidate,
+    Prediction,
+    build_candidate,
+    enumerate_candidates,
+    predict_candidates,
+    relative_auc_drop,
+)
+from sharkrec.data.dataset import PreparedData
+from sharkrec.errors import ConfigError
+from sharkrec.importance.base import field_importance
+from sharkrec.model.dlrm import DLRM
+from sharkrec.model.embedding import FloatEmbedding
+from sharkrec.prune.loop import check_model_matches
+from sharkrec.prune.plan import field_means, removable_fields
+from sharkrec.train.optim import OptimizerKind
+from sharkrec.train.run import memory_summary
+from sharkrec.train.trainer import TrainConfig, Trainer, evaluate
+
+#: quantization-aware fine-tune of a candidate: up to 2 epochs, best validation epoch kept
+DEFAULT_FINE_TUNE = TrainConfig(optimizer=OptimizerKind.ADAGRAD, lr=0.01, epochs=2, patience=1, progress=False)
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """Settings of :func:`compress`.
+
+    Attributes:
+        target_memory: compressed embedding bytes as a share of the model's, in (0, 1].
+        max_auc_drop: largest relative validation AUC drop (per task) a result may have, e.g. 0.0015.
+        max_trainings: at most this many candidates are fine-tuned.
+        fine_tune: training settings of each candidate's quantization-aware fine-tune.
+        importance_method: F-Permutation method ranking the fields (``"default"`` = taylor2).
+        fp32_shares: F-Quantization splits of the spare bytes tried (share promoting rows to fp32).
+        allow_int4: let candidates use the int4 tier (needed for budgets below ~0.4 at dim 16).
+        max_removed: never remove more than this many fields (default: no limit).
+        keep: fields never removed.
+        alpha, beta, recheck_every: F-Quantization's Eq. 7 / Eq. 8 settings during the fine-tune.
+        batch_size: scoring and evaluation batch size.
+        max_samples: score fields on at most this many validation samples.
+        seed: scoring draws.
+    """
+
+    target_memory: float = 0.3
+    max_auc_drop: float = 0.0015
+    max_trainings: int = 3
+    fine_tune: TrainConfig = DEFAULT_FINE_TUNE
+    importance_method: str = "default"
+    fp32_shares: tuple[float, ...] = (0.25, 0.5)
+    allow_int4: bool = True
+    max_removed: int | None = None
+    keep: tuple[str, ...] = ()
+    alpha: float = 2.0
+    beta: float = 0.01
+    recheck_every: int = 100
+    batch_size: int = 4096
+    max_samples: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keep", tuple(str(k) for k in self.keep))
+        object.__setattr__(self, "fp32_shares", tuple(float(s) for s in self.fp32_shares))
+        checks = [
+            (0.0 < self.target_memory <= 1.0,
+             f"target memory {self.target_memory} must be in (0, 1]: the share of embedding bytes to keep, e.g. 0.3"),
+            (0.0 <= self.max_auc_drop < 1.0,
+             f"max AUC drop {self.max_auc_drop} must be in [0, 1): a relative drop, e.g. 0.0015 for 0.15%"),
+            (self.max_trainings >= 1, f"max trainings {self.max_trainings} must be 1 or more"),
+            (bool(self.fp32_shares) and all(0.0 <= s <= 1.0 for s in self.fp32_shares),
+             f"fp32 shares {self.fp32_shares} must be one or more values in [0, 1]"),
+            (self.max_removed is None or self.max_removed >= 0, f"max removed {self.max_removed} must be 0 or more"),
+            (self.batch_size >= 1, f"batch size {self.batch_size} must be 1 or more"),
+            (self.max_samples is None or self.max_samples >= 1, f"max samples {self.max_samples} must be 1 or more"),
+            (self.fine_tune.optimizer in (OptimizerKind.SGD, OptimizerKind.ADAGRAD),
+             f"the fine-tune optimizer is {self.fine_tune.optimizer.value}; mixed-precision rows train with "
+             "sgd or adagrad"),
+        ]
+        for ok, message in checks:
+            if not ok or any(isinstance(v, float) and math.isnan(v) for v in (self.target_memory, self.max_auc_drop)):
+                raise ConfigError(message)
+
+    def policy(self) -> dict[str, Any]:
+        """F-Quantization options every candidate shares."""
+        return {"alpha": self.alpha, "beta": self.beta, "recheck_every": self.recheck_every,
+                "batch_size": self.fine_tune.batch_size}
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "fine_tune"}
+        out["fine_tune"] = self.fine_tune.to_dict()
+        out["keep"], out["fp32_shares"] = list(self.keep), list(self.fp32_shares)
+        return out
+
+
+@dataclass(frozen=True)
+class CompressResult:
+    """The compressed model, the candidate it came from, and the report (see :func:`compress`)."""
+
+    model: DLRM
+    candidate: Candidate
+    met_max_auc_drop: bool
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def compress(model: DLRM, data: PreparedData, config: CompressConfig | None = None, *,
+             on_event: Callable[[str, dict[str, Any]], None] | None = None) -> CompressResult:
+    """Compress ``model`` (fp32, not changed) to ``config.target_memory`` of its embedding bytes.
+
+    ``on_event(stage, payload)`` is called after the importance scores, each prediction and each
+    training, so a CLI can show progress.
+    """
+    config = config or CompressConfig()
+    _check_model(model, data, config)
+    notify = on_event or (lambda stage, payload: None)
+    tasks = data.schema.label_names
+    valid = data.valid if len(data.valid) > 0 else data.train
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+
+    tick = time.perf_counter()
+    base = {"valid": evaluate(model, valid, tasks), "test": _test_metrics(model, data)}
+    removable = [f for f in removable_fields(model) if f not in config.keep]
+    importance = field_importance(model, valid, config.importance_method, batch_size=config.batch_size,
+                                  fields=removable, max_samples=config.max_samples, seed=config.seed)
+    scores = {f: importance.score(f) for f in removable}
+    order = sorted(removable, key=lambda f: scores[f])  # least important first; stable: model order
+    means = field_means(model, valid, order, config.batch_size)
+    seconds["importance"] = time.perf_counter() - tick
+    notify("importance", {"scores": scores, "order": order})
+
+    tick = time.perf_counter()
+    candidates = enumerate_candidates(model, order, scores, config.target_memory, fp32_shares=config.fp32_shares,
+                                      allow_int4=config.allow_int4, max_removed=config.max_removed)
+    if not candidates:
+        raise ConfigError(
+            f"no way to reach {config.target_memory} of the embedding bytes: even int4 rows cost more; "
+            "raise --target-memory, allow int4, or let more fields be removed"
+        )
+    policy = config.policy()
+    predictions = predict_candidates(model, data, candidates, valid, means, policy,
+                                     on_prediction=lambda p: notify("prediction", p.to_dict()))
+    seconds["search"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    trainings: list[dict[str, Any]] = []
+    best: tuple[float, DLRM, Prediction] | None = None
+    for prediction in predictions[: config.max_trainings]:
+        trial, entry = _fine_tune(model, data, prediction, means, policy, config, base["valid"])
+        trainings.append(entry)
+        notify("training", entry)
+        if best is None or entry["valid_auc_drop"] < best[0]:
+            best = (entry["valid_auc_drop"], trial, prediction)
+        if entry["valid_auc_drop"] <= config.max_auc_drop:
+            break
+    seconds["train"] = time.perf_counter() - tick
+    assert best is not None
+    drop, compressed, chosen = best
+    compressed.eval()
+
+    after = {"valid": evaluate(compressed, valid, tasks), "test": _test_metrics(compressed, data)}
+    memory = memory_summary(compressed)
+    base_bytes = int(model.embedding.embedding_bytes())
+    pruned_bytes = base_bytes - sum(model.embedding.num_rows()[f] for f in chosen.candidate.removed) * \
+        model.embedding.embedding_dim * 4 + len(chosen.candidate.removed) * model.embedding.embedding_dim * 4
+    report: dict[str, Any] = {
+        "command": "compress",
+        "config": config.to_dict(),
+        "chosen": chosen.to_dict(),
+        "met_max_auc_drop": bool(drop <= config.max_auc_drop),
+        "bytes": {"fp32": base_bytes, "after_pruning": int(pruned_bytes),
+                  "after_quantization": int(compressed.embedding.embedding_bytes()),
+                  "share_of_fp32": compressed.embedding.embedding_bytes() / base_bytes},
+        "metrics_before": base,
+        "metrics": after,
+        "auc_drop": {split: {t: 1.0 - after[split][t]["auc"] / base[split][t]["auc"] for t in tasks}
+                     for split in after if after[split]},
+        "memory": memory,
+        "importance": {"method": importance.method, "scores": scores, "order": order},
+        "search": {"grid_size": len(candidates), "trainings": len(trainings),
+                   "predictions": [p.to_dict() for p in predictions], "trained": trainings},
+        "seconds": {**seconds, "total": time.perf_counter() - started},
+    }
+    return CompressResult(compressed, chosen.candidate, report["met_max_auc_drop"], report)
+
+
+def _check_model(model: DLRM, data: PreparedData, config: CompressConfig) -> None:
+    if not isinstance(model, DLRM):
+        raise ConfigError(f"cannot compress a {type(model).__name__}; sharkrec compresses DLRM models")
+    if not isinstance(model.embedding, FloatEmbedding):
+        raise ConfigError(
+            f"compress starts from an fp32 model; this one has a {type(model.embedding).__name__} embedding "
+            "(compress the model 'sharkrec train' wrote, before pruning or quantizing it)"
+        )
+    check_model_matches(model, data)
+    unknown = [f for f in config.keep if f not in model.field_names]
+    if unknown:
+        raise ConfigError(f"fields {unknown} are not in the model; known fields: {', '.join(model.field_names)}")
+    if len(data.train) == 0:
+        raise ConfigError("the training split is empty; compress needs training data to fine-tune on")
+
+
+def _test_metrics(model: DLRM, data: PreparedData) -> dict[str, dict[str, float]]:
+    return evaluate(model, data.test, data.schema.label_names) if len(data.test) > 0 else {}
+
+
+def _fine_tune(model: DLRM, data: PreparedData, prediction: Prediction, means: Mapping[str, Any],
+               policy: Mapping[str, Any], config: CompressConfig, base_valid: Mapping[str, Mapping[str, float]]
+               ) -> tuple[DLRM, dict[str, Any]]:
+    """Build the candidate and train it with F-Quantization active; undo a fine-tune that hurt."""
+    tasks = data.schema.label_names
+    valid = data.valid if len(data.valid) > 0 else data.train
+    tick = time.perf_counter()
+    trial = build_candidate(model, data, prediction.candidate, means, policy)
+    before_model = copy.deepcopy(trial)
+    before = evaluate(trial, valid, tasks)
+    result = Trainer(trial, config.fine_tune, tasks).fit(data.train, valid)
+    after = evaluate(trial, valid, tasks)
+    kept = _mean_logloss(after) <= _mean_logloss(before)
+    if not kept:
+        trial, after = before_model, before
+    rows_moved = getattr(_quantized(trial), "rows_moved", 0)
+    entry = {
+        "label": prediction.candidate.label,
+        "predicted_auc_drop": prediction.auc_drop,
+        "valid_auc_drop": relative_auc_drop(base_valid, after),
+        "valid": after,
+        "fine_tune_kept": kept,
+        "steps": result.steps,
+        "rows_moved": int(rows_moved),
+        "bytes": int(trial.embedding.embedding_bytes()),
+        "seconds": time.perf_counter() - tick,
+    }
+    return trial, entry
+
+
+def _quantized(model: DLRM) -> Any:
+    embedding = model.embedding
+    return getattr(embedding, "kept", embedding)
+
+
+def _mean_logloss(metrics: Mapping[str, Mapping[str, float]]) -> float:
+    return float(np.mean([m["logloss"] for m in metrics.values()]))

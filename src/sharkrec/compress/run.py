@@ -1,0 +1,101 @@
+"""Compress a saved model and write model.pt, the serving artifact and report.json: the library behind
+``sharkrec compress``."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from sharkrec.compress.pipeline import CompressConfig, CompressResult, compress
+from sharkrec.data.dataset import PreparedData
+from sharkrec.errors import ConfigError
+from sharkrec.io import write_json
+from sharkrec.model.dlrm import DLRM
+from sharkrec.train.checkpoint import ModelBundle, save_model
+from sharkrec.train.optim import OptimizerKind
+from sharkrec.train.trainer import TrainConfig
+
+MODEL_FILE = "model.pt"
+ARTIFACT_DIR = "artifact"
+REPORT_FILE = "report.json"
+ADAM_FALLBACK_LR = 0.005
+
+
+def fine_tune_for(bundle: ModelBundle, *, epochs: int = 2, lr: float | None = None, seed: int = 0) -> TrainConfig:
+    """The candidates' fine-tune: the model's batch size and regularisation (as pruning's fine-tune) for
+    ``epochs`` at 0.1 x its lr, patience 1. Mixed-precision rows train with row-wise Adagrad or SGD, so a
+    model trained with Adam fine-tunes with Adagrad at lr 0.005 unless ``lr`` is given."""
+    from sharkrec.prune.run import fine_tune_config
+
+    config = fine_tune_config(bundle, lr=lr, epochs=epochs, seed=seed)
+    config = dataclasses.replace(config, patience=1)
+    if config.optimizer not in (OptimizerKind.SGD, OptimizerKind.ADAGRAD):
+        config = dataclasses.replace(config, optimizer=OptimizerKind.ADAGRAD, lr=lr or ADAM_FALLBACK_LR,
+                                     embedding_lr=None)
+    return config
+
+
+def run_compress(bundle: ModelBundle, data: PreparedData, config: CompressConfig, out_dir: str | Path | None = None,
+                 *, on_event: Callable[[str, dict[str, Any]], None] | None = None) -> CompressResult:
+    """Run :func:`compress` on a saved model; with ``out_dir`` write model.pt, artifact/ and report.json.
+
+    Files are written only after the whole run succeeded (each atomically), report.json last.
+    """
+    from sharkrec.export import save_artifact
+
+    model = bundle.model
+    if not isinstance(model, DLRM):
+        raise ConfigError(f"cannot compress a {type(model).__name__}; sharkrec compresses DLRM models")
+    result = compress(model, data, config, on_event=on_event)
+    if out_dir is None:
+        return result
+    out = Path(out_dir)
+    tick = time.perf_counter()
+    info = {**bundle.info, "compression": {"candidate": result.candidate.to_dict(), "config": config.to_dict()},
+            "metrics": result.report["metrics"]}
+    save_model(out / MODEL_FILE, result.model, bundle.schema, bundle.vocabularies, info=info)
+    manifest = save_artifact(result.model, bundle.schema, bundle.vocabularies, out / ARTIFACT_DIR)
+    files = manifest.get("files", {})
+    result.report["artifact"] = {"path": str(out / ARTIFACT_DIR), "memory": manifest.get("memory", {}),
+                                 "file_bytes": {name: meta["bytes"] for name, meta in files.items()}}
+    result.report["seconds"]["export"] = time.perf_counter() - tick
+    write_json(out / REPORT_FILE, result.report)
+    return result
+
+
+def print_event(stage: str, payload: dict[str, Any], console: Console | None = None) -> None:
+    """One line per stage event: the field ranking, each prediction, each training."""
+    console = console or Console()
+    if stage == "importance":
+        console.print(f"importance (least important first): {', '.join(payload['order'])}", soft_wrap=True)
+    elif stage == "prediction":
+        console.print(f"  predicted {payload['label']}: valid AUC drop {payload['predicted_auc_drop']:+.3%}, "
+                      f"{payload['bytes']:,} bytes", soft_wrap=True)
+    elif stage == "training":
+        status = "kept" if payload["fine_tune_kept"] else "undone (valid log loss rose)"
+        console.print(f"trained {payload['label']}: valid AUC drop {payload['valid_auc_drop']:+.3%} "
+                      f"(predicted {payload['predicted_auc_drop']:+.3%}), {payload['steps']} steps, fine-tune "
+                      f"{status}, {payload['seconds']:.1f} s", soft_wrap=True)
+
+
+def print_summary(report: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    b = report["bytes"]
+    console.print(f"embedding bytes: fp32 {b['fp32']:,} → pruned {b['after_pruning']:,} → quantized "
+                  f"{b['after_quantization']:,} ({b['share_of_fp32']:.1%} of fp32)")
+    for split, drops in report["auc_drop"].items():
+        before, after = report["metrics_before"][split], report["metrics"][split]
+        text = ", ".join(f"{t} {before[t]['auc']:.4f} → {after[t]['auc']:.4f} ({-d:+.3%})" for t, d in drops.items())
+        console.print(f"{split} AUC: {text}", soft_wrap=True)
+    search = report["search"]
+    console.print(f"search: {search['trainings']} training(s) instead of a full grid of {search['grid_size']}; "
+                  f"chosen {report['chosen']['label']}; "
+                  f"{'meets' if report['met_max_auc_drop'] else 'does NOT meet'} the max AUC drop "
+                  f"{report['config']['max_auc_drop']:.2%}")
+    secs = ", ".join(f"{k} {v:.1f} s" for k, v in report["seconds"].items())
+    console.print(f"seconds: {secs}")
