@@ -7,6 +7,8 @@ chosen split of the budget, how many trainings the search took against the full 
 stage.
 
     python benchmarks/compress_real.py --seeds 0 1 2 --out benchmarks/results/compress_real.json
+    python benchmarks/compress_real.py --seeds 0 1 2 --target-memory 0.5 --max-removed 0 \
+        --out benchmarks/results/compress_fq_only_50.json     # F-Quantization alone, fine-tuned from fp32
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from sharkrec.train.run import train_model
 from sharkrec.train.trainer import TrainConfig
 
 
-def run(dataset: str, seed: int, target: float, max_auc_drop: float, max_trainings: int) -> dict[str, Any]:
+def run(dataset: str, seed: int, target: float, max_auc_drop: float, max_trainings: int,
+        max_removed: int | None = None) -> dict[str, Any]:
     fmt, path, settings, eval_every = DATASETS[dataset]
     data = load_data(fmt, path)
     half_epoch = max(1, data.train.num_batches(512) // 2)
@@ -45,7 +48,8 @@ def run(dataset: str, seed: int, target: float, max_auc_drop: float, max_trainin
                                     embedding_l2=settings.get("embedding_l2", 0.0), seed=seed,
                                     eval_every=eval_every or half_epoch, epochs=2, patience=1)
     result = compress(model, data, CompressConfig(target_memory=target, max_auc_drop=max_auc_drop,
-                                                  max_trainings=max_trainings, fine_tune=fine_tune, seed=seed))
+                                                  max_trainings=max_trainings, fine_tune=fine_tune, seed=seed,
+                                                  max_removed=max_removed))
     rep = result.report
     task = data.schema.label_names[0]
     row = {
@@ -102,13 +106,15 @@ def main() -> None:
     parser.add_argument("--target-memory", type=float, default=0.3)
     parser.add_argument("--max-auc-drop", type=float, default=0.0015)
     parser.add_argument("--max-trainings", type=int, default=3)
+    parser.add_argument("--max-removed", type=int, default=None,
+                        help="Remove at most this many fields (0: F-Quantization alone).")
     parser.add_argument("--out", default="benchmarks/results/compress_real.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = [run(d, s, args.target_memory, args.max_auc_drop, args.max_trainings)
+    rows = [run(d, s, args.target_memory, args.max_auc_drop, args.max_trainings, args.max_removed)
             for d in args.datasets for s in args.seeds]
     payload = {"benchmark": "compress_real", "environment": environment(), "target_memory": args.target_memory,
-               "max_auc_drop": args.max_auc_drop, "results": rows}
+               "max_auc_drop": args.max_auc_drop, "max_removed": args.max_removed, "results": rows}
     write_results(args.out, payload, markdown(rows, args.target_memory, args.max_auc_drop))
     print(markdown(rows, args.target_memory, args.max_auc_drop))
 

@@ -81,3 +81,35 @@ def test_model_that_does_not_match_the_data(trained, tmp_path):
                      "--out", str(out), "--fields", "C1,nope")
     assert_one_line_error(result, "field 'nope' is not in the model")
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_compress_writes_model_artifact_and_report(trained, tmp_path):
+    out = tmp_path / "compressed"
+    result = run_cli("compress", "--model", str(trained), "--format", "synthetic", "--data", SMALL, "--out", str(out),
+                     "--target-memory", "0.3", "--max-trainings", "1", "--fine-tune-epochs", "1")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["bytes"]["share_of_fp32"] <= 0.3 and report["search"]["trainings"] == 1
+    assert report["memory"]["embedding_bytes"] == report["bytes"]["after_quantization"]
+    assert "instead of a full grid of" in result.stdout and "test AUC" in result.stdout
+    assert (out / "artifact" / "manifest.json").is_file()
+    evaluated = run_cli("evaluate", "--model", str(out / "model.pt"), "--format", "synthetic", "--data", SMALL,
+                        "--out", str(tmp_path / "ev"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    again = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert again["metrics"]["test"]["click"]["auc"] == pytest.approx(report["metrics"]["test"]["click"]["auc"],
+                                                                     abs=1e-9)
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (("--target-memory", "0"), "target memory 0.0 must be in (0, 1]"),
+    (("--max-auc-drop", "-1"), "max AUC drop -1.0 must be in [0, 1)"),
+    (("--target-memory", "0.05", "--no-int4"), "no way to reach 0.05"),
+    (("--keep", "C1,C99"), "fields ['C99'] are not in the model"),
+])
+def test_compress_bad_input_is_a_one_line_error_and_writes_nothing(trained, tmp_path, args, fragment):
+    out = tmp_path / "o"
+    result = run_cli("compress", "--model", str(trained), "--format", "synthetic", "--data", SMALL, "--out", str(out),
+                     "--max-trainings", "1", *args)
+    assert_one_line_error(result, fragment)
+    assert not out.exists() or not any(out.iterdir())

@@ -397,6 +397,7 @@ def compress(
     batch_size: ScoreBatchOpt = 4096,
     max_samples: MaxSamplesOpt = None,
     seed: Annotated[int, typer.Option(help="Random seed (scoring draws, fine-tune order).")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")] = False,
     schema: SchemaOpt = None,
     on_bad_line: BadLineOpt = "skip",
     split: SplitOpt = None,
@@ -412,7 +413,7 @@ def compress(
     config = CompressConfig(target_memory=target_memory, max_auc_drop=max_auc_drop, max_trainings=max_trainings,
                             importance_method=method, fine_tune=fine_tune, allow_int4=not no_int4,
                             keep=tuple(_names(keep) or ()), batch_size=batch_size, max_samples=max_samples, seed=seed)
-    result = run_compress(bundle, prepared, config, out, on_event=print_event)
+    result = run_compress(bundle, prepared, config, out, on_event=print_event, resume=resume)
     print_summary(result.report)
     typer.echo(f"wrote {out / 'model.pt'}, {out / 'artifact'} and {out / 'report.json'}")
 

@@ -11,7 +11,7 @@ import torch
 
 from sharkrec.compress import DEFAULT_FINE_TUNE, CompressConfig, compress, enumerate_candidates, run_compress
 from sharkrec.compress.search import build_candidate, lowest_tier_share, relative_auc_drop
-from sharkrec.errors import ConfigError
+from sharkrec.errors import CheckpointError, ConfigError
 from sharkrec.export import load_artifact
 from sharkrec.prune.embedding import PrunedEmbedding
 from sharkrec.prune.plan import field_means
@@ -157,3 +157,29 @@ def test_bad_models_and_budgets_are_one_line_errors(trained):
         compress(model, data, CompressConfig(keep=("nope",), fine_tune=FAST))
     with pytest.raises(ConfigError, match=r"no way to reach 0\.05 of the embedding bytes"):
         compress(model, data, CompressConfig(target_memory=0.05, max_removed=0, fine_tune=FAST))
+
+
+def test_an_interrupted_run_resumes_to_the_same_result(trained, tmp_path):
+    model, data = trained
+    bundle = ModelBundle(model=model, schema=data.schema, vocabularies=data.vocabularies, info={})
+    config = CompressConfig(target_memory=0.3, max_auc_drop=0.0, max_trainings=2, fine_tune=FAST)
+
+    def interrupt(stage, payload):
+        if stage == "training":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_compress(bundle, data, config, tmp_path / "out", on_event=interrupt)
+    assert (tmp_path / "out" / "compress_state" / "candidate_0.pt").is_file()
+    assert not (tmp_path / "out" / "report.json").exists()
+    with pytest.raises(CheckpointError, match="other settings"):
+        run_compress(bundle, data, dataclasses.replace(config, max_trainings=3), tmp_path / "out", resume=True)
+    resumed = run_compress(bundle, data, config, tmp_path / "out", resume=True)
+    straight = run_compress(bundle, data, config, tmp_path / "straight")
+    first = resumed.report["search"]["trained"][0]
+    assert first["resumed"] and len(resumed.report["search"]["trained"]) == len(straight.report["search"]["trained"])
+    assert resumed.report["metrics"] == straight.report["metrics"]
+    assert resumed.report["chosen"] == straight.report["chosen"]
+    assert not (tmp_path / "out" / "compress_state").exists()  # removed once the results are written
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        run_compress(bundle, data, config, tmp_path / "fresh", resume=True)

@@ -45,6 +45,7 @@ from sharkrec.compress.search import (
     predict_candidates,
     relative_auc_drop,
 )
+from sharkrec.compress.state import CompressState, candidate_from_dict
 from sharkrec.data.dataset import PreparedData
 from sharkrec.errors import ConfigError
 from sharkrec.importance.base import field_importance
@@ -141,11 +142,13 @@ class CompressResult:
 
 
 def compress(model: DLRM, data: PreparedData, config: CompressConfig | None = None, *,
-             on_event: Callable[[str, dict[str, Any]], None] | None = None) -> CompressResult:
+             on_event: Callable[[str, dict[str, Any]], None] | None = None,
+             state: CompressState | None = None) -> CompressResult:
     """Compress ``model`` (fp32, not changed) to ``config.target_memory`` of its embedding bytes.
 
     ``on_event(stage, payload)`` is called after the importance scores, each prediction and each
-    training, so a CLI can show progress.
+    training, so a CLI can show progress. With ``state`` the predictions and every finished
+    training are saved as they come, and a resumed run takes them from there.
     """
     config = config or CompressConfig()
     _check_model(model, data, config)
@@ -175,15 +178,28 @@ def compress(model: DLRM, data: PreparedData, config: CompressConfig | None = No
             "raise --target-memory, allow int4, or let more fields be removed"
         )
     policy = config.policy()
-    predictions = predict_candidates(model, data, candidates, valid, means, policy,
-                                     on_prediction=lambda p: notify("prediction", p.to_dict()))
+    saved = state.predictions() if state is not None else None
+    if saved is not None:
+        predictions = [Prediction(candidate_from_dict(p), p["predicted_valid"], p["predicted_auc_drop"], p["bytes"])
+                       for p in saved]
+    else:
+        predictions = predict_candidates(model, data, candidates, valid, means, policy, seed=config.seed,
+                                         on_prediction=lambda p: notify("prediction", p.to_dict()))
+        if state is not None:
+            state.save_predictions([p.to_dict() for p in predictions])
     seconds["search"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     trainings: list[dict[str, Any]] = []
     best: tuple[float, DLRM, Prediction] | None = None
-    for prediction in predictions[: config.max_trainings]:
-        trial, entry = _fine_tune(model, data, prediction, means, policy, config, base["valid"])
+    done = state.trained() if state is not None else []
+    for k, prediction in enumerate(predictions[: config.max_trainings]):
+        if k < len(done) and state is not None:
+            trial, entry = state.load_trained(k), {**done[k], "resumed": True}
+        else:
+            trial, entry = _fine_tune(model, data, prediction, means, policy, config, base["valid"])
+            if state is not None:
+                state.save_trained(k, trial, entry, data)
         trainings.append(entry)
         notify("training", entry)
         if best is None or entry["valid_auc_drop"] < best[0]:
@@ -248,7 +264,7 @@ def _fine_tune(model: DLRM, data: PreparedData, prediction: Prediction, means: M
     tasks = data.schema.label_names
     valid = data.valid if len(data.valid) > 0 else data.train
     tick = time.perf_counter()
-    trial = build_candidate(model, data, prediction.candidate, means, policy)
+    trial = build_candidate(model, data, prediction.candidate, means, policy, config.seed)
     before_model = copy.deepcopy(trial)
     before = evaluate(trial, valid, tasks)
     result = Trainer(trial, config.fine_tune, tasks).fit(data.train, valid)

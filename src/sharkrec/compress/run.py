@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 
 from sharkrec.compress.pipeline import CompressConfig, CompressResult, compress
+from sharkrec.compress.state import CompressState
 from sharkrec.data.dataset import PreparedData
 from sharkrec.errors import ConfigError
 from sharkrec.io import write_json
@@ -23,6 +26,7 @@ from sharkrec.train.trainer import TrainConfig
 MODEL_FILE = "model.pt"
 ARTIFACT_DIR = "artifact"
 REPORT_FILE = "report.json"
+STATE_DIR = "compress_state"
 ADAM_FALLBACK_LR = 0.005
 
 
@@ -41,20 +45,27 @@ def fine_tune_for(bundle: ModelBundle, *, epochs: int = 2, lr: float | None = No
 
 
 def run_compress(bundle: ModelBundle, data: PreparedData, config: CompressConfig, out_dir: str | Path | None = None,
-                 *, on_event: Callable[[str, dict[str, Any]], None] | None = None) -> CompressResult:
+                 *, on_event: Callable[[str, dict[str, Any]], None] | None = None,
+                 resume: bool = False) -> CompressResult:
     """Run :func:`compress` on a saved model; with ``out_dir`` write model.pt, artifact/ and report.json.
 
-    Files are written only after the whole run succeeded (each atomically), report.json last.
+    Progress (predictions, each trained candidate) is saved in ``out_dir/compress_state/`` as it
+    comes; ``resume=True`` continues an interrupted run from there. The results are written only
+    after the whole run succeeded (each file atomically), report.json last; the state folder is then
+    removed.
     """
     from sharkrec.export import save_artifact
 
     model = bundle.model
     if not isinstance(model, DLRM):
         raise ConfigError(f"cannot compress a {type(model).__name__}; sharkrec compresses DLRM models")
-    result = compress(model, data, config, on_event=on_event)
     if out_dir is None:
-        return result
+        if resume:
+            raise ConfigError("resuming needs the output folder of the interrupted run")
+        return compress(model, data, config, on_event=on_event)
     out = Path(out_dir)
+    state = CompressState(out / STATE_DIR, _fingerprint(model, data, config), resume=resume)
+    result = compress(model, data, config, on_event=on_event, state=state)
     tick = time.perf_counter()
     info = {**bundle.info, "compression": {"candidate": result.candidate.to_dict(), "config": config.to_dict()},
             "metrics": result.report["metrics"]}
@@ -65,7 +76,18 @@ def run_compress(bundle: ModelBundle, data: PreparedData, config: CompressConfig
                                  "file_bytes": {name: meta["bytes"] for name, meta in files.items()}}
     result.report["seconds"]["export"] = time.perf_counter() - tick
     write_json(out / REPORT_FILE, result.report)
+    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
     return result
+
+
+def _fingerprint(model: DLRM, data: PreparedData, config: CompressConfig) -> dict[str, Any]:
+    """What a resumed run must share with the interrupted one: settings, weights (summaries), data sizes."""
+    with torch.no_grad():
+        weights = {name: [list(t.shape), float(t.double().sum()), float(t.double().abs().sum())]
+                   for name, t in model.state_dict().items() if t.is_floating_point()}
+    sizes = {name: len(data.split(name)) for name in ("train", "valid", "test")}
+    return {"config": config.to_dict(), "weights": weights, "sizes": sizes,
+            "labels": float(data.train.labels.double().sum())}
 
 
 def print_event(stage: str, payload: dict[str, Any], console: Console | None = None) -> None:

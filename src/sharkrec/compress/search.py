@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from sharkrec.data.dataset import EncodedSplit, PreparedData
@@ -126,13 +127,22 @@ def enumerate_candidates(model: DLRM, order: Sequence[str], scores: Mapping[str,
 
 
 def build_candidate(model: DLRM, data: PreparedData, candidate: Candidate, means: Mapping[str, Tensor],
-                    policy: Mapping[str, Any]) -> DLRM:
+                    policy: Mapping[str, Any], seed: int = 0) -> DLRM:
     """A new model: ``candidate.removed`` replaced by ``means``, the kept rows in F-Quantization tiers.
 
     Tiers start from the expected Eq. 7 priority of every row over the training split (the
     fixed point of its expectation), so they are the tiers training would settle near. ``policy``
     holds further :class:`~sharkrec.quant.FQuantPolicy` options (alpha, beta, recheck_every).
+    Rows are encoded with stochastic rounding drawn from ``seed`` (the caller's random state is
+    left as it was), so a candidate is the same model every time it is built.
     """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build_candidate(model, data, candidate, means, policy)
+
+
+def _build_candidate(model: DLRM, data: PreparedData, candidate: Candidate, means: Mapping[str, Tensor],
+                     policy: Mapping[str, Any]) -> DLRM:
     if not isinstance(model.embedding, FloatEmbedding):
         raise TypeError("build_candidate takes an fp32 model")
     kept_names = [f for f in model.embedding.field_names if f not in candidate.removed]
@@ -161,13 +171,13 @@ def relative_auc_drop(before: Mapping[str, Mapping[str, float]], after: Mapping[
 
 def predict_candidates(model: DLRM, data: PreparedData, candidates: Sequence[Candidate], split: EncodedSplit,
                        means: Mapping[str, Tensor], policy: Mapping[str, Any], batch_size: int = 8192,
-                       on_prediction: Any = None) -> list[Prediction]:
+                       on_prediction: Any = None, seed: int = 0) -> list[Prediction]:
     """Validation metrics of every candidate's untrained model, most promising (smallest AUC drop) first."""
     tasks = data.schema.label_names
     reference = evaluate(model, split, tasks, batch_size)
     out = []
     for candidate in candidates:
-        trial = build_candidate(model, data, candidate, means, policy)
+        trial = build_candidate(model, data, candidate, means, policy, seed)
         valid = evaluate(trial, split, tasks, batch_size)
         prediction = Prediction(candidate, valid, relative_auc_drop(reference, valid),
                                 int(trial.embedding.embedding_bytes()))
