@@ -44,7 +44,7 @@ def run(dataset: str, seed: int, target: float, max_auc_drop: float, max_trainin
     tick = time.perf_counter()
     model, _report = train_model(data, config, model_options={"embedding_dim": 16})
     train_seconds = time.perf_counter() - tick
-    fine_tune = dataclasses.replace(DEFAULT_FINE_TUNE, lr=0.1 * settings["lr"],
+    fine_tune = dataclasses.replace(DEFAULT_FINE_TUNE, lr=0.01 * settings["lr"],
                                     embedding_l2=settings.get("embedding_l2", 0.0), seed=seed,
                                     eval_every=eval_every or half_epoch, epochs=2, patience=1)
     result = compress(model, data, CompressConfig(target_memory=target, max_auc_drop=max_auc_drop,

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sharkrec.compress import DEFAULT_FINE_TUNE, CompressConfig, compress, enumerate_candidates, run_compress
+from sharkrec.compress.run import fine_tune_for
 from sharkrec.compress.search import build_candidate, lowest_tier_share, relative_auc_drop
 from sharkrec.errors import CheckpointError, ConfigError
 from sharkrec.export import load_artifact
@@ -183,3 +184,18 @@ def test_an_interrupted_run_resumes_to_the_same_result(trained, tmp_path):
     assert not (tmp_path / "out" / "compress_state").exists()  # removed once the results are written
     with pytest.raises(CheckpointError, match="nothing to resume"):
         run_compress(bundle, data, config, tmp_path / "fresh", resume=True)
+
+
+def test_fine_tune_settings_come_from_the_model(trained):
+    model, data = trained
+    saved = {"optimizer": "adagrad", "lr": 0.05, "embedding_l2": 0.01, "batch_size": 128}
+    bundle = ModelBundle(model=model, schema=data.schema, vocabularies=data.vocabularies,
+                         info={"train_config": saved})
+    config = fine_tune_for(bundle, epochs=3)
+    assert config.optimizer.value == "adagrad" and config.lr == pytest.approx(0.0005)
+    assert config.embedding_l2 == 0.01 and config.batch_size == 128 and config.epochs == 3 and config.patience == 1
+    adam = ModelBundle(model=model, schema=data.schema, vocabularies=data.vocabularies,
+                       info={"train_config": {**saved, "optimizer": "adam", "embedding_lr": 0.1}})
+    config = fine_tune_for(adam)
+    assert config.optimizer.value == "adagrad" and config.lr == 0.005 and config.embedding_lr is None
+    assert fine_tune_for(bundle, lr=0.2).lr == 0.2
