@@ -156,7 +156,8 @@ def train(
     out: OutOpt,
     schema: SchemaOpt = None,
     precision: Annotated[
-        str, typer.Option(help="Embedding row storage: fp32, fp16, int8, f-quant, mpe (not fp32: use adagrad or sgd).")
+        str, typer.Option(help="Embedding row storage: fp32, fp16, int8, int4, f-quant, mpe, alpt, random "
+                               "(random: tiers drawn at random at f-quant's budget; not fp32: use adagrad or sgd).")
     ] = "fp32",
     memory_budget: Annotated[float | None, typer.Option(help="f-quant: bytes kept as a share of fp32.")] = None,
     t8: Annotated[float | None, typer.Option(help="f-quant: priority below which rows are int8 (Eq. 8).")] = None,
@@ -165,6 +166,7 @@ def train(
     beta: Annotated[float | None, typer.Option(help="f-quant: decay rate of the priority (Eq. 7).")] = None,
     recheck_every: Annotated[int | None, typer.Option(help="f-quant/mpe: batches between tier checks.")] = None,
     int4: Annotated[bool, typer.Option("--int4", help="f-quant: allow an int4 tier for the coldest rows.")] = False,
+    t4: Annotated[float | None, typer.Option(help="f-quant --int4: priority below which rows are int4.")] = None,
     cache_fraction: Annotated[float | None, typer.Option(help="mpe: share of rows in the fp32 cache.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (model init and data order).")] = 0,
     task_weights: Annotated[str | None, typer.Option(help="Loss weight per task, e.g. 1,0.5.")] = None,
@@ -203,6 +205,7 @@ def train(
             "memory_budget": memory_budget,
             "t8": t8,
             "t16": t16,
+            "t4": t4,
             "alpha": alpha,
             "beta": beta,
             "recheck_every": recheck_every,
