@@ -164,3 +164,32 @@ def test_trainer_without_torchrun_has_no_parallel_wrapper() -> None:
     data = toy_data(rows=300)
     trainer = Trainer(build_model(data), TrainConfig(progress=False), data.schema.label_names)
     assert trainer.parallel is None
+
+
+@pytest.mark.slow  # two torchrun processes import torch and generate data: ~30 s on 2 shared cores
+def test_cli_importance_under_torchrun_writes_once_and_matches_one_process(tmp_path) -> None:
+    """The real entry point: ``torchrun --nproc_per_node=2 -m sharkrec.cli importance``."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from sharkrec.data.loading import load_data
+    from sharkrec.importance.run import run_importance
+    from sharkrec.train.checkpoint import load_model
+
+    spec = "rows=3000,seed=2"
+    train_model(load_data("synthetic", spec), TrainConfig(**{**TRAIN, "epochs": 1}), tmp_path / "model")
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "sharkrec.cli", "importance", "--model", str(tmp_path / "model" / "model.pt"), "--format",
+               "synthetic", "--data", spec, "--out", str(tmp_path / "scores"), "--batch-size", "64", "--threads", "1"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("wrote ") == 1  # only rank 0 prints (and writes)
+    report = json.loads((tmp_path / "scores" / "report.json").read_text())
+    bundle = load_model(tmp_path / "model" / "model.pt")
+    single = run_importance(bundle, load_data("synthetic", spec, vocabularies=bundle.vocabularies), batch_size=64)
+    assert report["samples"] == single["samples"] == 300
+    for name, score in single["scores"].items():
+        assert abs(report["scores"][name] - score) < 1e-5, name
