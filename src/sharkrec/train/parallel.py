@@ -30,7 +30,7 @@ from sharkrec.errors import ConfigError
 class _FieldsAndLogits(nn.Module):
     """What DDP wraps: batch → field vectors (B, F, D) and logits (B, T) of the model."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
 
