@@ -69,11 +69,13 @@ class DataParallel:
         for param in embedding.parameters():
             if param.grad is None:
                 param.grad = torch.sparse_coo_tensor(torch.zeros((1, 0), dtype=torch.int64),
-                                                     param.new_zeros((0, *param.shape[1:])), param.shape)
+                                                     param.new_zeros((0, *param.shape[1:])), param.shape,
+                                                     check_invariants=False)
             if param.grad.is_sparse:
                 grad = param.grad.coalesce()
                 rows, values = distributed.sum_rows(grad.indices()[0], grad.values())
-                param.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values / self.world, param.shape)
+                param.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values / self.world, param.shape,
+                                                     is_coalesced=True, check_invariants=False)
             else:
                 (total,) = distributed.all_reduce_sum(param.grad)
                 param.grad = total / self.world
