@@ -193,3 +193,19 @@ def test_cli_importance_under_torchrun_writes_once_and_matches_one_process(tmp_p
     assert report["samples"] == single["samples"] == 300
     for name, score in single["scores"].items():
         assert abs(report["scores"][name] - score) < 1e-5, name
+
+
+def test_resume_with_another_process_count_is_a_clear_error(tmp_path) -> None:
+    from sharkrec.errors import CheckpointError
+
+    data = toy_data(rows=600)
+    config = TrainConfig(**{**TRAIN, "epochs": 1})
+    train_model(data, config, tmp_path)
+    state_path = tmp_path / "checkpoints" / "last.pt"
+    state = torch.load(state_path, weights_only=False)
+    assert state["progress"]["world_size"] == 1
+    state["progress"]["world_size"] = 2  # as if written by torchrun --nproc_per_node=2
+    torch.save(state, state_path)
+    with pytest.raises(CheckpointError, match=r"the run used 2 process\(es\), this one 1; resume with torchrun "
+                                              r"--nproc_per_node=2"):
+        train_model(data, config, tmp_path, resume=True)

@@ -279,10 +279,16 @@ class Trainer:
             "seconds": 0.0,
             "data_seconds": 0.0,
             "stopped_early": False,
+            "world_size": distributed.world_size(),
         }
         best_state: dict[str, Any] | None = None
         if resume:
             progress, best_state = self._load_state()
+            if progress.get("world_size", 1) != distributed.world_size():  # shards and steps depend on it
+                raise CheckpointError(
+                    f"cannot resume: the run used {progress.get('world_size', 1)} process(es), this one "
+                    f"{distributed.world_size()}; resume with torchrun --nproc_per_node={progress.get('world_size', 1)}"
+                )
         else:
             torch.manual_seed(config.seed)
 
