@@ -16,6 +16,7 @@ Scheme (per step, every rank on its own shard with the same per-process batch B;
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -56,7 +57,10 @@ class DataParallel:
         with torch.no_grad():  # tables are seeded identically; make sure they start bit-identical
             for tensor in [*model.embedding.parameters(), *model.embedding.buffers()]:
                 distributed.broadcast(tensor.data)
-        self.ddp = DistributedDataParallel(wrapper, broadcast_buffers=False)
+        # the network's buffers (pair index) are constants: no sync per forward (torch 2.13 renamed the flag)
+        newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+        no_sync: dict[str, bool] = {"forward_sync_buffers" if newer else "broadcast_buffers": False}
+        self.ddp = DistributedDataParallel(wrapper, **no_sync)
 
     def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Field vectors (B, F, D) and logits (B, T) through DDP (dense gradients averaged in backward)."""
