@@ -118,8 +118,16 @@ def sum_rows(rows: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
     if not is_distributed():
         unique, inverse = torch.unique(rows.long(), return_inverse=True)
         return unique, values.new_zeros((unique.shape[0], *values.shape[1:])).index_add_(0, inverse, values)
-    all_rows = torch.cat(all_gather_varsize(rows.long()))
-    all_values = torch.cat(all_gather_varsize(values.contiguous()))
+    if values.dtype == torch.float32:  # one gather: each int64 row id rides along as two float32 words (bits kept)
+        width = int(torch.Size(values.shape[1:]).numel())  # 1 for (U,) values
+        packed = torch.cat([rows.long().contiguous().view(torch.float32).reshape(-1, 2),
+                            values.reshape(values.shape[0], width)], dim=1)  # (U, 2 + width)
+        gathered = torch.cat(all_gather_varsize(packed))
+        all_rows = gathered[:, :2].contiguous().view(torch.int64).reshape(-1)
+        all_values = gathered[:, 2:].reshape(-1, *values.shape[1:])
+    else:
+        all_rows = torch.cat(all_gather_varsize(rows.long()))
+        all_values = torch.cat(all_gather_varsize(values.contiguous()))
     unique, inverse = torch.unique(all_rows, return_inverse=True)
     summed = all_values.new_zeros((unique.shape[0], *all_values.shape[1:])).index_add_(0, inverse, all_values)
     return unique, summed
