@@ -123,16 +123,19 @@ def main() -> None:
     if args.worker:
         worker(args.rows, args.steps, args.result)
         return
+    load_before = os.getloadavg()[0]
     results = [run(int(n), args.rows, args.steps) for n in args.processes.split(",")]
     cores = os.cpu_count()
+    load = max(load_before, os.getloadavg()[0])
     payload = {
         "benchmark": "distributed_throughput",
         "environment": environment(),
         "rows": args.rows,
         "results": results,
-        "note": (f"{cores} CPU cores on this machine, shared with other jobs while measured; one torch thread per "
-                 "process. The core count is the limit: N processes cannot exceed the cores they share, and "
-                 "the gradient all-reduce (gloo, same host) costs each step."),
+        "load_average": load,
+        "note": (f"{cores} CPU cores on this machine, shared with other jobs while measured (1-minute load average "
+                 f"up to {load:.1f}); one torch thread per process. The core count is the limit: N processes cannot "
+                 "exceed the cores they share, and the gradient all-reduce (gloo, same host) costs each step."),
     }
     write_results(args.out, payload, markdown(payload))
     print(markdown(payload))
