@@ -33,7 +33,9 @@ from sharkrec.errors import ConfigError, DataError
 def init_from_env(backend: str | None = None) -> bool:
     """Join the process group torchrun describes; True when running with more than one process.
 
-    ``backend`` defaults to nccl when CUDA is available and gloo otherwise. Calling it again is a no-op.
+    ``backend`` defaults to gloo, and to ``"cpu:gloo,cuda:nccl"`` when CUDA is available: torch then
+    sends each collective to gloo or nccl by the device of its tensors (sharkrec's trainer and
+    scorers hold CPU tensors). Calling it again is a no-op.
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size() > 1
@@ -46,7 +48,7 @@ def init_from_env(backend: str | None = None) -> bool:
                           "torchrun --nproc_per_node=N (it sets them)")
     if not dist.is_available():
         raise ConfigError("this torch build has no torch.distributed; install a torch wheel with it")
-    chosen = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    chosen = backend or ("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     dist.init_process_group(backend=chosen)
     return True
 
@@ -72,8 +74,9 @@ def is_main() -> bool:
 
 
 def barrier() -> None:
+    """Wait for every rank (an all-reduce of a CPU scalar, so it runs on gloo whatever the GPU backend)."""
     if is_distributed():
-        dist.barrier()
+        dist.all_reduce(torch.zeros(1))
 
 
 def all_reduce_sum(*tensors: Tensor) -> tuple[Tensor, ...]:
