@@ -292,7 +292,7 @@ def to_sharkrec(model: Any, data: EncodedSplit | Iterable[Any]) -> tuple[Any, An
     from sharkrec.model.embedding import FloatEmbedding
     from sharkrec.prune.embedding import PrunedEmbedding
 
-    torchrec = _torchrec()
+    _torchrec()  # a clear error when torchrec is missing
     from torchrec.models.dlrm import InteractionArch
 
     if not isinstance(model.inter_arch, InteractionArch):
@@ -342,7 +342,6 @@ def to_sharkrec(model: Any, data: EncodedSplit | Iterable[Any]) -> tuple[Any, An
         ids = np.clip(column.values, 0, rows - 1)
         counts = np.bincount(ids, minlength=rows)
         vocabularies[name] = Vocabulary.identity(name, counts, np.bincount(ids[positive[sample_of]], minlength=rows))
-    del torchrec
     return network.eval(), Schema(tuple(specs), name="torchrec"), vocabularies
 
 

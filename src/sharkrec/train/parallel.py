@@ -59,7 +59,7 @@ class DataParallel:
                 distributed.broadcast(tensor.data)
         # the network's buffers (pair index) are constants: no sync per forward (torch 2.13 renamed the flag)
         newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
-        no_sync: dict[str, bool] = {"forward_sync_buffers" if newer else "broadcast_buffers": False}
+        no_sync: dict[str, Any] = {"forward_sync_buffers" if newer else "broadcast_buffers": False}
         self.ddp = DistributedDataParallel(wrapper, **no_sync)
 
     def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
