@@ -13,7 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	# TorchRec interop (DEVELOPERS.md): torchrec and fbgemm pinned, --no-deps so torch stays 2.13.0
+	$(PY) -m pip install --quiet --no-deps fbgemm-gpu-cpu==1.8.0 torchrec==1.8.0
+	$(PY) -m pip install --quiet -e ".[dev,torchrec]"
 	touch $@
 
 demo: setup

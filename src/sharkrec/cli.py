@@ -23,6 +23,17 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _torchrun() -> None:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (sharkrec.distributed); only rank 0 prints."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from sharkrec.distributed import init_from_env, is_main
+
+        init_from_env()
+        if not is_main():
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open for the process's life
+
+
 class Format(str, Enum):
     criteo = "criteo"
     libfm = "libfm"

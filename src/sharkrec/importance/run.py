@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from sharkrec import distributed
 from sharkrec.data.dataset import PreparedData
 from sharkrec.errors import ConfigError
 from sharkrec.importance.base import FieldImportance, field_importance
@@ -46,10 +47,11 @@ def run_importance(bundle: ModelBundle, data: PreparedData, method: str = "defau
     report = {"command": "importance", **_finite(result.to_dict()), "importance_seconds": result.seconds,
               "split": split, "batch_size": batch_size}
     report["seconds"] = time.perf_counter() - started
-    if out_dir is not None:
+    if out_dir is not None and distributed.is_main():  # under torchrun every rank holds the scores
         out = Path(out_dir)
         save_bar_chart(result, out / CHART_FILE)
         write_json(out / REPORT_FILE, report)
+    distributed.barrier()  # other ranks return once the files exist
     return report
 
 

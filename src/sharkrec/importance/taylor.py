@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sharkrec import distributed
 from sharkrec.data.dataset import EncodedSplit
 from sharkrec.errors import ConfigError
 from sharkrec.importance.base import FieldImportance, ImportanceMethod, make_result, sweep
@@ -44,6 +45,10 @@ def field_statistics(model: DLRM, split: EncodedSplit, batch_size: int) -> tuple
 
     Each batch's outer products are one float32 ``bmm`` (F, D, B) x (F, B, D) of vectors shifted by the
     first batch's mean (so E[vvᵀ] − EEᵀ does not cancel), summed across batches in float64.
+
+    Under torchrun ``split`` is this rank's shard (:func:`sharkrec.distributed.shard_batches`): the shift
+    is rank 0's first batch mean and the sums and sample counts are all-reduced, so every rank gets
+    the statistics of the whole split.
     """
     total: Tensor | None = None
     outer: Tensor | None = None
@@ -51,15 +56,16 @@ def field_statistics(model: DLRM, split: EncodedSplit, batch_size: int) -> tuple
     for batch in sweep(split, batch_size):
         vectors = model.field_vectors(batch)  # (B, F, D) float32
         if shift is None:
-            shift = vectors.mean(0)  # (F, D)
+            shift = distributed.broadcast(vectors.mean(0).contiguous())  # (F, D): rank 0's first batch
         centred = (vectors - shift).transpose(0, 1)  # (F, B, D)
         batch_outer = torch.bmm(centred.transpose(1, 2), centred).double()  # (F, D, D)
         batch_total = centred.double().sum(1)  # (F, D)
         total = batch_total if total is None else total + batch_total
         outer = batch_outer if outer is None else outer + batch_outer
     assert total is not None and outer is not None and shift is not None  # the split is not empty
-    centred_mean = total / len(split)  # E[v] − shift
-    covariance = outer / len(split) - torch.einsum("fd,fe->fde", centred_mean, centred_mean)
+    total, outer, count = distributed.all_reduce_sum(total, outer, torch.tensor(float(len(split)), dtype=torch.float64))
+    centred_mean = total / count  # E[v] − shift
+    covariance = outer / count - torch.einsum("fd,fe->fde", centred_mean, centred_mean)
     return centred_mean + shift.double(), covariance
 
 
@@ -167,7 +173,9 @@ class _TaylorBase(ImportanceMethod):
         if options:
             raise ConfigError(f"unknown options {sorted(options)} for method {self.name!r}")
         model = self.model
-        mean, covariance = field_statistics(model, split, batch_size)
+        # under torchrun: this rank's whole batches; statistics all-reduced, per-batch rows gathered below
+        local = distributed.shard_batches(split, batch_size, "scored split")
+        mean, covariance = field_statistics(model, local, batch_size)
         want_logit = self.keep_all or self.name == "taylor-logit"
         references = reference_vectors(model, split, self.draws, seed) if want_logit else None
         pos = torch.tensor(positions)
@@ -176,7 +184,7 @@ class _TaylorBase(ImportanceMethod):
             references = references[:, pos]
         raws: dict[str, list[np.ndarray]] = {}
         sizes = []
-        for batch in sweep(split, batch_size):
+        for batch in sweep(local, batch_size):
             with torch.no_grad():
                 vectors = model.field_vectors(batch)  # (B, F, D)
             logits, jacobians = logit_jacobians(model, vectors)
@@ -185,11 +193,12 @@ class _TaylorBase(ImportanceMethod):
             for name, values in terms.items():
                 raws.setdefault(name, []).append(values.mean(0).numpy())
             sizes.append(len(batch))
-        weights = np.asarray(sizes, dtype=np.float64)
+        # per-batch means and their sample counts from every rank, in rank order = one process's batches
+        weights = distributed.gather_rows(np.asarray(sizes, dtype=np.float64))
+        stacked = {name: distributed.gather_rows(np.stack(rows)) for name, rows in raws.items()}
         passes = 2.0 + model.num_tasks
-        self.last_family = {name: (positions, np.stack(rows), weights, len(split), passes)
-                            for name, rows in raws.items()}
-        return np.stack(raws[self.name]), weights, len(split), passes
+        self.last_family = {name: (positions, rows, weights, len(split), passes) for name, rows in stacked.items()}
+        return stacked[self.name], weights, len(split), passes
 
 
 class Taylor(_TaylorBase):

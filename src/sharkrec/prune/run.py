@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Console
 
+from sharkrec import distributed
 from sharkrec.data.dataset import PreparedData
 from sharkrec.errors import ConfigError
 from sharkrec.io import atomic_save, write_json
@@ -73,13 +74,14 @@ def run_prune(bundle: ModelBundle, data: PreparedData, method: str = "default", 
                    "fine_tune": config.fine_tune.to_dict(), "keep": list(config.keep)},
     }
     report["seconds"] = time.perf_counter() - started
-    if out_dir is not None:
+    if out_dir is not None and distributed.is_main():  # under torchrun every rank holds the result
         out = Path(out_dir)
         info = {**bundle.info, "pruning_plan": result.plan.to_dict(), "metrics": final["metrics"]}
         save_model(out / MODEL_FILE, result.model, bundle.schema, bundle.vocabularies, info=info)
         write_json(out / PLAN_FILE, result.plan.to_dict())
         save_curve(result.history, config.t_accuracy, out / CURVE_FILE)
         write_json(out / REPORT_FILE, report)
+    distributed.barrier()  # other ranks return once the files exist
     return result, report
 
 

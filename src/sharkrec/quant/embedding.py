@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sharkrec import distributed
 from sharkrec.data.batch import FieldIds
 from sharkrec.errors import ConfigError, DataError
 from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding
@@ -354,7 +355,10 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         rows, inverse = torch.unique(torch.cat(flat_ids), return_inverse=True)  # (U,), (Σnnz,)
         per_value = torch.where(torch.cat(flags), float(self.policy.alpha), 1.0).float()
         weights = torch.zeros(rows.shape[0]).index_add_(0, inverse, per_value)  # α·c⁺ + c⁻ per row
-        lazy_update(self._buffer("priority"), self._buffer("last_step"), rows, weights, step,
+        counted_rows, counted = rows, weights
+        if distributed.is_distributed():  # torchrun: counts of the global batch, so every rank holds the same tiers
+            counted_rows, counted = distributed.sum_rows(rows, weights)
+        lazy_update(self._buffer("priority"), self._buffer("last_step"), counted_rows, counted, step,
                     self.policy.keep, self.policy.gain)
         # per field unique rows / inverse for the forward pass of the same batch
         row_starts = torch.searchsorted(rows, torch.tensor(bases)).tolist()  # (F + 1,)

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from sharkrec import distributed
 from sharkrec.data.dataset import PreparedData
 from sharkrec.data.schema import Schema
 from sharkrec.errors import ConfigError
@@ -94,8 +95,9 @@ def train_model(
     result = trainer.fit(data.train, data.valid, resume=resume)
     report = training_report(model, data, train_config, result)
     report["config"]["precision"] = {"scheme": precision, **(precision_options or {})}
+    report["distributed"] = distributed.summary()
     report["seconds"] = time.perf_counter() - started
-    if out_dir is not None:
+    if out_dir is not None and distributed.is_main():  # under torchrun every rank holds the same model
         out = Path(out_dir)
         save_model(
             out / MODEL_FILE,
@@ -105,6 +107,7 @@ def train_model(
             info={"train_config": train_config.to_dict(), "metrics": report["metrics"]},
         )
         write_json(out / REPORT_FILE, report)
+    distributed.barrier()  # other ranks return once the files exist
     return model, report
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from sharkrec import distributed
 from sharkrec.data.batch import Batch
 from sharkrec.data.dataset import EncodedSplit
 from sharkrec.errors import CheckpointError, ConfigError, parse_choice
@@ -33,6 +34,7 @@ from sharkrec.io import atomic_save
 from sharkrec.model.dlrm import DLRM
 from sharkrec.train.metrics import task_metrics
 from sharkrec.train.optim import OptimizerKind, SplitOptimizer
+from sharkrec.train.parallel import DataParallel
 
 STATE_FORMAT = "sharkrec-train-state"
 STATE_VERSION = 1
@@ -146,6 +148,12 @@ def batch_loss(
     """Task-weighted binary cross-entropy of a batch (+ L2 on its looked-up vectors)."""
     vectors = model.field_vectors(batch)  # (B, F, D)
     logits = model.logits_from_fields(vectors)  # (B, T)
+    return loss_from_outputs(vectors, logits, batch, task_weights, embedding_l2, reduction)
+
+
+def loss_from_outputs(vectors: torch.Tensor, logits: torch.Tensor, batch: Batch, task_weights: torch.Tensor,
+                      embedding_l2: float = 0.0, reduction: str = "mean") -> torch.Tensor:
+    """:func:`batch_loss` from the field vectors (B, F, D) and logits (B, T) already computed."""
     per_task = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="none")  # (B, T)
     loss = (per_task * task_weights).sum(1)
     loss = loss.mean() if reduction == "mean" else loss.sum()
@@ -188,6 +196,8 @@ class Trainer:
             config.weight_decay,
             sparse_optimizer=own_optimizer,
         )
+        # under torchrun: DDP for the dense network, gathered sparse rows for the tables (train/parallel.py)
+        self.parallel: DataParallel | None = DataParallel(model) if distributed.is_distributed() else None
         self._interrupt_requested = False
 
     def request_interrupt(self) -> None:
@@ -204,7 +214,7 @@ class Trainer:
         return None if self.out_dir is None else self.out_dir / "checkpoints" / "best.pt"
 
     def _save_state(self, progress: dict[str, Any], best_state: dict[str, Any] | None) -> None:
-        if self.state_path is None:
+        if self.state_path is None or not distributed.is_main():  # ranks hold the same weights: rank 0 writes
             return
         payload = {
             "format": STATE_FORMAT,
@@ -250,6 +260,7 @@ class Trainer:
         config = self.config
         if len(train) == 0:
             raise ConfigError("the training split is empty; give more data or change the split")
+        train = distributed.shard_for_training(train)  # under torchrun: this rank's equal-length shard
         steps_per_epoch = train.num_batches(config.batch_size)
         total_steps = steps_per_epoch * config.epochs
         if config.max_steps is not None:
@@ -268,10 +279,16 @@ class Trainer:
             "seconds": 0.0,
             "data_seconds": 0.0,
             "stopped_early": False,
+            "world_size": distributed.world_size(),
         }
         best_state: dict[str, Any] | None = None
         if resume:
             progress, best_state = self._load_state()
+            if progress.get("world_size", 1) != distributed.world_size():  # shards and steps depend on it
+                raise CheckpointError(
+                    f"cannot resume: the run used {progress.get('world_size', 1)} process(es), this one "
+                    f"{distributed.world_size()}; resume with torchrun --nproc_per_node={progress.get('world_size', 1)}"
+                )
         else:
             torch.manual_seed(config.seed)
 
@@ -279,7 +296,7 @@ class Trainer:
         bar = tqdm(
             total=total_steps,
             initial=progress["step"],
-            disable=not config.progress,
+            disable=not (config.progress and distributed.is_main()),
             desc="train",
             unit="step",
             dynamic_ncols=True,
@@ -362,8 +379,14 @@ class Trainer:
     def _step(self, batch: Batch) -> float:
         self.optimizer.zero_grad()
         self.model.embedding.observe_batch(batch.sparse, batch.labels)
-        loss = batch_loss(self.model, batch, self.task_weights, self.config.embedding_l2)
-        loss.backward()
+        if self.parallel is None:
+            loss = batch_loss(self.model, batch, self.task_weights, self.config.embedding_l2)
+            loss.backward()
+        else:
+            vectors, logits = self.parallel.forward(batch)
+            loss = loss_from_outputs(vectors, logits, batch, self.task_weights, self.config.embedding_l2)
+            loss.backward()
+            self.parallel.sync_tables()
         self.optimizer.step()
         value = float(loss.detach())
         if not math.isfinite(value):

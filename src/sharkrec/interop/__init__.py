@@ -1,0 +1,1 @@
+"""Bring models built with other libraries (TorchRec) to sharkrec's scoring, pruning and export."""
