@@ -209,3 +209,36 @@ def test_resume_with_another_process_count_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(CheckpointError, match=r"the run used 2 process\(es\), this one 1; resume with torchrun "
                                               r"--nproc_per_node=2"):
         train_model(data, config, tmp_path, resume=True)
+
+
+def _compress_worker(model_path: str, out: str) -> dict[str, object]:
+    from sharkrec.compress import DEFAULT_FINE_TUNE, CompressConfig, run_compress
+    from sharkrec.train.checkpoint import ModelBundle
+
+    data = toy_data(rows=3000)
+    model = torch.load(model_path, weights_only=False)
+    bundle = ModelBundle(model=model, schema=data.schema, vocabularies=data.vocabularies, info={})
+    fine_tune = DEFAULT_FINE_TUNE.__class__(**{**DEFAULT_FINE_TUNE.to_dict(), "epochs": 1, "batch_size": 64})
+    config = CompressConfig(target_memory=0.5, max_auc_drop=0.0, max_trainings=2, fine_tune=fine_tune, batch_size=64)
+    result = run_compress(bundle, data, config, out)
+    return {"report": {k: result.report[k] for k in ("chosen", "metrics", "search", "bytes", "distributed")},
+            "state": {k: v.clone() for k, v in result.model.state_dict().items()}}
+
+
+def test_compress_under_two_processes_agrees_on_every_rank_and_writes_once(tmp_path) -> None:
+    import json
+
+    _, model = _trained_model()
+    torch.save(model, tmp_path / "model.pt")
+    out = tmp_path / "compressed"
+    rank0, rank1 = run_ranks(_compress_worker, tmp_path / "ranks", str(tmp_path / "model.pt"), str(out))
+    assert rank0["report"]["distributed"]["world_size"] == 2
+    for key in ("chosen", "metrics", "bytes"):
+        assert rank0["report"][key] == rank1["report"][key], key
+    assert [t["valid_auc_drop"] for t in rank0["report"]["search"]["trained"]] == \
+        [t["valid_auc_drop"] for t in rank1["report"]["search"]["trained"]]
+    for key, value in rank0["state"].items():  # the same compressed model on both ranks
+        assert torch.equal(value, rank1["state"][key]), key
+    written = json.loads((out / "report.json").read_text())
+    assert written["chosen"] == rank0["report"]["chosen"] and written["bytes"]["share_of_fp32"] <= 0.5
+    assert (out / "artifact" / "manifest.json").is_file() and not (out / "compress_state").exists()

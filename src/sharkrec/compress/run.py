@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from sharkrec import distributed
 from sharkrec.compress.pipeline import CompressConfig, CompressResult, compress
 from sharkrec.compress.state import CompressState
 from sharkrec.data.dataset import PreparedData
@@ -72,17 +73,20 @@ def run_compress(bundle: ModelBundle, data: PreparedData, config: CompressConfig
     out = Path(out_dir)
     state = CompressState(out / STATE_DIR, _fingerprint(model, data, config), resume=resume)
     result = compress(model, data, config, on_event=on_event, state=state)
-    tick = time.perf_counter()
-    info = {**bundle.info, "compression": {"candidate": result.candidate.to_dict(), "config": config.to_dict()},
-            "metrics": result.report["metrics"]}
-    save_model(out / MODEL_FILE, result.model, bundle.schema, bundle.vocabularies, info=info)
-    manifest = save_artifact(result.model, bundle.schema, bundle.vocabularies, out / ARTIFACT_DIR)
-    files = manifest.get("files", {})
-    result.report["artifact"] = {"path": str(out / ARTIFACT_DIR), "memory": manifest.get("memory", {}),
-                                 "file_bytes": {name: meta["bytes"] for name, meta in files.items()}}
-    result.report["seconds"]["export"] = time.perf_counter() - tick
-    write_json(out / REPORT_FILE, result.report)
-    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    result.report["distributed"] = distributed.summary()
+    if distributed.is_main():  # under torchrun every rank holds the same result; rank 0 writes it
+        tick = time.perf_counter()
+        info = {**bundle.info, "compression": {"candidate": result.candidate.to_dict(), "config": config.to_dict()},
+                "metrics": result.report["metrics"]}
+        save_model(out / MODEL_FILE, result.model, bundle.schema, bundle.vocabularies, info=info)
+        manifest = save_artifact(result.model, bundle.schema, bundle.vocabularies, out / ARTIFACT_DIR)
+        files = manifest.get("files", {})
+        result.report["artifact"] = {"path": str(out / ARTIFACT_DIR), "memory": manifest.get("memory", {}),
+                                     "file_bytes": {name: meta["bytes"] for name, meta in files.items()}}
+        result.report["seconds"]["export"] = time.perf_counter() - tick
+        write_json(out / REPORT_FILE, result.report)
+        shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    distributed.barrier()  # other ranks return once the files exist
     return result
 
 

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sharkrec import distributed
 from sharkrec.compress.search import Candidate
 from sharkrec.data.dataset import PreparedData
 from sharkrec.errors import CheckpointError
@@ -58,12 +59,17 @@ class CompressState:
         return model.eval()
 
     def save_trained(self, k: int, model: DLRM, entry: dict[str, Any], data: PreparedData) -> None:
-        save_model(self.folder / f"candidate_{k}.pt", model, data.schema, data.vocabularies, info={"entry": entry})
+        if distributed.is_main():
+            save_model(self.folder / f"candidate_{k}.pt", model, data.schema, data.vocabularies,
+                       info={"entry": entry})
         self.payload["trained"].append(entry)
         self._write()
 
     def _write(self) -> None:
-        write_json(self.folder / SEARCH_FILE, self.payload)
+        """Under torchrun every rank holds the same state; rank 0 writes it, the others wait for the file."""
+        if distributed.is_main():
+            write_json(self.folder / SEARCH_FILE, self.payload)
+        distributed.barrier()
 
 
 def candidate_from_dict(payload: dict[str, Any]) -> Candidate:
