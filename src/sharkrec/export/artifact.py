@@ -216,7 +216,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
-def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fbgemm") -> ServingModel:
+def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fused") -> ServingModel:
     """The :class:`ServingModel` of artifact ``path``; ``kernel`` picks the lookup path (see the engine)."""
     from sharkrec.model.dlrm import DLRM, DLRMConfig
 
@@ -237,7 +237,8 @@ def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fbgemm") -> Se
             tables.append(table)
             vocabularies[table.name] = table.vocabulary
         names = [entry["name"] for entry in section["fields"]]
-        embedding = ServingEmbedding(names, tables, constants, dim, kernel=kernel)
+        multi_hot = [spec.name for spec in schema.sparse if spec.is_multi_hot]
+        embedding = ServingEmbedding(names, tables, constants, dim, kernel=kernel, multi_hot=multi_hot)
         network = DLRM(config, embedding)
         network.load_state_dict(loaded["dense.safetensors"], strict=True)
     except SharkrecError as exc:
