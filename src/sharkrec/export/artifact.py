@@ -249,6 +249,24 @@ def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fused") -> Ser
     return ServingModel(network, schema, vocabularies, manifest)
 
 
+def serving_model(model: Any, schema: Schema, vocabularies: Mapping[str, Vocabulary], *, kernel: str = "fused"
+                  ) -> ServingModel:
+    """The :class:`ServingModel` that :func:`load_artifact` would return for ``save_artifact(model, ...)``,
+    built in memory (no files; the manifest has only format, version and memory)."""
+    from sharkrec.model.dlrm import DLRM
+
+    tables, constants = export_fields(model.embedding, vocabularies)
+    multi_hot = [spec.name for spec in schema.sparse if spec.is_multi_hot]
+    embedding = ServingEmbedding(model.embedding.field_names, tables, constants, int(model.embedding.embedding_dim),
+                                 kernel=kernel, multi_hot=multi_hot)
+    network = DLRM(model.config, embedding)
+    network.load_state_dict({name: t for name, t in model.state_dict().items() if not name.startswith("embedding.")},
+                            strict=True)
+    manifest = {"format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION,
+                "memory": _memory(tables, len(constants), int(model.embedding.embedding_dim))}
+    return ServingModel(network, schema, {t.name: t.vocabulary for t in tables}, manifest)
+
+
 def _read_field(entry: Mapping[str, Any], tensors: Mapping[str, Tensor], vocab: Mapping[str, Tensor]) -> FieldTables:
     pools = []
     for tier in entry["tiers"]:
