@@ -49,7 +49,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "preranking": {"fields": 100, "rows": 60_000, "dim": 32, "top_mlp": [64, 32], "interaction": "concat"},
     "tiny": {"fields": 4, "rows": 1000, "dim": 8, "top_mlp": [16], "interaction": "dot"},
 }
-ROW_BYTES = {"fp32": lambda d: 4 * d, "fp16": lambda d: 2 * d, "int8": lambda d: 4 + d, "int4": lambda d: 4 + (d + 1) // 2}
+#: stored bytes of one row of dim d in the fused pools (int8 / int4: a float32 scale word, then the codes)
+ROW_BYTES = {"fp32": lambda d: 4 * d, "fp16": lambda d: 2 * d, "int8": lambda d: 4 + d,
+             "int4": lambda d: 4 + (d + 1) // 2}
 
 
 def copy_bandwidth(megabytes: int = 512) -> float:
@@ -87,7 +89,7 @@ def frequency_tiers(model: DLRM, fractions: list[float]) -> dict[str, torch.Tens
         codes = torch.full((rows,), Precision.INT4.code, dtype=torch.int8)
         start = 0
         for tier, fraction in zip((Precision.FP32, Precision.FP16, Precision.INT8), fractions[:3], strict=True):
-            count = int(round(rows * fraction))
+            count = round(rows * fraction)
             codes[start:start + count] = tier.code
             start += count
         plan[name] = codes
@@ -114,7 +116,8 @@ def to_slots(served: ServingModel, batch: Batch, vocabularies: dict[str, Vocabul
             continue
         keys = np.asarray(vocabularies[name].keys_)
         rows = ids.values.numpy()
-        raw = np.where(rows == 0, keys.max() + 1 if keys.dtype.kind in "iu" else "\x00unseen", keys[np.maximum(rows - 1, 0)])
+        unseen = keys.max() + 1 if keys.dtype.kind in "iu" else "\x00unseen"
+        raw = np.where(rows == 0, unseen, keys[np.maximum(rows - 1, 0)])
         sparse.append(FieldIds(torch.from_numpy(served.vocabularies[name].slots(raw)), ids.offsets))
     return Batch(batch.dense, tuple(sparse), batch.labels)
 
@@ -178,7 +181,7 @@ def run_models(models: dict[str, Any], make_batches: Any, sizes: list[int], roun
         entry["bytes_vs_fp32"] = entry["embedding_bytes"] / base
     for size in sizes:
         count = max(4, min(64, 16384 // size))
-        raw, inputs = make_batches(size, count)
+        _, inputs = make_batches(size, count)
         timed = measure(models, inputs, size, rounds)
         for name, row in timed.items():
             moved = float(np.mean([bytes_moved(models[name], b) for b in inputs[name]]))
