@@ -235,3 +235,21 @@ def test_overwrites_an_artifact_but_not_other_folders(toy_model, tmp_path):
         save_artifact(model, data.schema, data.vocabularies, tmp_path / "other")
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
     shutil.rmtree(tmp_path / "other")
+
+
+def test_field_vectors_written_in_place_equal_the_network_concat(toy_model, tmp_path):
+    """ServingModel fills the sparse columns of the (B, F, D) matrix directly; same values as DLRM's concat."""
+    from sharkrec.data.batch import Batch, FieldIds
+    from sharkrec.errors import DataError
+
+    model, data = toy_model
+    save_artifact(compressed(model, data, "f-quant"), data.schema, data.vocabularies, tmp_path / "art")
+    served = load_artifact(tmp_path / "art")
+    batch = serving_batch(served, data.test.slice(0, 64), data.vocabularies)
+    with torch.inference_mode():
+        torch.testing.assert_close(served.field_vectors(batch), served.network.field_vectors(batch), atol=0, rtol=0)
+        torch.testing.assert_close(served(batch), served.network(batch), atol=0, rtol=0)
+    short = Batch(batch.dense[:3], tuple(FieldIds(ids.values[:2]) if ids.offsets is None else ids
+                                         for ids in batch.sparse), batch.labels[:3])
+    with pytest.raises(DataError, match="dense rows but sparse fields"):
+        served.predict_proba(short)

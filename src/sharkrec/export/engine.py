@@ -218,21 +218,25 @@ class ServingEmbedding(FieldEmbedding):
             else:
                 self._reference[name] = torch.cat([dequantize(pool, self.embedding_dim) for pool in field.tiers])
 
-    def forward(self, sparse: Sequence[FieldIds]) -> Tensor:
-        """(B, F, D) float32 field vectors for one :class:`FieldIds` of slots per field."""
+    def forward(self, sparse: Sequence[FieldIds], out: Tensor | None = None) -> Tensor:
+        """(B, F, D) float32 field vectors for one :class:`FieldIds` of slots per field.
+
+        ``out``: a (B, F, D) float32 tensor (or view, last dimension contiguous) to fill and return.
+        """
         if len(sparse) != len(self.field_names):
             raise DataError(f"the batch has {len(sparse)} sparse fields but the model has {len(self.field_names)} "
                             f"({', '.join(self.field_names)}); build the batch with the artifact's schema")
         batch_size = sparse[0].batch_size() if sparse else 0
-        packed = self._packed_vectors(sparse)  # (B, K, D) or None
-        if packed is not None and packed.shape[1] == len(self.field_names):
-            return packed
-        out = torch.empty(batch_size, len(self.field_names), self.embedding_dim)  # (B, F, D)
-        if packed is not None:
+        if out is None:
+            out = torch.empty(batch_size, len(self.field_names), self.embedding_dim)  # (B, F, D)
+        if self._packed is not None and len(self._packed_names) == len(self.field_names):
+            self._packed.gather(self._packed_slots(sparse), out)  # every field in one pass, written in place
+            return out
+        if self._packed is not None and self._packed_names:
             assert self._packed_positions is not None
-            out.index_copy_(1, self._packed_positions, packed)
+            out.index_copy_(1, self._packed_positions, self._packed.gather(self._packed_slots(sparse)))
         for k, (name, ids) in enumerate(zip(self.field_names, sparse, strict=True)):
-            if packed is not None and name in self._packed_names:
+            if name in self._packed_names:
                 continue
             if name in self.constants:
                 out[:, k] = self.constants[name]
@@ -253,10 +257,8 @@ class ServingEmbedding(FieldEmbedding):
             return self.kernel
         return "c++" if extension() is not None else "pytorch"
 
-    def _packed_vectors(self, sparse: Sequence[FieldIds]) -> Tensor | None:
-        """(B, K, D) vectors of the K packed single-hot fields, or ``None`` when there are none."""
-        if self._packed is None or not self._packed.names:
-            return None
+    def _packed_slots(self, sparse: Sequence[FieldIds]) -> Tensor:
+        """(B, K) slots of the K packed single-hot fields."""
         assert self._packed_positions is not None
         columns = []
         for position in self._packed_positions.tolist():
@@ -265,8 +267,7 @@ class ServingEmbedding(FieldEmbedding):
                 raise DataError(f"field {self.field_names[position]!r} takes one value per sample in this artifact "
                                 "but the batch has bags; encode raw values with ServingModel.encode")
             columns.append(ids.values)
-        slots = torch.stack(columns, dim=1).long()  # (B, K)
-        return self._packed.gather(slots)
+        return torch.stack(columns, dim=1).long()  # (B, K)
 
     def _vectors(self, name: str, slots: Tensor, offsets: Tensor | None) -> Tensor:
         """(B, D) vectors of one field."""
@@ -326,14 +327,31 @@ class ServingModel(nn.Module):
         assert isinstance(embedding, ServingEmbedding)
         return embedding
 
+    def field_vectors(self, batch: Batch) -> Tensor:
+        """(B, F, D): the bottom MLP's vector, then the sparse fields' vectors written in place (no concat copy)."""
+        network = self.network
+        if network.bottom is None:
+            return self.embedding(batch.sparse)
+        size = batch.dense.shape[0] if batch.dense.ndim == 2 else -1
+        if batch.dense.ndim != 2 or batch.dense.shape[1] != network.config.num_dense:
+            raise DataError(f"the batch has dense features of shape {tuple(batch.dense.shape)} but the model expects "
+                            f"(B, {network.config.num_dense}); build the batch with the artifact's schema")
+        if any(ids.batch_size() != size for ids in batch.sparse):
+            raise DataError(f"the batch has {size} dense rows but sparse fields of "
+                            f"{sorted({ids.batch_size() for ids in batch.sparse})} samples; every field needs B rows")
+        vectors = torch.empty(size, network.num_fields, self.embedding.embedding_dim)  # (B, F, D)
+        vectors[:, 0] = network.bottom(batch.dense)
+        self.embedding(batch.sparse, out=vectors[:, 1:])
+        return vectors
+
     def forward(self, batch: Batch) -> Tensor:
         """(B, T) logits of a batch of slots."""
-        return self.network(batch)
+        return self.network.logits_from_fields(self.field_vectors(batch))
 
     def predict_proba(self, batch: Batch) -> Tensor:
         """(B, T) probabilities of a batch of slots."""
         with torch.inference_mode():
-            return torch.sigmoid(self.network(batch))
+            return torch.sigmoid(self(batch))
 
     def encode(self, rows: Any) -> Batch:
         """A batch of slots from checked raw rows (:class:`sharkrec.data.encode.ParsedRows`)."""

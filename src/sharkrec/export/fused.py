@@ -106,17 +106,23 @@ class PackedPools:
         """Bytes of the four pools (payloads and per-row scale words; ends/shift are 64 bytes a field)."""
         return sum(t.numel() * t.element_size() for t in (self.fp32, self.fp16, self.int8, self.int4))
 
-    def gather(self, slots: Tensor, *, use_extension: bool = True) -> Tensor:
-        """(B, F) int64 local slots → (B, F, D) float32; a slot outside its field raises :class:`DataError`."""
+    def gather(self, slots: Tensor, out: Tensor | None = None, *, use_extension: bool = True) -> Tensor:
+        """(B, F) int64 local slots → (B, F, D) float32; a slot outside its field raises :class:`DataError`.
+
+        ``out``: where to write, (B, F, D) float32 with a contiguous last dimension (a view into a
+        larger matrix is fine: the network's field vectors are then filled without a copy).
+        """
         slots = slots.contiguous()
         module = extension() if use_extension else None
         if module is None:
-            return self.gather_torch(slots)
-        bad = torch.empty(1, dtype=torch.int64)
-        out = module.tiered_gather(slots, self.ends, self.shift, self.fp32, self.fp16, self.int8, self.int4,
-                                   self.dim, bad)
-        if int(bad) >= 0:
-            self._raise_bad(int(bad) % slots.shape[1])
+            values = self.gather_torch(slots)
+            return values if out is None else out.copy_(values)
+        if out is None:
+            out = torch.empty(slots.shape[0], slots.shape[1], self.dim)
+        bad = module.tiered_gather(slots, self.ends, self.shift, self.fp32, self.fp16, self.int8, self.int4,
+                                   self.dim, out)
+        if bad >= 0:
+            self._raise_bad(bad % slots.shape[1])
         return out
 
     def gather_torch(self, slots: Tensor) -> Tensor:
