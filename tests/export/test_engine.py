@@ -79,6 +79,24 @@ def test_fused_kernel_and_pytorch_fallback_agree_with_reference(counts, dim, bat
     torch.testing.assert_close(pools.gather_torch(slots), reference, atol=0, rtol=0)
 
 
+@settings(max_examples=30, deadline=None)
+@given(counts=st.tuples(*[st.integers(0, 5)] * 4).filter(lambda c: sum(c) > 0),
+       dim=st.sampled_from([1, 5, 8, 16]), batch=st.integers(0, 10), seed=st.integers(0, 10**6))
+def test_fused_bags_agree_with_reference(counts, dim, batch, seed):
+    """Multi-hot bags (empty ones too) summed by the C++ kernel and by the PyTorch path equal the reference."""
+    fields = [make_field("other", (1, 1, 1, 1), dim, seed), make_field("bag", counts, dim, seed + 1)]
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 4, (batch,), generator=generator)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    values = torch.randint(0, fields[1].rows, (int(offsets[-1]),), generator=generator)
+    pools = PackedPools.build(fields, dim)
+    reference = ServingEmbedding(["bag"], [fields[1]], {}, dim, kernel="reference")([FieldIds(values, offsets)])[:, 0]
+    torch.testing.assert_close(pools.bag(values, offsets, 1), reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pools.bag(values, offsets, 1, use_extension=False), reference, atol=1e-5, rtol=1e-5)
+    with pytest.raises(DataError, match="field 'bag' has slots outside"):
+        pools.bag(torch.tensor([fields[1].rows]), torch.tensor([0, 1]), 1)
+
+
 def test_fused_pools_store_one_scale_word_per_quantized_row():
     fields = [make_field("a", (1, 2, 3, 4), 8, 0), make_field("b", (0, 0, 5, 0), 8, 1)]
     pools = PackedPools.build(fields, 8)

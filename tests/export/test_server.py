@@ -49,6 +49,7 @@ def test_good_request_scores_like_the_model(client, served):
 def test_health(client):
     response = client.get("/health")
     assert response.status_code == 200 and response.json()["status"] == "ok"
+    assert response.json()["lookup"] in ("c++", "pytorch") and response.json()["embedding_bytes"] > 0
 
 
 @pytest.mark.parametrize(("payload", "status", "words"), [

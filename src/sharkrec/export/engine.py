@@ -203,13 +203,16 @@ class ServingEmbedding(FieldEmbedding):
             raise ConfigError(f"serving tables do not match the fields: unknown {unknown}, missing {missing}")
         self._lookups: dict[str, _FieldLookup] = {}
         self._reference: dict[str, Tensor] = {}
-        self._packed: PackedPools | None = None
+        self._packed: PackedPools | None = None  # the single-hot fields' view of the pools
+        self._pools: PackedPools | None = None  # every kept field (multi-hot ones read with ``bag``)
         self._packed_positions: Tensor | None = None  # (K,) positions of the packed fields in the batch
         self._packed_names: frozenset[str] = frozenset()
         self._rows = {name: table.rows for name, table in self.tables.items()}
         if kernel == "fused":
-            single = [name for name in self.field_names if name in self.tables and name not in set(multi_hot)]
-            self._packed = PackedPools.build([self.tables.pop(name) for name in single], self.embedding_dim)
+            kept = [name for name in self.field_names if name in self.tables]
+            single = [name for name in kept if name not in set(multi_hot)]
+            self._pools = PackedPools.build([self.tables.pop(name) for name in kept], self.embedding_dim)
+            self._packed = self._pools.select(single)
             self._packed_positions = torch.tensor([self.field_names.index(n) for n in single], dtype=torch.int64)
             self._packed_names = frozenset(single)  # their tables now live only in the packed pools
         for name, field in self.tables.items():
@@ -240,6 +243,12 @@ class ServingEmbedding(FieldEmbedding):
                 continue
             if name in self.constants:
                 out[:, k] = self.constants[name]
+                continue
+            if self._pools is not None:  # a multi-hot field of the fused kernel
+                if ids.offsets is None:
+                    raise DataError(f"field {name!r} takes bags of values in this artifact but the batch has one "
+                                    "value per sample without offsets; encode raw values with ServingModel.encode")
+                self._pools.bag(ids.values, ids.offsets, self._pools.names.index(name), out=out[:, k])
                 continue
             slots = ids.values.long()
             if self.check_ids and slots.numel():
@@ -286,7 +295,7 @@ class ServingEmbedding(FieldEmbedding):
         """Bytes resident for lookups (packed pools, or the reference path's fp32 tables) plus constants."""
         resident = sum(tier.nbytes for lookup in self._lookups.values() for tier in lookup.tiers)
         resident += sum(t.numel() * t.element_size() for t in self._reference.values())
-        resident += self._packed.nbytes if self._packed is not None else 0
+        resident += self._pools.nbytes if self._pools is not None else 0
         return resident + 4 * self.embedding_dim * len(self.constants)
 
     def sparse_parameters(self) -> list[nn.Parameter]:

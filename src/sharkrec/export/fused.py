@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,38 @@ class PackedPools:
         if bad >= 0:
             self._raise_bad(bad % slots.shape[1])
         return out
+
+    def select(self, names: Sequence[str]) -> PackedPools:
+        """The same pools (shared, not copied) with the tier maps of ``names`` only, in that order."""
+        rows = torch.tensor([self.names.index(name) for name in names], dtype=torch.int64)
+        return replace(self, names=tuple(names), ends=self.ends.index_select(0, rows).contiguous(),
+                       shift=self.shift.index_select(0, rows).contiguous())
+
+    def bag(self, values: Tensor, offsets: Tensor, field: int, out: Tensor | None = None, *,
+            use_extension: bool = True) -> Tensor:
+        """(B, D) sums of the bags of field ``field``: (nnz,) local slots cut by (B + 1,) ``offsets``."""
+        values, offsets = values.long().contiguous(), offsets.long().contiguous()
+        module = extension() if use_extension else None
+        if module is None:
+            sums = self.bag_torch(values, offsets, field)
+            return sums if out is None else out.copy_(sums)
+        if out is None:
+            out = torch.empty(offsets.shape[0] - 1, self.dim)
+        bad = module.tiered_bag(values, offsets, self.ends[field], self.shift[field], self.fp32, self.fp16, self.int8,
+                                self.int4, self.dim, out)
+        if bad >= 0:
+            self._raise_bad(field)
+        return out
+
+    def bag_torch(self, values: Tensor, offsets: Tensor, field: int) -> Tensor:
+        """:meth:`bag` with PyTorch ops: the field's rows read as a one-column gather, then summed per bag."""
+        if values.numel() and (int(values.min()) < 0 or int(values.max()) >= int(self.ends[field, 3])):
+            self._raise_bad(field)
+        single = self.select([self.names[field]])
+        rows = single.gather_torch(values.unsqueeze(1)).squeeze(1)  # (nnz, D)
+        lengths = (offsets[1:] - offsets[:-1]).clamp(min=0)
+        owner = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+        return torch.zeros(len(lengths), self.dim).index_add_(0, owner, rows[offsets[0]:offsets[0] + len(owner)])
 
     def gather_torch(self, slots: Tensor) -> Tensor:
         """The same result as the kernel with PyTorch ops (tier by comparisons, one masked read per tier)."""

@@ -149,7 +149,8 @@ def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_row
     async def health() -> dict[str, Any]:
         return {"status": "ok", "format_version": model.manifest.get("version"), "tasks": list(model.task_names),
                 "fields": list(model.schema.sparse_names) + list(model.schema.dense_names),
-                "batches": batcher.batches, "rows": batcher.rows}
+                "batches": batcher.batches, "rows": batcher.rows, "lookup": model.embedding.backend,
+                "embedding_bytes": model.embedding.embedding_bytes()}
 
     @app.post("/predict", response_model=PredictResponse)
     async def predict(request: PredictRequest) -> PredictResponse:

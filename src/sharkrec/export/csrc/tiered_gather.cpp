@@ -10,7 +10,9 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 namespace {
 
@@ -123,6 +125,57 @@ int64_t tiered_gather(const torch::Tensor& slots, const torch::Tensor& ends, con
   return first_bad;
 }
 
+// One multi-hot field: bags of local slots `values` (nnz,) cut by `offsets` (B + 1,), summed into
+// `out` (B, D) float32 (last dimension contiguous). ends, shift: (4,) int64 of this field.
+// Returns the position in `values` of the first out-of-range slot, or -1.
+int64_t tiered_bag(const torch::Tensor& values, const torch::Tensor& offsets, const torch::Tensor& ends,
+                   const torch::Tensor& shift, const torch::Tensor& fp32, const torch::Tensor& fp16,
+                   const torch::Tensor& int8, const torch::Tensor& int4, int64_t dim, torch::Tensor out) {
+  TORCH_CHECK(values.scalar_type() == torch::kInt64 && values.is_contiguous() && offsets.scalar_type() == torch::kInt64 &&
+              offsets.is_contiguous() && offsets.dim() == 1 && offsets.size(0) >= 1, "values, offsets: int64");
+  const int64_t batch = offsets.size(0) - 1, nnz = values.numel();
+  TORCH_CHECK(ends.numel() == 4 && shift.numel() == 4 && ends.is_contiguous() && shift.is_contiguous(), "ends/shift: (4,)");
+  TORCH_CHECK(out.scalar_type() == torch::kFloat32 && out.dim() == 2 && out.size(0) == batch && out.size(1) == dim &&
+              (dim <= 1 || out.stride(1) == 1), "out: (B, D) float32");
+  Pools p{fp32.data_ptr<float>(), reinterpret_cast<const uint16_t*>(fp16.data_ptr<at::Half>()),
+          int8.data_ptr<uint8_t>(), int4.data_ptr<uint8_t>(), dim, int8.size(1), int4.size(1)};
+  const int64_t* v = values.data_ptr<int64_t>();
+  const int64_t* off = offsets.data_ptr<int64_t>();
+  const int64_t* e = ends.data_ptr<int64_t>();
+  const int64_t* h = shift.data_ptr<int64_t>();
+  float* o = out.data_ptr<float>();
+  const int64_t out_sample = out.stride(0);
+  std::vector<float> row_values(static_cast<size_t>(dim));
+  int64_t first_bad = -1;
+  {
+    pybind11::gil_scoped_release no_gil;
+    for (int64_t b = 0; b < batch && first_bad < 0; ++b) {
+      float* dst = o + b * out_sample;
+      std::fill(dst, dst + dim, 0.0f);
+      const int64_t begin = std::max<int64_t>(off[b], 0), end = std::min<int64_t>(off[b + 1], nnz);
+      for (int64_t j = begin; j < end; ++j) {
+        const int64_t slot = v[j];
+        if (slot < 0 || slot >= e[3]) {
+          first_bad = j;
+          break;
+        }
+        int tier;
+        const void* row = locate(p, e, h, slot, &tier);
+        float* tmp = row_values.data();
+        switch (tier) {
+          case 0: std::memcpy(tmp, row, dim * sizeof(float)); break;
+          case 1: read_fp16(static_cast<const uint16_t*>(row), tmp, dim); break;
+          case 2: read_int8(static_cast<const uint8_t*>(row), tmp, dim); break;
+          default: read_int4(static_cast<const uint8_t*>(row), tmp, dim); break;
+        }
+        for (int64_t d = 0; d < dim; ++d) dst[d] += tmp[d];
+      }
+    }
+  }
+  return first_bad;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("tiered_gather", &tiered_gather, "fused gather over tier-ordered slots (see tiered_gather.cpp)");
+  m.def("tiered_bag", &tiered_bag, "sum-pooled bags of one multi-hot field over the same pools");
 }
