@@ -138,3 +138,16 @@ def test_slots_outside_a_field_are_a_clear_error():
     embedding = ServingEmbedding(["f"], [field], {}, 4)
     with pytest.raises(DataError, match=r"field 'f' has slots outside 0\.\.5"):
         embedding([FieldIds(torch.tensor([0, 6]))])
+
+
+@pytest.mark.parametrize("use_extension", [True, False])
+def test_fused_gather_writes_into_chosen_columns_of_a_view(use_extension):
+    fields = [make_field("a", (1, 2, 3, 4), 8, 0), make_field("b", (2, 0, 3, 0), 8, 1)]
+    pools = PackedPools.build(fields, 8)
+    slots = torch.tensor([[0, 4], [9, 1], [5, 2]])
+    matrix = torch.full((3, 5, 8), -1.0)
+    pools.gather(slots, matrix[:, 1:], torch.tensor([3, 0]), use_extension=use_extension)
+    want = pools.gather_torch(slots)
+    torch.testing.assert_close(matrix[:, 4], want[:, 0], atol=0, rtol=0)
+    torch.testing.assert_close(matrix[:, 1], want[:, 1], atol=0, rtol=0)
+    assert (matrix[:, [0, 2, 3]] == -1).all()  # untouched

@@ -3,9 +3,10 @@
 Ids arrive as *slots* (see :mod:`sharkrec.export.tables`): per field the fp32 rows first, then
 fp16, int8, int4, each hottest first. A tier is a slot range, so routing needs no remap table.
 
-Kernels. ``kernel="fused"`` (the default) reads all single-hot fields in one pass over shared
-packed pools (:mod:`sharkrec.export.fused`: a C++ kernel, or the same layout read with PyTorch
-ops where no compiler is available); multi-hot fields use the ``fbgemm`` path below.
+Kernels. ``kernel="fused"`` (the default) packs every kept field into shared pools
+(:mod:`sharkrec.export.fused`) and reads all single-hot fields in one pass, written straight into
+the network's (B, F, D) matrix, and each multi-hot field's bags in one more pass (a C++ kernel, or
+the same layout read with PyTorch ops where no compiler is available).
 ``kernel="fbgemm"`` looks every field up on its own:
 
 =========  ===========================================================================
@@ -176,7 +177,7 @@ class ServingEmbedding(FieldEmbedding):
             kernels) or ``"reference"`` (dequantize, then gather).
         check_ids: raise :class:`DataError` for slots outside a field's range (one min/max per field;
             the fused kernel always checks, in its pass).
-        multi_hot: kept fields whose ids come in bags (read with the ``fbgemm`` path under ``fused``).
+        multi_hot: kept fields whose ids come in bags (summed by the bag kernel under ``fused``).
 
     Shapes: ``forward`` takes one :class:`FieldIds` of slots per field and returns (B, F, D) float32.
     """
@@ -237,7 +238,7 @@ class ServingEmbedding(FieldEmbedding):
             return out
         if self._packed is not None and self._packed_names:
             assert self._packed_positions is not None
-            out.index_copy_(1, self._packed_positions, self._packed.gather(self._packed_slots(sparse)))
+            self._packed.gather(self._packed_slots(sparse), out, self._packed_positions)  # in place, by column
         for k, (name, ids) in enumerate(zip(self.field_names, sparse, strict=True)):
             if name in self._packed_names:
                 continue

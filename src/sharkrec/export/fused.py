@@ -1,6 +1,6 @@
-"""One-pass lookup over the packed per-row layout: all single-hot fields, every row in its own precision.
+"""One-pass lookup over the packed per-row layout: every row read in its own precision.
 
-At load time the tiers of every single-hot kept field are concatenated into four shared pools::
+At load time the tiers of every kept field are concatenated into four shared pools::
 
     fp32  (n32, D) float32        fp16  (n16, D) float16
     int8  (n8, 4 + D) uint8       float32 scale, then D int8 codes         (SHARK Table 1 row:
@@ -9,7 +9,8 @@ At load time the tiers of every single-hot kept field are concatenated into four
 A field's local slot ``s`` (tier-ordered, hottest first, see :mod:`sharkrec.export.tables`) lies in
 tier ``t`` when ``ends[f, t-1] <= s < ends[f, t]`` and reads pool row ``s + shift[f, t]``: an affine
 map per (field, tier), no per-row remap table. :func:`gather` reads a (B, F) slot matrix into
-(B, F, D) float32 in one pass: the C++ kernel (``csrc/tiered_gather.cpp``, built once with
+(B, F, D) float32 in one pass; :meth:`PackedPools.bag` sums one multi-hot field's bags. Both use
+the C++ kernel (``csrc/tiered_gather.cpp``, built once with
 ``torch.utils.cpp_extension`` and cached) when a compiler is available, else :func:`gather_torch`,
 the same layout read with PyTorch ops (the tests check both agree). ``SHARKREC_NO_EXTENSION=1``
 forces the PyTorch path.
@@ -106,21 +107,25 @@ class PackedPools:
         """Bytes of the four pools (payloads and per-row scale words; ends/shift are 64 bytes a field)."""
         return sum(t.numel() * t.element_size() for t in (self.fp32, self.fp16, self.int8, self.int4))
 
-    def gather(self, slots: Tensor, out: Tensor | None = None, *, use_extension: bool = True) -> Tensor:
+    def gather(self, slots: Tensor, out: Tensor | None = None, columns: Tensor | None = None, *,
+               use_extension: bool = True) -> Tensor:
         """(B, F) int64 local slots → (B, F, D) float32; a slot outside its field raises :class:`DataError`.
 
-        ``out``: where to write, (B, F, D) float32 with a contiguous last dimension (a view into a
-        larger matrix is fine: the network's field vectors are then filled without a copy).
+        ``out``: where to write, (B, C, D) float32 with a contiguous last dimension (a view into a
+        larger matrix is fine: the network's field vectors are then filled without a copy); field
+        ``f`` goes to column ``columns[f]`` ((F,) int64, default ``0..F-1``).
         """
         slots = slots.contiguous()
+        if columns is None:
+            columns = torch.arange(slots.shape[1])
         module = extension() if use_extension else None
         if module is None:
             values = self.gather_torch(slots)
-            return values if out is None else out.copy_(values)
+            return values if out is None else out.index_copy_(1, columns, values)
         if out is None:
             out = torch.empty(slots.shape[0], slots.shape[1], self.dim)
         bad = module.tiered_gather(slots, self.ends, self.shift, self.fp32, self.fp16, self.int8, self.int4,
-                                   self.dim, out)
+                                   self.dim, out, columns)
         if bad >= 0:
             self._raise_bad(bad % slots.shape[1])
         return out

@@ -67,17 +67,22 @@ inline const void* locate(const Pools& p, const int64_t* ends, const int64_t* sh
 }  // namespace
 
 // slots (B, F) int64, ends and shift (F, 4) int64; pools: fp32 (n32, D) float32, fp16 (n16, D)
-// float16, int8 (n8, 4 + D) uint8, int4 (n4, 4 + ceil(D/2)) uint8. Writes (B, F, D) float32 into
-// `out`, which may be a strided view (e.g. columns 1.. of the network's field-vector matrix) whose
-// last dimension is contiguous. Returns the flat index of the first out-of-range slot, or -1.
+// float16, int8 (n8, 4 + D) uint8, int4 (n4, 4 + ceil(D/2)) uint8. Writes field f of sample b to
+// out[b, columns[f]]: `out` is (B, C, D) float32, possibly a strided view (e.g. columns 1.. of the
+// network's field-vector matrix) with a contiguous last dimension; `columns` (F,) int64 in [0, C).
+// Returns the flat index of the first out-of-range slot, or -1.
 int64_t tiered_gather(const torch::Tensor& slots, const torch::Tensor& ends, const torch::Tensor& shift,
                       const torch::Tensor& fp32, const torch::Tensor& fp16, const torch::Tensor& int8,
-                      const torch::Tensor& int4, int64_t dim, torch::Tensor out) {
+                      const torch::Tensor& int4, int64_t dim, torch::Tensor out, const torch::Tensor& columns) {
   TORCH_CHECK(slots.dim() == 2 && slots.scalar_type() == torch::kInt64 && slots.is_contiguous(), "slots: (B, F) int64");
   const int64_t batch = slots.size(0), fields = slots.size(1);
   TORCH_CHECK(ends.sizes() == torch::IntArrayRef({fields, 4}) && shift.sizes() == ends.sizes(), "ends/shift: (F, 4)");
   TORCH_CHECK(out.scalar_type() == torch::kFloat32 && out.dim() == 3 && out.size(0) == batch &&
-              out.size(1) == fields && out.size(2) == dim && (dim <= 1 || out.stride(2) == 1), "out: (B, F, D) float32");
+              out.size(2) == dim && (dim <= 1 || out.stride(2) == 1), "out: (B, C, D) float32");
+  TORCH_CHECK(columns.scalar_type() == torch::kInt64 && columns.is_contiguous() && columns.numel() == fields,
+              "columns: (F,) int64");
+  const int64_t* column = columns.data_ptr<int64_t>();
+  for (int64_t f = 0; f < fields; ++f) TORCH_CHECK(column[f] >= 0 && column[f] < out.size(1), "columns out of range");
   Pools p{fp32.data_ptr<float>(), reinterpret_cast<const uint16_t*>(fp16.data_ptr<at::Half>()),
           int8.data_ptr<uint8_t>(), int4.data_ptr<uint8_t>(), dim, int8.size(1), int4.size(1)};
   const int64_t out_sample = out.stride(0), out_field = out.stride(1);
@@ -113,7 +118,7 @@ int64_t tiered_gather(const torch::Tensor& slots, const torch::Tensor& ends, con
       }
       int tier;
       const void* row = locate(p, e + 4 * f, h + 4 * f, slot, &tier);
-      float* dst = o + (i / fields) * out_sample + f * out_field;
+      float* dst = o + (i / fields) * out_sample + column[f] * out_field;
       switch (tier) {
         case 0: std::memcpy(dst, row, dim * sizeof(float)); break;
         case 1: read_fp16(static_cast<const uint16_t*>(row), dst, dim); break;
