@@ -213,4 +213,5 @@ def serve(artifact: str | os.PathLike[str], host: str = "127.0.0.1", port: int =
     """Run the app with uvicorn until interrupted (``sharkrec serve``)."""
     import uvicorn
 
-    uvicorn.run(create_app(artifact, **options), host=host, port=port, log_level="info")
+    # keep-alive longer than a loaded request can wait, so a pooled client connection is not closed under it
+    uvicorn.run(create_app(artifact, **options), host=host, port=port, log_level="info", timeout_keep_alive=75)
