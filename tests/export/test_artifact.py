@@ -12,6 +12,7 @@ import sharkrec
 from sharkrec.errors import CheckpointError
 from sharkrec.export import artifact as artifact_module
 from sharkrec.export import load_artifact, read_manifest, save_artifact
+from sharkrec.export.artifact import serving_model
 from sharkrec.prune import PrunedEmbedding, remove_fields
 from sharkrec.quant import MixedPrecisionEmbedding, Precision, build_embedding
 from tests.export.conftest import serving_batch
@@ -59,13 +60,35 @@ def test_round_trip_equals_the_in_memory_model(toy_model, tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", ["f-quant", "int4", "pruned+mixed"])
-def test_fbgemm_and_reference_kernels_agree(toy_model, tmp_path, kind):
+def test_fused_fbgemm_and_reference_kernels_agree(toy_model, tmp_path, kind):
     model, data = toy_model
     save_artifact(compressed(model, data, kind), data.schema, data.vocabularies, tmp_path / "art")
-    fast, slow = load_artifact(tmp_path / "art"), load_artifact(tmp_path / "art", kernel="reference")
-    batch = serving_batch(fast, data.test.slice(0, len(data.test)), data.vocabularies)
-    torch.testing.assert_close(fast.embedding(batch.sparse), slow.embedding(batch.sparse), atol=1e-3, rtol=0)
-    torch.testing.assert_close(fast.predict_proba(batch), slow.predict_proba(batch), atol=1e-3, rtol=0)
+    fused, slow = load_artifact(tmp_path / "art"), load_artifact(tmp_path / "art", kernel="reference")
+    assert fused.embedding.kernel == "fused"
+    batch = serving_batch(fused, data.test.slice(0, len(data.test)), data.vocabularies)
+    # the fused kernel reads single-hot rows exactly as the reference dequantizes them; multi-hot
+    # fields go through FBGEMM (int4 there has an fp16 scale)
+    packed = fused.embedding._packed_positions
+    assert packed is not None and len(packed) >= 1
+    got, want = fused.embedding(batch.sparse), slow.embedding(batch.sparse)
+    torch.testing.assert_close(got[:, packed], want[:, packed], atol=0, rtol=0)
+    torch.testing.assert_close(got, want, atol=1e-3, rtol=0)
+    fbgemm = load_artifact(tmp_path / "art", kernel="fbgemm")
+    torch.testing.assert_close(fbgemm.embedding(batch.sparse), slow.embedding(batch.sparse), atol=1e-3, rtol=0)
+    torch.testing.assert_close(fbgemm.predict_proba(batch), slow.predict_proba(batch), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["f-quant", "pruned+mixed"])
+def test_in_memory_serving_model_equals_the_loaded_artifact(toy_model, tmp_path, kind):
+    model, data = toy_model
+    reference = compressed(model, data, kind).eval()
+    save_artifact(reference, data.schema, data.vocabularies, tmp_path / "art")
+    loaded = load_artifact(tmp_path / "art")
+    built = serving_model(reference, data.schema, data.vocabularies)
+    batch = serving_batch(loaded, data.test.slice(0, len(data.test)), data.vocabularies)
+    torch.testing.assert_close(built.predict_proba(batch), loaded.predict_proba(batch), atol=0, rtol=0)
+    assert built.embedding.embedding_bytes() == loaded.embedding.embedding_bytes()
+    assert built.manifest["memory"] == loaded.manifest["memory"]
 
 
 def test_slots_are_tier_ordered_and_hottest_first(toy_model, tmp_path):
@@ -212,3 +235,21 @@ def test_overwrites_an_artifact_but_not_other_folders(toy_model, tmp_path):
         save_artifact(model, data.schema, data.vocabularies, tmp_path / "other")
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
     shutil.rmtree(tmp_path / "other")
+
+
+def test_field_vectors_written_in_place_equal_the_network_concat(toy_model, tmp_path):
+    """ServingModel fills the sparse columns of the (B, F, D) matrix directly; same values as DLRM's concat."""
+    from sharkrec.data.batch import Batch, FieldIds
+    from sharkrec.errors import DataError
+
+    model, data = toy_model
+    save_artifact(compressed(model, data, "f-quant"), data.schema, data.vocabularies, tmp_path / "art")
+    served = load_artifact(tmp_path / "art")
+    batch = serving_batch(served, data.test.slice(0, 64), data.vocabularies)
+    with torch.inference_mode():
+        torch.testing.assert_close(served.field_vectors(batch), served.network.field_vectors(batch), atol=0, rtol=0)
+        torch.testing.assert_close(served(batch), served.network(batch), atol=0, rtol=0)
+    short = Batch(batch.dense[:3], tuple(FieldIds(ids.values[:2]) if ids.offsets is None else ids
+                                         for ids in batch.sparse), batch.labels[:3])
+    with pytest.raises(DataError, match="dense rows but sparse fields"):
+        served.predict_proba(short)

@@ -84,6 +84,21 @@ def test_bad_line_error_leaves_no_output(served, tmp_path):
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
 
 
+def test_failure_after_scored_chunks_leaves_no_partial_output(served, tmp_path):
+    """Chunks before the bad line were already scored and written: the output still never appears,
+    and an older output file at that path is left as it was."""
+    source = write_csv(tmp_path / "in.csv", 40, seed=1)
+    lines = source.read_text().splitlines()
+    lines[35] = "u9,rome,t1,not-a-number,0"  # line 36, in the 6th chunk of 6 rows
+    source.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out.tsv"
+    out.write_text("previous results\n")
+    with pytest.raises(DataError, match="line 36"):
+        predict_file(served[0], source, out, "csv", on_bad_line="error", chunk_rows=6)
+    assert out.read_text() == "previous results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.tsv"]
+
+
 def test_unusable_inputs_are_clear_errors(served, tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         predict_file(served[0], tmp_path / "missing.csv", tmp_path / "out.tsv", "csv")

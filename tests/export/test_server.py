@@ -11,6 +11,7 @@ pytest.importorskip("fastapi", reason="the serve extra (fastapi, httpx) is not i
 
 from fastapi.testclient import TestClient
 
+from sharkrec.errors import DataError
 from sharkrec.export import load_artifact, save_artifact
 from sharkrec.export.rows import parse_records
 from sharkrec.export.server import create_app
@@ -49,6 +50,7 @@ def test_good_request_scores_like_the_model(client, served):
 def test_health(client):
     response = client.get("/health")
     assert response.status_code == 200 and response.json()["status"] == "ok"
+    assert response.json()["lookup"] in ("c++", "pytorch") and response.json()["embedding_bytes"] > 0
 
 
 @pytest.mark.parametrize(("payload", "status", "words"), [
@@ -74,13 +76,28 @@ def test_concurrent_requests_are_batched(served):
     batcher = app.state.batcher
 
     async def many() -> list[np.ndarray]:
-        parsed = [parse_records(served, [row]) for row in ROWS * 5]
-        return await asyncio.gather(*(batcher.predict(p) for p in parsed))
+        return await asyncio.gather(*(batcher.predict([row]) for row in ROWS * 5))
 
     results = asyncio.run(many())
     want = served.predict_proba(served.encode(parse_records(served, ROWS * 5))).numpy()
     np.testing.assert_allclose(np.concatenate(results), want, atol=1e-6)
     assert batcher.rows == 20 and batcher.batches < 20  # gathered, not one batch per request
+
+
+def test_a_bad_request_batched_with_good_ones_fails_alone(served):
+    """The merged batch does not parse: each request is parsed alone; only the bad one gets the error."""
+    batcher = create_app(served, max_wait_ms=50, max_batch_rows=1000).state.batcher
+    bad = [{**ROWS[0], "age": "old"}]
+
+    async def mixed() -> list[object]:
+        requests = [[ROWS[0]], bad, ROWS[1:3]]
+        return await asyncio.gather(*(batcher.predict(r) for r in requests), return_exceptions=True)
+
+    good_first, error, good_last = asyncio.run(mixed())
+    assert isinstance(error, DataError) and "row 0" in str(error) and "'age'" in str(error)
+    want = served.predict_proba(served.encode(parse_records(served, ROWS[:3]))).numpy()
+    np.testing.assert_allclose(np.concatenate([good_first, good_last]), want, atol=1e-6)
+    assert batcher.batches == 1 and batcher.rows == 3
 
 
 def test_too_many_rows(served):

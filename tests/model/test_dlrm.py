@@ -97,6 +97,9 @@ def naive_interaction(vectors: torch.Tensor, kind: InteractionKind, has_dense: b
     rows = []
     for v in vectors:  # (F, D)
         dots = [torch.dot(v[i], v[j]) for i in range(len(v)) for j in range(i + 1, len(v))]
+        if kind is InteractionKind.CONCAT:  # the field vectors alone, no dots
+            rows.append(v.flatten())
+            continue
         if kind is InteractionKind.DOT_CONCAT:
             head = list(v.flatten())  # every field vector
         elif has_dense:

@@ -216,7 +216,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
-def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fbgemm") -> ServingModel:
+def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fused") -> ServingModel:
     """The :class:`ServingModel` of artifact ``path``; ``kernel`` picks the lookup path (see the engine)."""
     from sharkrec.model.dlrm import DLRM, DLRMConfig
 
@@ -237,7 +237,8 @@ def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fbgemm") -> Se
             tables.append(table)
             vocabularies[table.name] = table.vocabulary
         names = [entry["name"] for entry in section["fields"]]
-        embedding = ServingEmbedding(names, tables, constants, dim, kernel=kernel)
+        multi_hot = [spec.name for spec in schema.sparse if spec.is_multi_hot]
+        embedding = ServingEmbedding(names, tables, constants, dim, kernel=kernel, multi_hot=multi_hot)
         network = DLRM(config, embedding)
         network.load_state_dict(loaded["dense.safetensors"], strict=True)
     except SharkrecError as exc:
@@ -246,6 +247,24 @@ def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fbgemm") -> Se
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise CheckpointError(f"artifact {str(root)!r} is inconsistent ({reason}); {_FIX}") from None
     return ServingModel(network, schema, vocabularies, manifest)
+
+
+def serving_model(model: Any, schema: Schema, vocabularies: Mapping[str, Vocabulary], *, kernel: str = "fused"
+                  ) -> ServingModel:
+    """The :class:`ServingModel` that :func:`load_artifact` would return for ``save_artifact(model, ...)``,
+    built in memory (no files; the manifest has only format, version and memory)."""
+    from sharkrec.model.dlrm import DLRM
+
+    tables, constants = export_fields(model.embedding, vocabularies)
+    multi_hot = [spec.name for spec in schema.sparse if spec.is_multi_hot]
+    embedding = ServingEmbedding(model.embedding.field_names, tables, constants, int(model.embedding.embedding_dim),
+                                 kernel=kernel, multi_hot=multi_hot)
+    network = DLRM(model.config, embedding)
+    network.load_state_dict({name: t for name, t in model.state_dict().items() if not name.startswith("embedding.")},
+                            strict=True)
+    manifest = {"format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION,
+                "memory": _memory(tables, len(constants), int(model.embedding.embedding_dim))}
+    return ServingModel(network, schema, {t.name: t.vocabulary for t in tables}, manifest)
 
 
 def _read_field(entry: Mapping[str, Any], tensors: Mapping[str, Tensor], vocab: Mapping[str, Tensor]) -> FieldTables:

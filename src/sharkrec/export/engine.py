@@ -3,7 +3,11 @@
 Ids arrive as *slots* (see :mod:`sharkrec.export.tables`): per field the fp32 rows first, then
 fp16, int8, int4, each hottest first. A tier is a slot range, so routing needs no remap table.
 
-Kernels (``kernel="fbgemm"``, the default):
+Kernels. ``kernel="fused"`` (the default) packs every kept field into shared pools
+(:mod:`sharkrec.export.fused`) and reads all single-hot fields in one pass, written straight into
+the network's (B, F, D) matrix, and each multi-hot field's bags in one more pass (a C++ kernel, or
+the same layout read with PyTorch ops where no compiler is available).
+``kernel="fbgemm"`` looks every field up on its own:
 
 =========  ===========================================================================
 fp32       ``F.embedding`` / ``F.embedding_bag`` on the (n32, D) float32 pool
@@ -37,13 +41,14 @@ from torch import Tensor, nn
 
 from sharkrec.data.batch import Batch, FieldIds
 from sharkrec.errors import ConfigError, DataError
+from sharkrec.export.fused import PackedPools, extension
 from sharkrec.export.tables import FieldTables, TierPool
 from sharkrec.model.dlrm import DLRM
 from sharkrec.model.embedding import FieldEmbedding
 from sharkrec.quant import codec
 from sharkrec.quant.codec import Precision
 
-KERNELS = ("fbgemm", "reference")
+KERNELS = ("fused", "fbgemm", "reference")
 _QUANTIZED = torch.ops.quantized
 
 
@@ -168,8 +173,11 @@ class ServingEmbedding(FieldEmbedding):
         tables: the kept fields' :class:`FieldTables`.
         constants: ``{removed field: (D,) float32}``.
         embedding_dim: D.
-        kernel: ``"fbgemm"`` (stored-precision kernels) or ``"reference"`` (dequantize, then gather).
-        check_ids: raise :class:`DataError` for slots outside a field's range (one min/max per field).
+        kernel: ``"fused"`` (one pass over packed pools), ``"fbgemm"`` (per-field stored-precision
+            kernels) or ``"reference"`` (dequantize, then gather).
+        check_ids: raise :class:`DataError` for slots outside a field's range (one min/max per field;
+            the fused kernel always checks, in its pass).
+        multi_hot: kept fields whose ids come in bags (summed by the bag kernel under ``fused``).
 
     Shapes: ``forward`` takes one :class:`FieldIds` of slots per field and returns (B, F, D) float32.
     """
@@ -177,7 +185,8 @@ class ServingEmbedding(FieldEmbedding):
     kind: ClassVar[str] = ""  # never saved as a model file; artifacts rebuild it
 
     def __init__(self, field_names: Sequence[str], tables: Sequence[FieldTables], constants: Mapping[str, Tensor],
-                 embedding_dim: int, *, kernel: str = "fbgemm", check_ids: bool = True) -> None:
+                 embedding_dim: int, *, kernel: str = "fused", check_ids: bool = True,
+                 multi_hot: Sequence[str] = ()) -> None:
         super().__init__()
         if kernel not in KERNELS:
             raise ConfigError(f"unknown kernel {kernel!r}; use one of {', '.join(KERNELS)}")
@@ -190,35 +199,85 @@ class ServingEmbedding(FieldEmbedding):
                           for name, v in constants.items()}
         unknown = sorted((set(self.tables) | set(self.constants)) - set(self.field_names))
         missing = [n for n in self.field_names if n not in self.tables and n not in self.constants]
+        # (the packed fields' tables move into the shared pools below; ``_rows`` keeps their sizes)
         if unknown or missing:
             raise ConfigError(f"serving tables do not match the fields: unknown {unknown}, missing {missing}")
         self._lookups: dict[str, _FieldLookup] = {}
         self._reference: dict[str, Tensor] = {}
+        self._packed: PackedPools | None = None  # the single-hot fields' view of the pools
+        self._pools: PackedPools | None = None  # every kept field (multi-hot ones read with ``bag``)
+        self._packed_positions: Tensor | None = None  # (K,) positions of the packed fields in the batch
+        self._packed_names: frozenset[str] = frozenset()
+        self._rows = {name: table.rows for name, table in self.tables.items()}
+        if kernel == "fused":
+            kept = [name for name in self.field_names if name in self.tables]
+            single = [name for name in kept if name not in set(multi_hot)]
+            self._pools = PackedPools.build([self.tables.pop(name) for name in kept], self.embedding_dim)
+            self._packed = self._pools.select(single)
+            self._packed_positions = torch.tensor([self.field_names.index(n) for n in single], dtype=torch.int64)
+            self._packed_names = frozenset(single)  # their tables now live only in the packed pools
         for name, field in self.tables.items():
-            if kernel == "fbgemm":
+            if kernel in ("fbgemm", "fused"):
                 self._lookups[name] = _FieldLookup(field, self.embedding_dim)
             else:
                 self._reference[name] = torch.cat([dequantize(pool, self.embedding_dim) for pool in field.tiers])
 
-    def forward(self, sparse: Sequence[FieldIds]) -> Tensor:
-        """(B, F, D) float32 field vectors for one :class:`FieldIds` of slots per field."""
+    def forward(self, sparse: Sequence[FieldIds], out: Tensor | None = None) -> Tensor:
+        """(B, F, D) float32 field vectors for one :class:`FieldIds` of slots per field.
+
+        ``out``: a (B, F, D) float32 tensor (or view, last dimension contiguous) to fill and return.
+        """
         if len(sparse) != len(self.field_names):
             raise DataError(f"the batch has {len(sparse)} sparse fields but the model has {len(self.field_names)} "
                             f"({', '.join(self.field_names)}); build the batch with the artifact's schema")
         batch_size = sparse[0].batch_size() if sparse else 0
-        out = torch.empty(batch_size, len(self.field_names), self.embedding_dim)  # (B, F, D)
+        if out is None:
+            out = torch.empty(batch_size, len(self.field_names), self.embedding_dim)  # (B, F, D)
+        if self._packed is not None and len(self._packed_names) == len(self.field_names):
+            self._packed.gather(self._packed_slots(sparse), out)  # every field in one pass, written in place
+            return out
+        if self._packed is not None and self._packed_names:
+            assert self._packed_positions is not None
+            self._packed.gather(self._packed_slots(sparse), out, self._packed_positions)  # in place, by column
         for k, (name, ids) in enumerate(zip(self.field_names, sparse, strict=True)):
+            if name in self._packed_names:
+                continue
             if name in self.constants:
                 out[:, k] = self.constants[name]
+                continue
+            if self._pools is not None:  # a multi-hot field of the fused kernel
+                if ids.offsets is None:
+                    raise DataError(f"field {name!r} takes bags of values in this artifact but the batch has one "
+                                    "value per sample without offsets; encode raw values with ServingModel.encode")
+                self._pools.bag(ids.values, ids.offsets, self._pools.names.index(name), out=out[:, k])
                 continue
             slots = ids.values.long()
             if self.check_ids and slots.numel():
                 low, high = torch.aminmax(slots)
-                if int(low) < 0 or int(high) >= self.tables[name].rows:
-                    raise DataError(f"field {name!r} has slots outside 0..{self.tables[name].rows - 1}; "
+                if int(low) < 0 or int(high) >= self._rows[name]:
+                    raise DataError(f"field {name!r} has slots outside 0..{self._rows[name] - 1}; "
                                     "encode raw values with the artifact's vocabularies (ServingModel.encode)")
             out[:, k] = self._vectors(name, slots, ids.offsets)
         return out
+
+    @property
+    def backend(self) -> str:
+        """What reads the rows: ``c++`` (fused kernel), ``pytorch`` (fused layout, no compiler), or the kernel name."""
+        if self.kernel != "fused":
+            return self.kernel
+        return "c++" if extension() is not None else "pytorch"
+
+    def _packed_slots(self, sparse: Sequence[FieldIds]) -> Tensor:
+        """(B, K) slots of the K packed single-hot fields."""
+        assert self._packed_positions is not None
+        columns = []
+        for position in self._packed_positions.tolist():
+            ids = sparse[position]
+            if ids.offsets is not None:
+                raise DataError(f"field {self.field_names[position]!r} takes one value per sample in this artifact "
+                                "but the batch has bags; encode raw values with ServingModel.encode")
+            columns.append(ids.values)
+        return torch.stack(columns, dim=1).long()  # (B, K)
 
     def _vectors(self, name: str, slots: Tensor, offsets: Tensor | None) -> Tensor:
         """(B, D) vectors of one field."""
@@ -231,12 +290,13 @@ class ServingEmbedding(FieldEmbedding):
         return lookup.single(slots) if offsets is None else lookup.bags(slots, offsets.long())
 
     def num_rows(self) -> dict[str, int]:
-        return {name: self.tables[name].rows if name in self.tables else 1 for name in self.field_names}
+        return {name: self._rows.get(name, 1) for name in self.field_names}
 
     def embedding_bytes(self) -> int:
         """Bytes resident for lookups (packed pools, or the reference path's fp32 tables) plus constants."""
         resident = sum(tier.nbytes for lookup in self._lookups.values() for tier in lookup.tiers)
         resident += sum(t.numel() * t.element_size() for t in self._reference.values())
+        resident += self._pools.nbytes if self._pools is not None else 0
         return resident + 4 * self.embedding_dim * len(self.constants)
 
     def sparse_parameters(self) -> list[nn.Parameter]:
@@ -277,14 +337,31 @@ class ServingModel(nn.Module):
         assert isinstance(embedding, ServingEmbedding)
         return embedding
 
+    def field_vectors(self, batch: Batch) -> Tensor:
+        """(B, F, D): the bottom MLP's vector, then the sparse fields' vectors written in place (no concat copy)."""
+        network = self.network
+        if network.bottom is None:
+            return self.embedding(batch.sparse)
+        size = batch.dense.shape[0] if batch.dense.ndim == 2 else -1
+        if batch.dense.ndim != 2 or batch.dense.shape[1] != network.config.num_dense:
+            raise DataError(f"the batch has dense features of shape {tuple(batch.dense.shape)} but the model expects "
+                            f"(B, {network.config.num_dense}); build the batch with the artifact's schema")
+        if any(ids.batch_size() != size for ids in batch.sparse):
+            raise DataError(f"the batch has {size} dense rows but sparse fields of "
+                            f"{sorted({ids.batch_size() for ids in batch.sparse})} samples; every field needs B rows")
+        vectors = torch.empty(size, network.num_fields, self.embedding.embedding_dim)  # (B, F, D)
+        vectors[:, 0] = network.bottom(batch.dense)
+        self.embedding(batch.sparse, out=vectors[:, 1:])
+        return vectors
+
     def forward(self, batch: Batch) -> Tensor:
         """(B, T) logits of a batch of slots."""
-        return self.network(batch)
+        return self.network.logits_from_fields(self.field_vectors(batch))
 
     def predict_proba(self, batch: Batch) -> Tensor:
         """(B, T) probabilities of a batch of slots."""
         with torch.inference_mode():
-            return torch.sigmoid(self.network(batch))
+            return torch.sigmoid(self(batch))
 
     def encode(self, rows: Any) -> Batch:
         """A batch of slots from checked raw rows (:class:`sharkrec.data.encode.ParsedRows`)."""

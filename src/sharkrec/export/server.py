@@ -8,14 +8,17 @@ Request ``{"rows": [{"C1": "68fd1e64", "I1": 3, "genres": ["Drama", "War"]}, ...
 - a field the schema does not know, a dense value that is not a number, a list for a
   single-value field → 400 naming the row and the field.
 
-Concurrent requests are batched: each request is checked and parsed in its handler, then queued;
-one worker takes the first waiting request, gathers more for up to ``max_wait_ms`` or until
-``max_batch_rows`` rows, scores them as one batch on a single model thread and answers each.
+Concurrent requests are batched: each request is validated in its handler, then queued; one
+worker takes the first waiting request, gathers more for up to ``max_wait_ms`` or until
+``max_batch_rows`` rows, and on a single model thread parses (training cell rules), encodes and
+scores them as one batch, so the per-call cost of parsing is shared too. If the merged rows do
+not parse, each request is parsed alone: a bad one gets its 400, the others their scores.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +32,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from sharkrec.data.encode import ParsedRows
-from sharkrec.errors import ConfigError, SharkrecError
+from sharkrec.errors import ConfigError, DataError, SharkrecError
 from sharkrec.export.engine import ServingModel
 from sharkrec.export.rows import parse_records
 
@@ -52,7 +55,7 @@ class PredictResponse(BaseModel):
 
 
 class Batcher:
-    """Gathers the parsed rows of concurrent requests into batches for one model thread."""
+    """Gathers the rows of concurrent requests into batches for one model thread (parse, encode, score)."""
 
     def __init__(self, model: ServingModel, max_batch_rows: int, max_wait_ms: float) -> None:
         self.model = model
@@ -62,11 +65,14 @@ class Batcher:
         self.rows = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sharkrec-model")
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[tuple[ParsedRows, asyncio.Future[np.ndarray]]] | None = None
+        self._queue: asyncio.Queue[tuple[list[dict[str, Any]], asyncio.Future[np.ndarray]]] | None = None
         self._worker: asyncio.Task[None] | None = None
 
-    async def predict(self, rows: ParsedRows) -> np.ndarray:
-        """(N, T) probabilities of ``rows``, scored in a batch with whatever else is waiting."""
+    async def predict(self, rows: list[dict[str, Any]]) -> np.ndarray:
+        """(N, T) probabilities of raw ``rows`` (JSON records), scored in a batch with whatever else is waiting.
+
+        Raises :class:`DataError` naming the row and field when ``rows`` break the schema's rules.
+        """
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._queue is None or self._worker is None or self._worker.done():
             self._loop, self._queue = loop, asyncio.Queue()
@@ -80,7 +86,7 @@ class Batcher:
             self._worker.cancel()
         self._executor.shutdown(wait=False)
 
-    async def _run(self, queue: asyncio.Queue[tuple[ParsedRows, asyncio.Future[np.ndarray]]]) -> None:
+    async def _run(self, queue: asyncio.Queue[tuple[list[dict[str, Any]], asyncio.Future[np.ndarray]]]) -> None:
         loop = asyncio.get_running_loop()
         while True:
             items = [await queue.get()]
@@ -97,20 +103,47 @@ class Batcher:
                 items.append(item)
                 size += len(item[0])
             try:
-                merged = ParsedRows.concat([rows for rows, _ in items])
-                scores = await loop.run_in_executor(self._executor, self._score, merged)
+                answers = await loop.run_in_executor(self._executor, self._score_requests, [r for r, _ in items])
             except Exception as exc:  # answer every waiting request; the worker keeps running
-                for _, future in items:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
+                answers = [exc] * len(items)
             self.batches += 1
-            self.rows += size
+            self.rows += sum(len(a) for a in answers if isinstance(a, np.ndarray))
+            for (_, future), answer in zip(items, answers, strict=True):
+                if future.done():
+                    continue
+                if isinstance(answer, Exception):
+                    future.set_exception(answer)
+                else:
+                    future.set_result(answer)
+
+    def _score_requests(self, requests: list[list[dict[str, Any]]]) -> list[np.ndarray | Exception]:
+        """Per request: its (N, T) scores, or the :class:`DataError` of its first bad row."""
+        try:
+            parsed = [parse_records(self.model, [row for rows in requests for row in rows])]
+            sizes = [len(rows) for rows in requests]
+        except DataError:  # find the bad request(s); score the others together
+            parsed, sizes = [], []
+            answers: list[DataError | None] = []
+            for rows in requests:
+                try:
+                    parsed.append(parse_records(self.model, rows))
+                    sizes.append(len(rows))
+                    answers.append(None)
+                except DataError as exc:
+                    answers.append(exc)
+            scores = self._score(ParsedRows.concat(parsed)) if parsed else np.zeros((0, 0))
+            out: list[np.ndarray | Exception] = []
             start = 0
-            for rows, future in items:
-                if not future.done():
-                    future.set_result(scores[start:start + len(rows)])
-                start += len(rows)
+            for answer, rows in zip(answers, requests, strict=True):
+                if answer is None:
+                    out.append(scores[start:start + len(rows)])
+                    start += len(rows)
+                else:
+                    out.append(answer)
+            return out
+        scores = self._score(parsed[0])
+        bounds = np.cumsum([0, *sizes])
+        return [scores[a:b] for a, b in itertools.pairwise(bounds)]
 
     def _score(self, rows: ParsedRows) -> np.ndarray:
         return self.model.predict_proba(self.model.encode(rows)).numpy()
@@ -149,14 +182,14 @@ def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_row
     async def health() -> dict[str, Any]:
         return {"status": "ok", "format_version": model.manifest.get("version"), "tasks": list(model.task_names),
                 "fields": list(model.schema.sparse_names) + list(model.schema.dense_names),
-                "batches": batcher.batches, "rows": batcher.rows}
+                "batches": batcher.batches, "rows": batcher.rows, "lookup": model.embedding.backend,
+                "embedding_bytes": model.embedding.embedding_bytes()}
 
     @app.post("/predict", response_model=PredictResponse)
     async def predict(request: PredictRequest) -> PredictResponse:
         if len(request.rows) > max_request_rows:
             raise ConfigError(f"the request has {len(request.rows)} rows; send at most {max_request_rows} per request")
-        parsed = parse_records(model, request.rows)  # a bad row fails this request alone
-        scores = await batcher.predict(parsed)
+        scores = await batcher.predict(request.rows)  # a bad row fails this request alone
         return PredictResponse(tasks=list(model.task_names), scores=scores.tolist())
 
     return app
@@ -180,4 +213,5 @@ def serve(artifact: str | os.PathLike[str], host: str = "127.0.0.1", port: int =
     """Run the app with uvicorn until interrupted (``sharkrec serve``)."""
     import uvicorn
 
-    uvicorn.run(create_app(artifact, **options), host=host, port=port, log_level="info")
+    # keep-alive longer than a loaded request can wait, so a pooled client connection is not closed under it
+    uvicorn.run(create_app(artifact, **options), host=host, port=port, log_level="info", timeout_keep_alive=75)

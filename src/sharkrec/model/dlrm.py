@@ -44,10 +44,12 @@ class InteractionKind(str, enum.Enum):
     ``dot``: pairwise dot products of all field vectors (upper triangle, no diagonal), concatenated
     with the dense field's vector, as in facebookresearch/dlrm. ``dot-concat``: the dot products
     concatenated with every field vector flattened (helps tiny models and data without dense features).
+    ``concat``: every field vector flattened, no dot products (a pre-ranking MLP over many fields).
     """
 
     DOT = "dot"
     DOT_CONCAT = "dot-concat"
+    CONCAT = "concat"
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,8 @@ class DLRMConfig:
     def interaction_features(self) -> int:
         """Width of the interaction output, the input of the head."""
         pairs = self.num_fields * (self.num_fields - 1) // 2
+        if self.interaction is InteractionKind.CONCAT:
+            return self.num_fields * self.embedding_dim
         if self.interaction is InteractionKind.DOT_CONCAT:
             return pairs + self.num_fields * self.embedding_dim
         return pairs + (self.embedding_dim if self.num_dense > 0 else 0)
@@ -269,6 +273,8 @@ class DLRM(nn.Module):
                 f"field vectors have shape {tuple(vectors.shape)}; expected (B, {self.num_fields}, "
                 f"{self.config.embedding_dim})"
             )
+        if self.config.interaction is InteractionKind.CONCAT:
+            return vectors.flatten(1)  # (B, F * D)
         dots = torch.bmm(vectors, vectors.transpose(1, 2))  # (B, F, F)
         pairs = dots.flatten(1).index_select(1, self.pair_index)  # (B, F(F-1)/2)
         if self.config.interaction is InteractionKind.DOT_CONCAT:
