@@ -39,10 +39,15 @@ class Metric(str, enum.Enum):
 
 @dataclass(frozen=True)
 class KMeansResult:
-    """Cluster of every point (N,) int64, the stored rows (K, D) and how the fit went."""
+    """Cluster of every point (N,) int64, the stored rows (K, D) and how the fit went.
+
+    ``centroids`` (K, D) are the head's final centroids in metric space (unit rows for cosine): the
+    points the tail was assigned to. ``rows`` are the weighted means of all members' raw vectors.
+    """
 
     assignment: Tensor
     rows: Tensor
+    centroids: Tensor
     iterations: int
     head_size: int
 
@@ -101,12 +106,23 @@ def weighted_error(points: Tensor, weights: Tensor, assignment: Tensor, rows: Te
 
 
 def _initial_centroids(points: Tensor, weights: Tensor, k: int, generator: torch.Generator) -> Tensor:
-    """k distinct points drawn with probability ∝ weight (uniform where too few have weight)."""
-    probabilities = weights.to(torch.float64).clamp_min(0)
-    if int((probabilities > 0).sum()) < k:
-        probabilities = probabilities + 1.0
-    chosen = torch.multinomial(probabilities, k, replacement=False, generator=generator)
-    return points[chosen.sort().values].clone()
+    """Weighted k-means++ seeding: each next centroid is a point drawn ∝ weight × squared distance to
+    the nearest centroid so far (uniform weights where fewer than k points have weight)."""
+    mass = weights.to(torch.float64).clamp_min(0)
+    if int((mass > 0).sum()) < k:
+        mass = mass + 1.0
+    centroids = torch.empty(k, points.shape[1], dtype=points.dtype)
+    centroids[0] = points[torch.multinomial(mass, 1, generator=generator)[0]]
+    point_sq = (points * points).sum(1)  # (N,)
+    closest = (point_sq - 2.0 * (points @ centroids[0]) + centroids[0].dot(centroids[0])).clamp_min(0).double()
+    for i in range(1, k):
+        draw = mass * closest
+        if not float(draw.sum()) > 0:  # every weighted point already is a centroid
+            draw = mass
+        centroids[i] = points[torch.multinomial(draw, 1, generator=generator)[0]]
+        distance = (point_sq - 2.0 * (points @ centroids[i]) + centroids[i].dot(centroids[i])).clamp_min(0)
+        closest = torch.minimum(closest, distance.double())
+    return centroids
 
 
 def lloyd(points: Tensor, weights: Tensor, k: int, *, metric: Metric = Metric.EUCLIDEAN, max_iter: int = 25,
@@ -174,8 +190,8 @@ def kmeans(points: Tensor, weights: Tensor, k: int, *, head_share: float = 1.0,
         tail = order[size:]
         assignment[tail] = nearest_centroid(space[tail], centroids, metric)  # the one tail pass
     raw = points.detach().to(torch.float32)
-    # the stored row of a cluster: weighted mean of its members' raw vectors; a cluster with no weight
-    # keeps the weighted mean of the head points it had (or its centroid's nearest raw scale)
+    # the stored row of a cluster: weighted mean of its members' raw vectors (plain mean when they
+    # all have weight 0; zeros for a cluster nobody joined)
     fallback = weighted_means(raw, torch.ones(n, dtype=torch.float64), assignment, k)
     rows = weighted_means(raw, weights, assignment, k, fallback=fallback)
-    return KMeansResult(assignment=assignment, rows=rows, iterations=iterations, head_size=size)
+    return KMeansResult(assignment=assignment, rows=rows, centroids=centroids, iterations=iterations, head_size=size)

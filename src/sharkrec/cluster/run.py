@@ -28,7 +28,7 @@ def cluster_model(model: DLRM, data: PreparedData, *, rows_ratio: float | None =
                   target_bytes: int | None = None, method: str = "saec", metric: str = "euclidean",
                   head_share: float = 0.9, fields: tuple[str, ...] | None = None, seed: int = 0,
                   fine_tune: TrainConfig | None = None, quantize: str | None = None,
-                  quantize_options: dict[str, Any] | None = None, evaluate: bool = True,
+                  quantize_options: dict[str, Any] | None = None, evaluate: bool = True, progress: bool = False,
                   ) -> tuple[DLRM, dict[str, Any]]:
     """Cluster ``model``'s fp32 tables to one global budget; returns (new model, report).
 
@@ -48,7 +48,7 @@ def cluster_model(model: DLRM, data: PreparedData, *, rows_ratio: float | None =
     report: dict[str, Any] = {"command": "cluster"}
     if evaluate:
         report["base_metrics"] = split_metrics(model, data)
-    saec = Saec(config).fit(model, data)
+    saec = Saec(config, progress=progress).fit(model, data)
     clustered = saec.transform(model)
     if evaluate:
         report["metrics_before_fine_tune"] = split_metrics(clustered, data)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from sharkrec.cluster.embedding import ClusteredEmbedding
 from sharkrec.cluster.kmeans import Metric, kmeans, weighted_error, weighted_means
@@ -153,8 +154,9 @@ class Saec:
     wall time, all fields) and ``head_sizes_``.
     """
 
-    def __init__(self, config: SaecConfig) -> None:
+    def __init__(self, config: SaecConfig, progress: bool = False) -> None:
         self.config = config
+        self.progress = progress
 
     def fit(self, model: DLRM, data: PreparedData) -> Saec:
         """Learn the value → row maps from ``model``'s fp32 rows and ``data``'s training frequencies."""
@@ -179,7 +181,8 @@ class Saec:
         self.weighted_error_: dict[str, float] = {}
         self.head_sizes_: dict[str, int] = {}
         started = time.perf_counter()
-        for name in names:
+        for name in tqdm(names, desc=f"cluster ({self.config.method.value})", unit="field", disable=not self.progress,
+                         leave=False):
             points = embedding.table(name).detach().float()
             row_map, rows, head = self._cluster(points, counts[name], self.clusters_[name], name)
             self.row_maps_[name], self.rows_[name], self.head_sizes_[name] = row_map, rows, head
