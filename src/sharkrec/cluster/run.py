@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from sharkrec.cluster.embedding import ClusteredEmbedding
-from sharkrec.cluster.saec import Saec, SaecConfig
+from sharkrec.cluster.saec import Saec, SaecConfig, quantize_clusters
 from sharkrec.data.dataset import PreparedData
 from sharkrec.errors import ConfigError
 from sharkrec.io import write_json
 from sharkrec.model.dlrm import DLRM
+from sharkrec.model.embedding import FieldEmbedding
+from sharkrec.prune.embedding import PrunedEmbedding
 from sharkrec.train.checkpoint import ModelBundle, save_model
 from sharkrec.train.run import memory_summary, split_metrics
 from sharkrec.train.trainer import TrainConfig, Trainer
@@ -68,27 +70,43 @@ def cluster_model(model: DLRM, data: PreparedData, *, rows_ratio: float | None =
 
 
 def saec_quantized(model: DLRM, precision: str, options: dict[str, Any]) -> DLRM:
-    from sharkrec.cluster.saec import quantize_clusters
-
+    """``model`` with its (fine-tuned) fp32 cluster rows stored in ``precision``; a pruned model stays pruned."""
     embedding = model.embedding
-    if not isinstance(embedding, ClusteredEmbedding):
-        raise ConfigError("only a clustered model's rows can be quantized here")
-    return model.with_embedding(quantize_clusters(embedding, precision, **options))
+    clustered = clustered_part(embedding)
+    if clustered is None:
+        raise ConfigError("only a clustered model's rows can be quantized here; cluster it first")
+    quantized: FieldEmbedding = quantize_clusters(clustered, precision, **options)
+    if isinstance(embedding, PrunedEmbedding):
+        quantized = PrunedEmbedding(embedding.field_names, quantized,
+                                    dict(zip(embedding.removed, embedding.constants.clone(), strict=True)))
+    return model.with_embedding(quantized)
+
+
+def clustered_part(embedding: FieldEmbedding) -> ClusteredEmbedding | None:
+    """The :class:`ClusteredEmbedding` of a layer: itself, or the kept tables of a pruned layer."""
+    inner = embedding.kept if isinstance(embedding, PrunedEmbedding) else embedding
+    return inner if isinstance(inner, ClusteredEmbedding) else None
 
 
 def cluster_memory(model: DLRM, before_rows: int, before_bytes: int) -> dict[str, Any]:
-    """``memory_summary`` plus the clustered layer's bytes both ways and the compression ratios."""
+    """``memory_summary`` plus the clustered layer's bytes both ways and the compression ratios.
+
+    For a pruned model the removed fields' constants are added to both counts.
+    """
     memory = memory_summary(model)
-    embedding = model.embedding
-    if isinstance(embedding, ClusteredEmbedding):
-        detail = embedding.memory_report().to_dict()
-        memory.update({k: detail[k] for k in ("rows_bytes", "map_index_bytes", "bytes_map_folded_into_vocabulary",
-                                              "bytes_map_as_index", "cluster_rows", "value_rows")})
+    clustered = clustered_part(model.embedding)
+    if clustered is not None:
+        detail = clustered.memory_report().to_dict()
+        extra = int(model.embedding.embedding_bytes()) - int(clustered.embedding_bytes())  # pruned constants
+        memory.update({"rows_bytes": detail["rows_bytes"] + extra, "map_index_bytes": detail["map_index_bytes"],
+                       "bytes_map_folded_into_vocabulary": detail["bytes_map_folded_into_vocabulary"] + extra,
+                       "bytes_map_as_index": detail["bytes_map_as_index"] + extra,
+                       "cluster_rows": detail["cluster_rows"], "value_rows": detail["value_rows"]})
         memory["embedding_bytes_before"] = before_bytes
         memory["rows_before"] = before_rows
-        memory["rows_compression"] = before_rows / max(detail["cluster_rows"], 1)
-        memory["bytes_compression_map_folded"] = before_bytes / max(detail["bytes_map_folded_into_vocabulary"], 1)
-        memory["bytes_compression_map_as_index"] = before_bytes / max(detail["bytes_map_as_index"], 1)
+        memory["rows_compression"] = before_rows / max(sum(model.embedding.num_rows().values()), 1)
+        memory["bytes_compression_map_folded"] = before_bytes / max(memory["bytes_map_folded_into_vocabulary"], 1)
+        memory["bytes_compression_map_as_index"] = before_bytes / max(memory["bytes_map_as_index"], 1)
     return memory
 
 

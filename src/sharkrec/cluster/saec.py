@@ -39,6 +39,7 @@ from sharkrec.data.dataset import PreparedData
 from sharkrec.errors import ConfigError, parse_choice
 from sharkrec.model.dlrm import DLRM
 from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding
+from sharkrec.prune.embedding import PrunedEmbedding
 
 _HASH_PRIME = 2_147_483_647  # 2^31 − 1
 
@@ -160,17 +161,15 @@ class Saec:
 
     def fit(self, model: DLRM, data: PreparedData) -> Saec:
         """Learn the value → row maps from ``model``'s fp32 rows and ``data``'s training frequencies."""
-        embedding = model.embedding
-        if not isinstance(embedding, FloatEmbedding):
-            raise ConfigError(f"Saec clusters fp32 tables; this model has a {type(embedding).__name__} "
-                              "(cluster first, then quantize the clustered rows)")
+        embedding, _ = float_tables(model)
         names = embedding.field_names
         clustered = self.config.fields if self.config.fields is not None else names
         unknown = [f for f in clustered if f not in names]
         if unknown:
-            raise ConfigError(f"fields {unknown} are not in the model; known fields: {', '.join(names)}")
+            raise ConfigError(f"fields {unknown} are not in the model's tables; known fields: {', '.join(names)}")
         value_rows = embedding.num_rows()
-        if dict(data.cardinalities) != value_rows:
+        cardinalities = data.cardinalities
+        if any(cardinalities.get(name) != rows for name, rows in value_rows.items()):
             raise ConfigError("the data's vocabularies do not match the model's tables; encode the data with "
                               "the model's vocabularies")
         budget = self._budget_rows(value_rows, embedding.embedding_dim)
@@ -239,13 +238,17 @@ class Saec:
         precision (:func:`sharkrec.quant.build.build_embedding`): cluster first, then quantize.
         """
         self._check_fitted()
-        fields = tuple(model.embedding.field_names)
+        tables, pruned = float_tables(model)
+        fields = tuple(tables.field_names)
         if fields != tuple(self.row_maps_):
             raise ConfigError(f"the model has fields {list(fields)} but Saec was fitted on {list(self.row_maps_)}; "
                               "transform the model it was fitted on")
-        clustered = self.embedding()
+        clustered: FieldEmbedding = self.embedding()
         if quantize is not None:
-            clustered = quantize_clusters(clustered, quantize, **policy)
+            clustered = quantize_clusters(self.embedding(), quantize, **policy)
+        if pruned is not None:  # F-Permutation removed some tables: cluster the kept ones, keep the constants
+            constants = dict(zip(pruned.removed, pruned.constants.clone(), strict=True))
+            clustered = PrunedEmbedding(pruned.field_names, clustered, constants)
         return model.with_embedding(clustered)
 
     def report(self) -> dict[str, Any]:
@@ -256,6 +259,17 @@ class Saec:
                 "head_sizes": dict(self.head_sizes_), "weighted_error": dict(self.weighted_error_),
                 "weighted_error_total": float(sum(self.weighted_error_.values())),
                 "cluster_seconds": self.seconds_}
+
+
+def float_tables(model: DLRM) -> tuple[FloatEmbedding, PrunedEmbedding | None]:
+    """The fp32 tables Saec clusters: the model's own, or the kept tables of a pruned model."""
+    embedding = model.embedding
+    pruned = embedding if isinstance(embedding, PrunedEmbedding) else None
+    tables = pruned.kept if pruned is not None else embedding
+    if not isinstance(tables, FloatEmbedding):
+        raise ConfigError(f"Saec clusters fp32 tables; this model has a {type(tables).__name__} "
+                          "(prune and cluster first, then quantize the clustered rows)")
+    return tables, pruned
 
 
 def quantize_clusters(embedding: ClusteredEmbedding, precision: str, **policy: Any) -> ClusteredEmbedding:
