@@ -137,7 +137,8 @@ def lloyd(points: Tensor, weights: Tensor, k: int, *, metric: Metric = Metric.EU
     previous = float("inf")
     iterations = 0
     assignment = nearest_centroid(points, centroids, metric)
-    for iterations in range(1, max_iter + 1):
+    while iterations < max_iter:
+        iterations += 1
         centroids = weighted_means(points, weights, assignment, k, fallback=centroids)
         if metric is Metric.COSINE:
             centroids = torch.nn.functional.normalize(centroids, dim=1)
