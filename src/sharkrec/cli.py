@@ -390,7 +390,7 @@ def cluster(
     target_bytes: Annotated[int | None, typer.Option(help="Or: fp32 bytes allowed for all cluster rows.")] = None,
     method: Annotated[str, typer.Option(help="saec (fast), kmeans (full), hashing or frequency.")] = "saec",
     metric: Annotated[str, typer.Option(help="Distance on trained rows: euclidean or cosine.")] = "euclidean",
-    head_share: Annotated[float, typer.Option(help="Share of occurrences the k-means head covers (saec).")] = 0.9,
+    head_share: Annotated[float, typer.Option(help="Share of occurrences the k-means head covers (saec).")] = 0.95,
     fields: Annotated[str | None, typer.Option(help="Cluster only these fields, e.g. C3,C12.")] = None,
     fine_tune_steps: Annotated[int | None, typer.Option(help="Fine-tune at most this many steps (0: none).")] = None,
     fine_tune_lr: Annotated[float | None, typer.Option(help="Fine-tune lr (default: 0.1 x the model's).")] = None,

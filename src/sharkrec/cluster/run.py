@@ -28,7 +28,7 @@ REPORT_FILE = "report.json"
 
 def cluster_model(model: DLRM, data: PreparedData, *, rows_ratio: float | None = None,
                   target_bytes: int | None = None, method: str = "saec", metric: str = "euclidean",
-                  head_share: float = 0.9, fields: tuple[str, ...] | None = None, seed: int = 0,
+                  head_share: float = 0.95, fields: tuple[str, ...] | None = None, seed: int = 0,
                   fine_tune: TrainConfig | None = None, quantize: str | None = None,
                   quantize_options: dict[str, Any] | None = None, evaluate: bool = True, progress: bool = False,
                   ) -> tuple[DLRM, dict[str, Any]]:

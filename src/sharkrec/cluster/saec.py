@@ -73,7 +73,7 @@ class SaecConfig:
     target_bytes: int | None = None
     method: ClusterMethod = ClusterMethod.SAEC
     metric: Metric = Metric.EUCLIDEAN
-    head_share: float = 0.9
+    head_share: float = 0.95
     max_iter: int = 25
     tol: float = 1e-4
     fields: tuple[str, ...] | None = None
