@@ -120,6 +120,8 @@ def summarise(base: list[float], points: list[dict[str, Any]], methods: list[str
         rows = []
         for ratio in ratios:
             mine = [p for p in points if p["method"] == method and p["rows_ratio"] == ratio]
+            if not mine:  # a pooled file where this method ran at fewer ratios
+                continue
             aucs = np.array([p["test_auc"] for p in mine])
             raw = np.array([p["test_auc_no_fine_tune"] for p in mine])
             rows.append({"rows_ratio": ratio, "rows_compression": float(np.mean([p["rows_compression"] for p in mine])),
@@ -134,17 +136,22 @@ def summarise(base: list[float], points: list[dict[str, Any]], methods: list[str
                          "cluster_seconds_mean": float(np.mean([p["cluster_seconds"] for p in mine]))})
         ok = [r for r in rows if r["relative_drop"] <= MAX_DROP]
         best = max(ok, key=lambda r: r["rows_compression"]) if ok else None
+        raw_ok = [r for r in rows if (base_mean - r["test_auc_no_fine_tune_mean"]) / base_mean <= MAX_DROP]
         out[method] = {"curve": rows, "max_compression_within_drop": best["rows_compression"] if best else 1.0,
-                       "test_auc_at_max": best["test_auc_mean"] if best else base_mean}
+                       "test_auc_at_max": best["test_auc_mean"] if best else base_mean,
+                       "max_compression_within_drop_no_fine_tune": max(
+                           (r["rows_compression"] for r in raw_ok), default=1.0)}
     return out
 
 
 def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     methods = list(dict.fromkeys(m for r in results for m in r["summary"]))
-    lines = ["# Saec: largest rows-compression with mean test AUC drop <= 0.15% (after a short fine-tune)", "",
+    lines = ["# Saec: largest rows-compression with mean test AUC drop <= 0.15%, after a short fine-tune "
+             "(without fine-tune)", "",
              "| dataset | base test AUC | " + " | ".join(methods) + " |", "|---|---|" + "---:|" * len(methods)]
     for r in results:
-        cells = [f"{r['summary'][m]['max_compression_within_drop']:.1f}x" if m in r["summary"] else "-"
+        cells = [f"{r['summary'][m]['max_compression_within_drop']:.1f}x "
+                 f"({r['summary'][m]['max_compression_within_drop_no_fine_tune']:.1f}x)" if m in r["summary"] else "-"
                  for m in methods]
         lines.append(f"| {r['dataset']} | {r['base_auc_mean']:.4f} ± {r['base_auc_std']:.4f} | " + " | ".join(cells)
                      + " |")
@@ -185,10 +192,26 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/saec_curves.json")
     parser.add_argument("--append", action="store_true", help="keep the other datasets already in --out")
     parser.add_argument("--render", action="store_true", help="only rewrite the Markdown table from --out's JSON")
+    parser.add_argument("--merge", nargs="+", default=None,
+                        help="with --render: pool the points of these result files (same datasets, seeds) into --out")
     args = parser.parse_args()
     if args.render:
-        payload = json.loads(Path(args.out).read_text())
+        if args.merge:
+            payload = json.loads(Path(args.merge[0]).read_text())
+            for extra in args.merge[1:]:
+                more = {r["dataset"]: r for r in json.loads(Path(extra).read_text())["results"]}
+                for result in payload["results"]:
+                    if result["dataset"] in more:
+                        assert more[result["dataset"]]["base_auc"] == result["base_auc"], "different base models"
+                        result["points"] += more[result["dataset"]]["points"]
+            payload["settings"]["merged_from"] = args.merge
+        else:
+            payload = json.loads(Path(args.out).read_text())
         settings = argparse.Namespace(**{**vars(args), **payload["settings"]})
+        for result in payload["results"]:  # summaries recomputed from the raw points
+            methods = list(dict.fromkeys(p["method"] for p in result["points"]))
+            ratios = sorted({p["rows_ratio"] for p in result["points"]}, reverse=True)
+            result["summary"] = summarise(result["base_auc"], result["points"], methods, ratios)
         write_results(Path(args.out), payload, markdown(payload["results"], settings))
         return
     torch.set_num_threads(args.threads)
