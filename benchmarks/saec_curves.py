@@ -158,16 +158,18 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines += ["", "## Test AUC (mean ± std over seeds) per nominal rows-compression, after fine-tune "
               "(before fine-tune)", ""]
     for r in results:
-        ratios = [c["rows_ratio"] for c in next(iter(r["summary"].values()))["curve"]]
+        ratios = sorted({c["rows_ratio"] for m in r["summary"].values() for c in m["curve"]}, reverse=True)
         lines += [f"### {r['dataset']} ({r['value_rows']:,} vocabulary rows, seeds {r['seeds']})", "",
                   "| method | " + " | ".join(f"{1 / q:g}x" for q in ratios) + " |", "|---|" + "---|" * len(ratios)]
         for m, summary in r["summary"].items():
-            cells = [f"{c['test_auc_mean']:.4f} ± {c['test_auc_std']:.4f} ({c['test_auc_no_fine_tune_mean']:.4f})"
-                     for c in summary["curve"]]
+            at = {c["rows_ratio"]: c for c in summary["curve"]}
+            cells = [f"{at[q]['test_auc_mean']:.4f} ± {at[q]['test_auc_std']:.4f} "
+                     f"({at[q]['test_auc_no_fine_tune_mean']:.4f})" if q in at else "-" for q in ratios]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         if "saec" in r["summary"]:
-            cells = [f"{c['bytes_compression_map_folded']:.1f}x / {c['bytes_compression_map_as_index']:.1f}x"
-                     for c in r["summary"]["saec"]["curve"]]
+            at = {c["rows_ratio"]: c for c in r["summary"]["saec"]["curve"]}
+            cells = [f"{at[q]['bytes_compression_map_folded']:.1f}x / {at[q]['bytes_compression_map_as_index']:.1f}x"
+                     if q in at else "-" for q in ratios]
             lines.append("| saec bytes compression: map in vocabulary / map as int32 index | " + " | ".join(cells)
                          + " |")
         lines.append("")
