@@ -160,7 +160,7 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     for r in results:
         ratios = sorted({c["rows_ratio"] for m in r["summary"].values() for c in m["curve"]}, reverse=True)
         lines += [f"### {r['dataset']} ({r['value_rows']:,} vocabulary rows, seeds {r['seeds']})", "",
-                  "| method | " + " | ".join(f"{1 / q:g}x" for q in ratios) + " |", "|---|" + "---|" * len(ratios)]
+                  "| method | " + " | ".join(f"{1 / q:.3g}x" for q in ratios) + " |", "|---|" + "---|" * len(ratios)]
         for m, summary in r["summary"].items():
             at = {c["rows_ratio"]: c for c in summary["curve"]}
             cells = [f"{at[q]['test_auc_mean']:.4f} ± {at[q]['test_auc_std']:.4f} "
