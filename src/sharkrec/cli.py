@@ -433,6 +433,48 @@ def compress(
 
 
 @app.command()
+def cluster(
+    model: ModelOpt,
+    fmt: FormatOpt,
+    data: DataOpt,
+    out: OutOpt,
+    rows_ratio: Annotated[float | None, typer.Option(help="Share of embedding rows to keep, in (0, 1].")] = None,
+    target_bytes: Annotated[int | None, typer.Option(help="Or: fp32 bytes allowed for all cluster rows.")] = None,
+    method: Annotated[str, typer.Option(help="saec (fast), kmeans (full), hashing or frequency.")] = "saec",
+    metric: Annotated[str, typer.Option(help="Distance on trained rows: euclidean or cosine.")] = "euclidean",
+    head_share: Annotated[float, typer.Option(help="Share of occurrences the k-means head covers (saec).")] = 0.95,
+    fields: Annotated[str | None, typer.Option(help="Cluster only these fields, e.g. C3,C12.")] = None,
+    fine_tune_steps: Annotated[int | None, typer.Option(help="Fine-tune at most this many steps (0: none).")] = None,
+    fine_tune_lr: Annotated[float | None, typer.Option(help="Fine-tune lr (default: 0.1 x the model's).")] = None,
+    quantize: Annotated[str | None, typer.Option(help="Then store cluster rows as fp16, int8, int4 ...")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (k-means start, hash).")] = 0,
+    schema: SchemaOpt = None,
+    on_bad_line: BadLineOpt = "skip",
+    split: SplitOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Saec: cluster similar values of each field into shared rows; write model.pt and report.json."""
+    from sharkrec.cluster import run_cluster
+    from sharkrec.prune.run import fine_tune_config
+    from sharkrec.report import print_metrics
+
+    _threads(threads)
+    bundle, prepared = _load_with_model(model, fmt, data, schema, on_bad_line, split)
+    tune = None if fine_tune_steps == 0 else fine_tune_config(bundle, max_steps=fine_tune_steps, lr=fine_tune_lr)
+    field_names = _names(fields)
+    _, report = run_cluster(bundle, prepared, out, rows_ratio=rows_ratio, target_bytes=target_bytes, method=method,
+                            metric=metric, head_share=head_share, fields=None if field_names is None else
+                            tuple(field_names), seed=seed, fine_tune=tune, quantize=quantize, progress=True)
+    print_metrics(report)
+    memory = report["memory"]
+    typer.echo(f"rows {memory['rows_before']:,} -> {memory['cluster_rows']:,} ({memory['rows_compression']:.1f}x); "
+               f"bytes {memory['embedding_bytes_before']:,} -> {memory['bytes_map_folded_into_vocabulary']:,} (map in "
+               f"vocabulary) / {memory['bytes_map_as_index']:,} (map as index); clustering "
+               f"{report['clustering']['cluster_seconds']:.2f}s")
+    typer.echo(f"wrote {out / 'model.pt'} and {out / 'report.json'}")
+
+
+@app.command()
 def export(
     model: Annotated[Path, typer.Option("--model", help="model.pt from 'sharkrec train' or 'sharkrec prune'.")],
     out: Annotated[Path, typer.Option("--out", help="Artifact directory to write (replaced if it is an artifact).")],

@@ -89,7 +89,8 @@ class FieldEmbedding(nn.Module, abc.ABC):
 
 EMBEDDING_KINDS: dict[str, type[FieldEmbedding]] = {}
 #: modules whose layers a saved model may use; imported on demand by :func:`embedding_from_spec`
-_BUILTIN_KIND_MODULES = ("sharkrec.prune.embedding", "sharkrec.quant.embedding", "sharkrec.quant.alpt")
+_BUILTIN_KIND_MODULES = ("sharkrec.prune.embedding", "sharkrec.quant.embedding", "sharkrec.quant.alpt",
+                         "sharkrec.cluster.embedding")
 
 
 def embedding_from_spec(spec: Mapping[str, Any]) -> FieldEmbedding:

@@ -1,0 +1,96 @@
+"""Weighted k-means and the fast head / tail variant: recovery, determinism, tail assignment, error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sharkrec.cluster.kmeans import Metric, head_size, kmeans, nearest_centroid, weighted_error
+from sharkrec.errors import ConfigError
+
+
+def blobs(values: int = 3000, centres: int = 8, noise: float = 0.05, exponent: float = 1.2, seed: int = 0
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows (V, 4) around ``centres`` well-separated centres, Zipf weights (V,) and the true owner (V,)."""
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.randn(centres, 4, generator=g) * 5
+    owner = torch.randint(0, centres, (values,), generator=g)
+    rows = centre[owner] + noise * torch.randn(values, 4, generator=g)
+    weights = torch.arange(1, values + 1, dtype=torch.float64).pow(-exponent) * 1e5
+    return rows, weights.ceil(), owner
+
+
+def same_partition(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True when two labelings group the points identically (up to renaming clusters)."""
+    pairs = torch.unique(torch.stack([a, b], 1), dim=0)
+    return pairs.shape[0] == torch.unique(a).numel() == torch.unique(b).numel()
+
+
+def test_full_kmeans_recovers_separated_clusters():
+    rows, weights, owner = blobs(values=600, centres=4)
+    result = kmeans(rows, weights, 4, head_share=1.0, seed=0)
+    assert result.head_size == 600
+    assert same_partition(result.assignment, owner)
+    # rows are the weighted means of members: the error is only the noise, about w·D·σ²
+    error = weighted_error(rows, weights, result.assignment, result.rows)
+    assert error < float(weights.sum()) * 4 * 0.05**2 * 1.5
+
+
+def test_same_seed_same_map_and_different_seed_may_differ():
+    rows, weights, _ = blobs(noise=1.5)
+    first = kmeans(rows, weights, 16, head_share=0.9, seed=3)
+    again = kmeans(rows, weights, 16, head_share=0.9, seed=3)
+    assert torch.equal(first.assignment, again.assignment) and torch.equal(first.rows, again.rows)
+    other = kmeans(rows, weights, 16, head_share=0.9, seed=4)
+    assert not torch.equal(first.assignment, other.assignment)
+
+
+def test_tail_goes_to_the_nearest_head_centroid():
+    rows, weights, _ = blobs(values=2000, noise=1.0)
+    result = kmeans(rows, weights, 12, head_share=0.6, seed=1)
+    assert 12 <= result.head_size < 2000
+    tail = weights.sort(descending=True, stable=True).indices[result.head_size:]
+    distances = torch.cdist(rows[tail], result.centroids)  # (T, K)
+    assert torch.equal(result.assignment[tail], distances.argmin(1))
+    # and the head points are assigned to their nearest centroid too (Lloyd converged or stopped there)
+    assert torch.equal(nearest_centroid(rows[tail], result.centroids), result.assignment[tail])
+
+
+def test_head_covers_the_share_of_occurrences():
+    weights = torch.tensor([50.0, 30.0, 10.0, 5.0, 3.0, 2.0])
+    assert head_size(weights, 0.8, 1) == 2  # 50 + 30 = 80%
+    assert head_size(weights, 0.81, 1) == 3
+    assert head_size(weights, 0.5, 4) == 4  # never fewer values than clusters
+    assert head_size(weights, 1.0, 1) == 6
+    with pytest.raises(ConfigError, match="head_share is 0"):
+        head_size(weights, 0.0, 1)
+
+
+def test_fast_clustering_error_close_to_full_on_a_zipf_field():
+    rows, weights, _ = blobs(values=5000, centres=32, noise=1.0, exponent=1.2)
+    ratios = []
+    for seed in range(3):  # k-means ends in a local optimum that depends on the seed: compare the mean
+        fast = kmeans(rows, weights, 32, head_share=0.9, seed=seed)
+        full = kmeans(rows, weights, 32, head_share=1.0, seed=seed)
+        assert fast.head_size < 1000  # the head is a small share of the values
+        ratios.append(weighted_error(rows, weights, fast.assignment, fast.rows)
+                      / weighted_error(rows, weights, full.assignment, full.rows))
+    assert sum(ratios) / 3 < 1.1
+
+
+def test_cosine_groups_by_direction_not_length():
+    directions = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    lengths = torch.tensor([0.1, 1.0, 10.0])
+    rows = torch.cat([d * lengths.unsqueeze(1) for d in directions])  # (6, 2): 3 lengths per direction
+    weights = torch.ones(6, dtype=torch.float64)
+    cosine = kmeans(rows, weights, 2, metric=Metric.COSINE, seed=0).assignment
+    assert same_partition(cosine, torch.tensor([0, 0, 0, 1, 1, 1]))
+    # the stored rows are the raw members' means, not unit vectors
+    result = kmeans(rows, weights, 2, metric="cosine", seed=0)
+    assert torch.allclose(result.rows.norm(dim=1), torch.full((2,), 3.7), atol=1e-5)
+
+
+def test_bad_cluster_count_is_a_one_line_error():
+    rows, weights, _ = blobs(values=10)
+    with pytest.raises(ConfigError, match="cannot make 11 clusters of 10 values"):
+        kmeans(rows, weights, 11)
