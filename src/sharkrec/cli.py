@@ -476,7 +476,7 @@ def cluster(
 
 @app.command()
 def export(
-    model: Annotated[Path, typer.Option("--model", help="model.pt from 'sharkrec train' or 'sharkrec prune'.")],
+    model: Annotated[Path, typer.Option("--model", help="model.pt from 'sharkrec train', 'prune' or 'cluster'.")],
     out: Annotated[Path, typer.Option("--out", help="Artifact directory to write (replaced if it is an artifact).")],
 ) -> None:
     """Write a model as a serving artifact: safetensors + manifest, rows in their stored precision."""
@@ -486,7 +486,8 @@ def export(
     bundle = load_model(model)
     manifest = save_artifact(bundle, None, None, out)
     memory = manifest.get("memory", {})
-    typer.echo(f"wrote artifact {out} (embedding payload {memory.get('payload_bytes', 0):,} bytes)")
+    key_slots = f", key -> slot arrays {memory['key_slot_bytes']:,} bytes" if memory.get("key_slot_bytes") else ""
+    typer.echo(f"wrote artifact {out} (embedding payload {memory.get('payload_bytes', 0):,} bytes{key_slots})")
 
 
 @app.command()

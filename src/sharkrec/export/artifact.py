@@ -8,7 +8,12 @@ Layout of ``ART/`` (written to a temporary sibling directory, then renamed into 
     embedding.safetensors    per kept field k: field.k.<tier> payloads (slot order) and
                              field.k.<tier>_scale (int8 / int4), see :mod:`sharkrec.export.tables`
     vocabulary.safetensors   per kept field k: vocab.k.keys int64, or vocab.k.key_bytes uint8 +
-                             vocab.k.key_offsets int64 (utf-8 strings), raw keys in slot order
+                             vocab.k.key_offsets int64 (utf-8 strings), raw keys in slot order;
+                             a clustered field (keys sharing slots) keeps its keys in vocabulary
+                             order and adds vocab.k.key_slots int32, the slot of every key
+
+Versions: 1 has one key per slot in every field; 2 adds ``vocab.k.key_slots`` (written only when a
+field has shared slots, so artifacts without clustering stay version 1). Both load.
 
 Pruned fields have no tables: the manifest holds their constant vector. :func:`load_artifact`
 checks the format, the version and every file's size and sha256 before reading a tensor; any
@@ -43,7 +48,8 @@ from sharkrec.model.embedding import FieldEmbedding
 from sharkrec.quant.codec import Precision
 
 ARTIFACT_FORMAT = "sharkrec-artifact"
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2
+_KEY_SLOTS_VERSION = 2  # the first version with key -> slot arrays (clustered fields)
 MANIFEST = "manifest.json"
 FILES = ("dense.safetensors", "embedding.safetensors", "vocabulary.safetensors")
 #: Table 1 of the paper: the words a packed row would carry, and where this layout keeps each
@@ -61,7 +67,7 @@ def save_artifact(model_or_bundle: Any, schema: Schema | None, vocabularies: Map
     """Write the artifact directory ``path`` atomically; returns the manifest.
 
     Args:
-        model_or_bundle: a DLRM (fp32, mixed-precision or pruned embedding) or a ``ModelBundle``.
+        model_or_bundle: a DLRM (fp32, mixed-precision, pruned or clustered embedding) or a ``ModelBundle``.
         schema, vocabularies: the training schema and vocabularies (taken from a bundle when ``None``).
         path: the artifact directory; an existing artifact there is replaced, anything else is refused.
     """
@@ -92,7 +98,7 @@ def save_artifact(model_or_bundle: Any, schema: Schema | None, vocabularies: Map
         fields.append(_field_entry(k, table, tensors, vocab_tensors))
     manifest: dict[str, Any] = {
         "format": ARTIFACT_FORMAT,
-        "version": ARTIFACT_VERSION,
+        "version": _version(tables),
         "model": {"class": type(model).__name__, "config": config.to_dict()},
         "schema": schema.to_dict(),
         "tasks": list(getattr(model, "task_names", ())),
@@ -132,18 +138,31 @@ def _field_entry(k: int, table: FieldTables, tensors: dict[str, Tensor], vocab_t
         vocab_tensors[f"vocab.{k}.key_bytes"] = torch.from_numpy(np.frombuffer(b"".join(encoded) or b"\0",
                                                                                dtype=np.uint8).copy())
         vocab_tensors[f"vocab.{k}.key_offsets"] = torch.from_numpy(offsets)
+    key_slots = None
+    if vocab.key_slots is not None:
+        key_slots = f"vocab.{k}.key_slots"
+        vocab_tensors[key_slots] = torch.from_numpy(np.ascontiguousarray(vocab.key_slots, dtype=np.int32))
     return {"name": table.name, "status": "kept", "index": k, "rows": table.rows, "tiers": tiers,
-            "vocabulary": {"key_kind": vocab.key_kind, "size": len(vocab.keys), "oov_slot": vocab.oov_slot}}
+            "vocabulary": {"key_kind": vocab.key_kind, "size": len(vocab.keys), "oov_slot": vocab.oov_slot,
+                           "key_slots": key_slots}}
+
+
+def _version(tables: list[FieldTables]) -> int:
+    """The lowest format version that holds ``tables`` (older readers keep loading unclustered artifacts)."""
+    return _KEY_SLOTS_VERSION if any(t.vocabulary.key_slots is not None for t in tables) else 1
 
 
 def _memory(tables: list[FieldTables], removed: int, dim: int) -> dict[str, int]:
     payload = sum(p.payload.numel() * p.payload.element_size() for t in tables for p in t.tiers)
     scales = sum(p.scale.numel() * 4 for t in tables for p in t.tiers if p.scale is not None)
+    key_slots = sum(t.vocabulary.key_slot_bytes for t in tables)
     rows = sum(t.rows for t in tables)
+    values = sum(len(t.vocabulary.keys) + 1 for t in tables)  # vocabulary rows (OOV included) a slot serves
     header = HEADER_BYTES_PER_ROW * rows
-    return {"rows": rows, "payload_bytes": payload, "scale_bytes": scales, "constant_bytes": 4 * dim * removed,
-            "embedding_bytes": payload + scales + 4 * dim * removed, "table1_header_bytes": header,
-            "table1_bytes": payload + header, "fp32_bytes": 4 * dim * rows}
+    return {"rows": rows, "value_rows": values, "payload_bytes": payload, "scale_bytes": scales,
+            "constant_bytes": 4 * dim * removed, "key_slot_bytes": key_slots,
+            "embedding_bytes": payload + scales + 4 * dim * removed + key_slots, "table1_header_bytes": header,
+            "table1_bytes": payload + header, "fp32_bytes": 4 * dim * rows, "fp32_value_bytes": 4 * dim * values}
 
 
 @contextmanager
@@ -262,7 +281,7 @@ def serving_model(model: Any, schema: Schema, vocabularies: Mapping[str, Vocabul
     network = DLRM(model.config, embedding)
     network.load_state_dict({name: t for name, t in model.state_dict().items() if not name.startswith("embedding.")},
                             strict=True)
-    manifest = {"format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION,
+    manifest = {"format": ARTIFACT_FORMAT, "version": _version(tables),
                 "memory": _memory(tables, len(constants), int(model.embedding.embedding_dim))}
     return ServingModel(network, schema, {t.name: t.vocabulary for t in tables}, manifest)
 
@@ -281,7 +300,17 @@ def _read_field(entry: Mapping[str, Any], tensors: Mapping[str, Tensor], vocab: 
         offsets = vocab[f"vocab.{k}.key_offsets"].tolist()
         keys = np.asarray([blob[a:b].decode("utf-8", errors="surrogateescape")
                            for a, b in itertools.pairwise(offsets)], dtype=object)
-    if len(keys) != int(info["size"]) or sum(p.rows for p in pools) != len(keys) + 1:
-        raise CheckpointError(f"field {entry['name']!r} has {len(keys)} keys for {sum(p.rows for p in pools)} rows")
+    rows, oov_slot = sum(p.rows for p in pools), int(info["oov_slot"])
+    slots_name = info.get("key_slots")
+    key_slots = None if not slots_name else vocab[slots_name].numpy()
+    if key_slots is None:
+        if len(keys) != int(info["size"]) or rows != len(keys) + 1:
+            raise CheckpointError(f"field {entry['name']!r} has {len(keys)} keys for {rows} rows")
+    elif (len(keys) != int(info["size"]) or key_slots.shape != (len(keys),) or key_slots.dtype != np.int32
+          or (len(keys) and not 0 <= int(key_slots.min()) <= int(key_slots.max()) < rows)):
+        raise CheckpointError(f"field {entry['name']!r} has {len(keys)} keys and a key -> slot array of shape "
+                              f"{tuple(key_slots.shape)} ({key_slots.dtype}) for {rows} rows")
+    if not 0 <= oov_slot < rows:
+        raise CheckpointError(f"field {entry['name']!r} has its OOV slot {oov_slot} outside 0..{rows - 1}")
     return FieldTables(str(entry["name"]), tuple(pools),
-                       ServingVocabulary(str(entry["name"]), str(info["key_kind"]), keys, int(info["oov_slot"])))
+                       ServingVocabulary(str(entry["name"]), str(info["key_kind"]), keys, oov_slot, key_slots))

@@ -13,6 +13,12 @@ every tier sit together in memory. The permutation is folded into the vocabulary
 stored in slot order (the OOV slot left out), so the position ``p`` a hash lookup returns *is* the
 slot, shifted by one past the OOV slot: ``slot = p + (p >= oov_slot)``; unknown values get
 ``oov_slot``. No row → slot table exists at serving time.
+
+Clustered fields (Saec, :class:`~sharkrec.cluster.embedding.ClusteredEmbedding`): the slots are the
+cluster rows, ordered the same way with a cluster row's frequency = the sum of its member values'
+training counts. Several keys share a slot there, so the keys stay in vocabulary order next to an
+explicit (n_keys,) int32 key → slot array: ``slot = key_slots[p]``. A field whose map is one row per
+value (e.g. a field Saec left whole) keeps the zero-extra-bytes layout above.
 """
 
 from __future__ import annotations
@@ -54,20 +60,32 @@ class TierPool:
 
 @dataclass(frozen=True)
 class ServingVocabulary:
-    """Raw value → slot of one field; ``keys`` are the raw values in slot order without the OOV slot.
+    """Raw value → slot of one field.
 
-    ``key_kind`` is ``"int"`` (keys int64) or ``"str"``. Values of another type are converted
-    (``"5"`` reads as 5 for an int vocabulary; 5 reads as ``"5"`` for a str one).
+    ``keys`` (n,): without ``key_slots``, the raw values in slot order without the OOV slot (one key
+    per slot); with ``key_slots`` (n,) int32, key ``keys[p]`` reads slot ``key_slots[p]`` (clustered
+    fields, where keys share slots). ``key_kind`` is ``"int"`` (keys int64) or ``"str"``. Values of
+    another type are converted (``"5"`` reads as 5 for an int vocabulary; 5 reads as ``"5"`` for a
+    str one).
     """
 
     name: str
     key_kind: str
     keys: np.ndarray
     oov_slot: int
+    key_slots: np.ndarray | None = None
 
     @property
     def num_slots(self) -> int:
-        return len(self.keys) + 1
+        """One past the highest slot a value reaches."""
+        if self.key_slots is None:
+            return len(self.keys) + 1
+        return max(self.oov_slot, int(self.key_slots.max(initial=0))) + 1
+
+    @property
+    def key_slot_bytes(self) -> int:
+        """Bytes of the explicit key → slot array (0 in the one-key-per-slot layout)."""
+        return 0 if self.key_slots is None else int(self.key_slots.nbytes)
 
     def index(self) -> pd.Index:
         cached = self.__dict__.get("_index")
@@ -92,7 +110,11 @@ class ServingVocabulary:
         else:
             positions = self.index().get_indexer(np.asarray([str(u) for u in uniques], dtype=object))
         positions = positions.astype(np.int64)
-        unique_slots = np.where(positions < 0, self.oov_slot, positions + (positions >= self.oov_slot))
+        if self.key_slots is not None:
+            known = self.key_slots[np.maximum(positions, 0)].astype(np.int64)
+            unique_slots = np.where(positions < 0, self.oov_slot, known)
+        else:
+            unique_slots = np.where(positions < 0, self.oov_slot, positions + (positions >= self.oov_slot))
         return unique_slots[codes].astype(np.int64)
 
 
@@ -136,20 +158,36 @@ def _row_storage(embedding: FieldEmbedding, field: int, name: str) -> tuple[Tens
         return codes, pools
     raise CheckpointError(
         f"cannot export an embedding of kind {type(embedding).kind or type(embedding).__name__!r}; "
-        "export a model with fp32, mixed-precision (fp16/int8/f-quant/mpe/alpt) or pruned tables"
+        "export a model with fp32, mixed-precision (fp16/int8/f-quant/mpe/alpt), pruned or clustered tables"
     )
+
+
+def _value_map(embedding: FieldEmbedding, name: str) -> tuple[FieldEmbedding, np.ndarray | None]:
+    """(the layer holding the rows, (V,) int64 row of each vocabulary row or ``None`` for one row per value)."""
+    from sharkrec.cluster.embedding import ClusteredEmbedding
+
+    if isinstance(embedding, ClusteredEmbedding):
+        return embedding.inner, embedding.row_map(name).numpy().astype(np.int64)
+    return embedding, None
 
 
 def field_tables(embedding: FieldEmbedding, field: int, name: str, vocabulary: Vocabulary) -> FieldTables:
     """Tier-ordered, hottest-first tables of field ``field`` (named ``name``) and its folded vocabulary."""
-    codes, pools = _row_storage(embedding, field, name)
+    inner, row_of_value = _value_map(embedding, name)
+    codes, pools = _row_storage(inner, field, name)
     rows = int(codes.shape[0])
-    if vocabulary.num_rows != rows:
+    values = rows if row_of_value is None else len(row_of_value)
+    if vocabulary.num_rows != values:
+        what = "rows" if row_of_value is None else "values in its cluster map"
         raise CheckpointError(
-            f"field {name!r} has {rows} rows but its vocabulary has {vocabulary.num_rows}; "
+            f"field {name!r} has {values} {what} but its vocabulary has {vocabulary.num_rows} rows; "
             "export the model with the vocabularies it was trained with"
         )
-    counts = np.asarray(vocabulary.counts_, dtype=np.int64)
+    value_counts = np.asarray(vocabulary.counts_, dtype=np.int64)
+    if row_of_value is None:
+        row_of_value = np.arange(rows)
+    counts = np.zeros(rows, dtype=np.int64)  # (R,) a row's training count: the sum over its values
+    np.add.at(counts, row_of_value, value_counts)
     tier_codes = codes.numpy().astype(np.int64)
     row_ids = np.arange(rows)
     order = np.lexsort((row_ids, -counts, tier_codes))  # slot -> row: tier, then hottest first, then row id
@@ -163,13 +201,23 @@ def field_tables(embedding: FieldEmbedding, field: int, name: str, vocabulary: V
         tiers.append(TierPool(tier, payload.index_select(0, where).contiguous(),
                               None if scale is None else scale.index_select(0, where).float().contiguous(),
                               int(counts[members].sum())))
+    slot_of_row = np.empty(rows, dtype=np.int64)
+    slot_of_row[order] = row_ids
+    slot_of_value = slot_of_row[row_of_value]  # (V,) vocabulary row -> slot
     keys = np.asarray(vocabulary.keys_)
     key_kind = "int" if np.issubdtype(keys.dtype, np.integer) else "str"
-    oov_slot = int(np.flatnonzero(order == 0)[0])
-    keyed = order[order != 0] - 1  # slot order without the OOV slot -> position in keys_
-    slot_keys = keys[keyed].astype(np.int64) if key_kind == "int" else np.asarray([str(k) for k in keys[keyed]],
-                                                                                     dtype=object)
-    return FieldTables(name, tuple(tiers), ServingVocabulary(name, key_kind, slot_keys, oov_slot))
+    oov_slot = int(slot_of_value[0])
+    one_per_slot = values == rows and bool((np.bincount(slot_of_value, minlength=rows) == 1).all())
+    key_slots = None
+    if one_per_slot:  # keys in slot order: the position of a key is its slot (shifted past the OOV slot)
+        value_of_slot = np.argsort(slot_of_value)
+        key_rows = value_of_slot[value_of_slot != 0] - 1  # slot order without the OOV slot -> position in keys_
+    else:  # shared slots: keys in vocabulary order plus an explicit key -> slot array
+        key_rows = np.arange(values - 1)
+        key_slots = np.ascontiguousarray(slot_of_value[1:], dtype=np.int32)
+    slot_keys = keys[key_rows].astype(np.int64) if key_kind == "int" else np.asarray([str(k) for k in keys[key_rows]],
+                                                                                       dtype=object)
+    return FieldTables(name, tuple(tiers), ServingVocabulary(name, key_kind, slot_keys, oov_slot, key_slots))
 
 
 def split_pruned(embedding: FieldEmbedding) -> tuple[FieldEmbedding, dict[str, Tensor]]:
