@@ -53,3 +53,42 @@ def test_bad_options_are_one_line_errors_and_write_nothing(trained, tmp_path, ar
                      "--fine-tune-steps", "0", *args)
     assert_one_line_error(result, fragment)
     assert not out.exists()
+
+
+def test_cluster_then_export_then_predict_on_csv(tmp_path):
+    """sharkrec cluster → export → predict: the artifact's scores equal the clustered model's, unknown values too."""
+    import numpy as np
+
+    from sharkrec.data.encode import encode_rows, parse_rows
+    from sharkrec.data.formats.tabular import read_delimited
+    from sharkrec.train.checkpoint import load_model
+    from tests.export.conftest import CSV_SCHEMA, write_csv
+
+    data = write_csv(tmp_path / "shop.csv", 1500, seed=0)
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(CSV_SCHEMA.to_dict()))
+    common = ("--format", "csv", "--data", str(data), "--schema", str(schema))
+    trained = run_cli("train", *common, "--out", str(tmp_path / "run"), "--epochs", "2", "--quiet")
+    assert trained.returncode == 0, trained.stderr
+    clustered = run_cli("cluster", "--model", str(tmp_path / "run" / "model.pt"), *common, "--out",
+                        str(tmp_path / "cl"), "--rows-ratio", "0.3", "--fine-tune-steps", "0", "--quantize", "int8")
+    assert clustered.returncode == 0, clustered.stderr
+    exported = run_cli("export", "--model", str(tmp_path / "cl" / "model.pt"), "--out", str(tmp_path / "art"))
+    assert exported.returncode == 0, exported.stderr
+    assert "key -> slot arrays" in exported.stdout
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert manifest["version"] == 2 and manifest["memory"]["key_slot_bytes"] > 0
+    unseen = write_csv(tmp_path / "new.csv", 120, seed=7)
+    with unseen.open("a") as handle:
+        handle.write("u999,atlantis,t1|t99,40,0\nu1,paris,,,1\n")  # unknown user, city and tag; empty bag
+    scored = run_cli("predict", "--model", str(tmp_path / "art"), "--input", str(unseen),
+                     "--output", str(tmp_path / "scores.tsv"))
+    assert scored.returncode == 0, scored.stderr
+    lines = (tmp_path / "scores.tsv").read_text().splitlines()
+    assert lines[0] == "line\tclick" and len(lines) == 123
+    got = np.loadtxt(lines[1:], delimiter="\t", ndmin=2)[:, 1]
+    bundle = load_model(tmp_path / "cl" / "model.pt")
+    parsed, _ = parse_rows(read_delimited(unseen, bundle.schema), bundle.schema)
+    split = encode_rows(parsed, bundle.schema, bundle.vocabularies)
+    want = bundle.model.eval().predict_proba(split.slice(0, len(split))).numpy()[:, 0]
+    np.testing.assert_allclose(got, want, atol=1e-5)

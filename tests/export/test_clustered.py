@@ -218,3 +218,17 @@ def test_damaged_key_slots_fail_the_checksum(toy_model, tmp_path):
     file.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match="corrupted"):
         load_artifact(tmp_path / "art")
+
+
+def test_key_slot_vocabulary_maps_shared_keys_unknowns_and_converted_types():
+    from sharkrec.export.tables import ServingVocabulary
+
+    vocab = ServingVocabulary("f", "int", np.array([10, 20, 30, 40]), oov_slot=1,
+                              key_slots=np.array([0, 2, 0, 1], dtype=np.int32))
+    assert vocab.slots([10, "30", 20.0, 40, 99, "x", None]).tolist() == [0, 0, 2, 1, 1, 1, 1]
+    assert vocab.num_slots == 3 and vocab.key_slot_bytes == 16
+    words = ServingVocabulary("g", "str", np.array(["a", "b"], dtype=object), oov_slot=0,
+                              key_slots=np.array([1, 1], dtype=np.int32))
+    assert words.slots(["b", "a", "c", 5]).tolist() == [1, 1, 0, 0]
+    empty = ServingVocabulary("h", "str", np.array([], dtype=object), oov_slot=0, key_slots=np.zeros(0, np.int32))
+    assert empty.slots(["a", "b"]).tolist() == [0, 0]

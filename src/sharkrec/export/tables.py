@@ -111,7 +111,7 @@ class ServingVocabulary:
             positions = self.index().get_indexer(np.asarray([str(u) for u in uniques], dtype=object))
         positions = positions.astype(np.int64)
         if self.key_slots is not None:
-            known = self.key_slots[np.maximum(positions, 0)].astype(np.int64)
+            known = self.key_slots[np.maximum(positions, 0)] if len(self.key_slots) else positions
             unique_slots = np.where(positions < 0, self.oov_slot, known)
         else:
             unique_slots = np.where(positions < 0, self.oov_slot, positions + (positions >= self.oov_slot))
