@@ -174,6 +174,11 @@ def test_unclustered_artifacts_stay_version_one_and_still_load(toy_model, tmp_pa
     assert manifest["version"] == 1 and manifest["memory"]["key_slot_bytes"] == 0
     assert all(e["vocabulary"]["key_slots"] is None for e in manifest["embedding"]["fields"])
     assert "key_slots" not in " ".join(load_file(str(tmp_path / "art" / "vocabulary.safetensors")))
+    # a manifest written before key -> slot arrays existed has no "key_slots" entries: it loads the same
+    for entry in manifest["embedding"]["fields"]:
+        del entry["vocabulary"]["key_slots"]
+    del manifest["memory"]["key_slot_bytes"]
+    (tmp_path / "art" / "manifest.json").write_text(json.dumps(manifest))
     served = load_artifact(tmp_path / "art")
     batch = data.test.slice(0, len(data.test))
     torch.testing.assert_close(served.predict_proba(serving_batch(served, batch, data.vocabularies)),
