@@ -97,9 +97,10 @@ class RecordEncoder:
         """(B,) slots, or (nnz,) slots and (B + 1,) offsets for a multi-hot field."""
         if vocabulary is None:  # pruned: only the batch size is read (the cells were still checked above)
             return FieldIds(torch.zeros(len(records), dtype=torch.int64))
+        keys: list[str]
         if separator is None:
-            keys = [_text(record.get(name)) for record in records]
-            keys = [MISSING_VALUE if key is None or key in _MISSING else key for key in keys]
+            texts = [_text(record.get(name)) for record in records]
+            keys = [MISSING_VALUE if text is None or text in _MISSING else text for text in texts]
             offsets = None
         else:
             keys, lengths = [], [0]
@@ -152,7 +153,7 @@ def _text(value: Any) -> str | None:
     """A single sparse cell as the text the training rules read (``None`` when absent)."""
     kind = type(value)
     if kind is str or value is None:
-        return value  # type: ignore[no-any-return]
+        return value
     if kind is int:
         return str(value)
     if kind is float:
