@@ -35,6 +35,7 @@ import torch
 from common import environment, write_results
 from serving_qps import frequency_tiers, synthetic
 from sharkrec.export import load_artifact, save_artifact
+from sharkrec.export.records import RecordEncoder
 from sharkrec.export.rows import parse_records
 from sharkrec.quant import MixedPrecisionEmbedding
 
@@ -96,6 +97,20 @@ async def load(url: str, bodies: list[str], concurrency: int, seconds: float, ba
             "first_errors": first_error[:3]}
 
 
+def encode_cost(served: Any, rows: list[dict], repeats: int) -> dict[str, float]:
+    """Milliseconds per call to encode ``rows``: pandas cell rules vs :class:`RecordEncoder` (warm cache)."""
+    encoder = RecordEncoder(served)
+    out = {}
+    for name, encode in (("pandas_ms", lambda: served.encode(parse_records(served, rows))),
+                         ("fast_ms", lambda: encoder.encode(rows))):
+        encode()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            encode()
+        out[name] = (time.perf_counter() - start) / repeats * 1e3
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fields", type=int, default=26)
@@ -106,6 +121,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--bad-every", type=int, default=10)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument("--encode-repeats", type=int, default=50, help="calls timed per encoder (in-process)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "serving_http.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -136,7 +152,12 @@ def main() -> None:
             check = request_rows(rng, probabilities, args.fields, 8)
             got = np.asarray(httpx.post(f"{url}/predict", json={"rows": check}).json()["scores"])
             want = served.predict_proba(served.encode(parse_records(served, check))).numpy()
-            max_diff = float(np.abs(got - want).max())
+            max_diff = float(np.abs(got - want).max())  # served (fast encoder) vs the pandas cell rules
+            encode_ms = {}
+            for per_request in args.rows_per_request:
+                encode_ms[per_request] = encode_cost(
+                    served, request_rows(rng, probabilities, args.fields, per_request), args.encode_repeats)
+                print(f"encode {per_request} rows: {encode_ms[per_request]}", flush=True)
             for per_request in args.rows_per_request:
                 bodies = [json.dumps({"rows": request_rows(rng, probabilities, args.fields, per_request)})
                           for _ in range(64)]
@@ -156,10 +177,14 @@ def main() -> None:
             server.wait(timeout=30)
     payload = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "environment": environment(), "load_average": list(os.getloadavg()),
-               "served_vs_in_process_max_abs_diff": max_diff, "alive_after_load": alive, "runs": runs}
+               "served_vs_in_process_max_abs_diff": max_diff, "alive_after_load": alive,
+               "encode_ms_per_request": encode_ms, "runs": runs}
     lines = [f"sharkrec serve on localhost, 1 model thread; load generator in the same 2-core machine; "
              f"every {args.bad_every}th request malformed (must get 4xx). Served scores vs in-process: max |diff| "
              f"{max_diff:.1e}; server alive after the load: {alive}.", "",
+             "Encoding one request in-process (ms per call, while the server idles): "
+             + "; ".join(f"{n} row(s): pandas cell rules {e['pandas_ms']:.2f}, RecordEncoder {e['fast_ms']:.3f} "
+                         f"({e['pandas_ms'] / e['fast_ms']:.0f}x)" for n, e in encode_ms.items()) + ".", "",
              "| rows/request | clients | requests/s | rows/s | p50 ms | p99 ms | ok | 4xx for bad | errors "
              "| rows per model batch |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:

@@ -89,29 +89,34 @@ class RecordEncoder:
                     raise _Unusual
         values = [_dense_value(record.get(name)) for record in records for name in self.dense_names]
         dense = torch.from_numpy(signed_log1p(np.asarray(values, dtype=np.float64).reshape(n, len(self.dense_names))))
-        sparse = tuple(self._field(records, *field) for field in self.sparse)
+        fields = [self._field(records, *field) for field in self.sparse]
+        single = [k for k, (slots, offsets) in enumerate(fields) if offsets is None]
+        columns = torch.tensor([fields[k][0] for k in single], dtype=torch.int64).reshape(len(single), n).unbind(0)
+        by_field = dict(zip(single, columns, strict=True))  # one tensor for every single-value field: (K, B) rows
+        sparse = tuple(FieldIds(by_field[k]) if offsets is None else FieldIds(
+            torch.tensor(slots, dtype=torch.int64), torch.tensor(offsets, dtype=torch.int64))
+            for k, (slots, offsets) in enumerate(fields))
         return Batch(dense, sparse, torch.zeros((n, self.num_tasks), dtype=torch.float32))
 
     def _field(self, records: Sequence[Mapping[str, Any]], name: str, separator: str | None,
-               vocabulary: ServingVocabulary | None, cache: dict[str, int]) -> FieldIds:
-        """(B,) slots, or (nnz,) slots and (B + 1,) offsets for a multi-hot field."""
+               vocabulary: ServingVocabulary | None, cache: dict[str, int]) -> tuple[list[int], list[int] | None]:
+        """(B,) slots and ``None``, or (nnz,) slots and (B + 1,) offsets for a multi-hot field."""
         if vocabulary is None:  # pruned: only the batch size is read (the cells were still checked above)
-            return FieldIds(torch.zeros(len(records), dtype=torch.int64))
+            return [0] * len(records), None
         keys: list[str]
+        offsets: list[int] | None = None
         if separator is None:
             texts = [_text(record.get(name)) for record in records]
             keys = [MISSING_VALUE if text is None or text in _MISSING else text for text in texts]
-            offsets = None
         else:
-            keys, lengths = [], [0]
+            keys, offsets = [], [0]
             for record in records:
                 cell = record.get(name)
                 text = separator.join(str(v) for v in cell) if type(cell) is list else _text(cell)
                 if text is not None and text not in _MISSING:
                     keys.extend(token for token in (t.strip() for t in text.split(separator)) if token)
-                lengths.append(len(keys))
-            offsets = torch.tensor(lengths, dtype=torch.int64)
-        return FieldIds(torch.tensor(self._slots(keys, vocabulary, cache), dtype=torch.int64), offsets)
+                offsets.append(len(keys))
+        return self._slots(keys, vocabulary, cache), offsets
 
     def _slots(self, keys: list[str], vocabulary: ServingVocabulary, cache: dict[str, int]) -> list[int]:
         get = cache.get
