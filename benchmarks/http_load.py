@@ -10,7 +10,11 @@ load generator (httpx) with ``--concurrency`` clients for ``--seconds`` each, ev
 unknown field, a wrong value type, in turn): those must get a 4xx and the valid ones around them
 must still succeed. ``errors`` counts everything else that went wrong (5xx, a 4xx for a valid
 request, a connection failure). The server's /health counters give rows per model batch, which
-shows concurrent requests being batched. The generator shares the machine's cores with the server.
+shows concurrent requests being batched. The generator shares the machine's cores with the server,
+so each run also reports the server process's CPU time per answered request (/proc), a figure that
+depends less on what else runs on the machine. Before the load, the cost of encoding one request
+in-process is timed both ways: the pandas cell rules (``parse_records``) and :class:`RecordEncoder`
+(what the server uses), and the served scores are checked against the pandas path.
 Writes ``benchmarks/results/serving_http.json`` and ``.md``.
 """
 
@@ -97,6 +101,15 @@ async def load(url: str, bodies: list[str], concurrency: int, seconds: float, ba
             "first_errors": first_error[:3]}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc), NaN elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def encode_cost(served: Any, rows: list[dict], repeats: int) -> dict[str, float]:
     """Milliseconds per call to encode ``rows``: pandas cell rules vs :class:`RecordEncoder` (warm cache)."""
     encoder = RecordEncoder(served)
@@ -162,12 +175,14 @@ def main() -> None:
                 bodies = [json.dumps({"rows": request_rows(rng, probabilities, args.fields, per_request)})
                           for _ in range(64)]
                 for concurrency in args.concurrency:
-                    before = httpx.get(f"{url}/health").json()
+                    before, cpu_before = httpx.get(f"{url}/health").json(), cpu_seconds(server.pid)
                     run = asyncio.run(load(url, bodies, concurrency, args.seconds, args.bad_every))
-                    after = httpx.get(f"{url}/health").json()
+                    after, cpu_after = httpx.get(f"{url}/health").json(), cpu_seconds(server.pid)
+                    answered = run["ok"] + run["bad_rejected"]
                     batches = after["batches"] - before["batches"]
                     run.update(rows_per_request=per_request, rows_per_s=run["ok_per_s"] * per_request,
                                model_batches=batches,
+                               server_cpu_ms_per_request=(cpu_after - cpu_before) * 1e3 / max(answered, 1),
                                rows_per_model_batch=(after["rows"] - before["rows"]) / max(batches, 1))
                     runs.append(run)
                     print({k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()}, flush=True)
@@ -181,16 +196,18 @@ def main() -> None:
                "encode_ms_per_request": encode_ms, "runs": runs}
     lines = [f"sharkrec serve on localhost, 1 model thread; load generator in the same 2-core machine; "
              f"every {args.bad_every}th request malformed (must get 4xx). Served scores vs in-process: max |diff| "
-             f"{max_diff:.1e}; server alive after the load: {alive}.", "",
+             f"{max_diff:.1e}; server alive after the load: {alive}; 1-minute load average at the end "
+             f"{os.getloadavg()[0]:.1f} (other jobs share the cores).", "",
              "Encoding one request in-process (ms per call, while the server idles): "
              + "; ".join(f"{n} row(s): pandas cell rules {e['pandas_ms']:.2f}, RecordEncoder {e['fast_ms']:.3f} "
                          f"({e['pandas_ms'] / e['fast_ms']:.0f}x)" for n, e in encode_ms.items()) + ".", "",
              "| rows/request | clients | requests/s | rows/s | p50 ms | p99 ms | ok | 4xx for bad | errors "
-             "| rows per model batch |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| rows per model batch | server CPU ms/request |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(f"| {r['rows_per_request']} | {r['concurrency']} | {r['requests_per_s']:,.0f} | "
                      f"{r['rows_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['ok']} | "
-                     f"{r['bad_rejected']} | {r['errors']} | {r['rows_per_model_batch']:.1f} |")
+                     f"{r['bad_rejected']} | {r['errors']} | {r['rows_per_model_batch']:.1f} | "
+                     f"{r['server_cpu_ms_per_request']:.2f} |")
     write_results(args.out, payload, "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
