@@ -9,6 +9,8 @@ stage.
     python benchmarks/compress_real.py --seeds 0 1 2 --out benchmarks/results/compress_real.json
     python benchmarks/compress_real.py --seeds 0 1 2 --target-memory 0.5 --max-removed 0 \
         --out benchmarks/results/compress_fq_only_50.json     # F-Quantization alone, fine-tuned from fp32
+    python benchmarks/compress_real.py --seeds 0 1 2 --target-memory 0.2 --cluster-rows-ratio 0.5 \
+        --out benchmarks/results/compress_saec_20.json        # Saec stage, then pruning + F-Quantization
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ from common import environment, write_results
 from quant_real import DATASETS
 from sharkrec.compress import DEFAULT_FINE_TUNE, CompressConfig, compress
 from sharkrec.data.loading import load_data
+from sharkrec.errors import ConfigError
 from sharkrec.train.run import train_model
 from sharkrec.train.trainer import TrainConfig
 
 
 def run(dataset: str, seed: int, target: float, max_auc_drop: float, max_trainings: int,
-        max_removed: int | None = None) -> dict[str, Any]:
+        max_removed: int | None = None, cluster_rows_ratio: float | None = None) -> dict[str, Any]:
     fmt, path, settings, eval_every = DATASETS[dataset]
     data = load_data(fmt, path)
     half_epoch = max(1, data.train.num_batches(512) // 2)
@@ -49,7 +52,7 @@ def run(dataset: str, seed: int, target: float, max_auc_drop: float, max_trainin
                                     eval_every=eval_every or half_epoch, epochs=2, patience=1)
     result = compress(model, data, CompressConfig(target_memory=target, max_auc_drop=max_auc_drop,
                                                   max_trainings=max_trainings, fine_tune=fine_tune, seed=seed,
-                                                  max_removed=max_removed))
+                                                  max_removed=max_removed, cluster_rows_ratio=cluster_rows_ratio))
     rep = result.report
     task = data.schema.label_names[0]
     row = {
@@ -60,7 +63,8 @@ def run(dataset: str, seed: int, target: float, max_auc_drop: float, max_trainin
         "auc_drop_pct": 100 * rep["auc_drop"]["test"][task],
         "valid_auc_drop_pct": 100 * rep["auc_drop"]["valid"][task],
         "bytes": rep["bytes"], "share_of_fp32": rep["bytes"]["share_of_fp32"],
-        "chosen": rep["chosen"]["label"], "removed": rep["chosen"]["removed"],
+        "chosen": rep["chosen"]["label"] + (" after Saec" if rep.get("cluster") else ""),
+        "removed": rep["chosen"]["removed"],
         "met_max_auc_drop": rep["met_max_auc_drop"],
         "trainings": rep["search"]["trainings"], "grid_size": rep["search"]["grid_size"],
         "seconds": {**rep["seconds"], "fp32_training": train_seconds},
@@ -82,6 +86,9 @@ def markdown(rows: list[dict[str, Any]], target: float, max_auc_drop: float) -> 
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if "infeasible" in r:
+            lines.append(f"| {r['dataset']} | {r['seed']} | – | – | – | – | infeasible: {r['infeasible']} | – | – |")
+            continue
         s = r["seconds"]
         lines.append(f"| {r['dataset']} | {r['seed']} | {r['fp32_auc']:.4f} | {r['auc']:.4f} "
                      f"| {-r['auc_drop_pct']:+.3f} | {r['share_of_fp32']:.3f} | {r['chosen']} "
@@ -90,7 +97,10 @@ def markdown(rows: list[dict[str, Any]], target: float, max_auc_drop: float) -> 
     lines += ["", "| dataset | seeds | ΔAUC % mean ± std | max bytes / fp32 | trainings (mean) | grid |",
               "|---|---|---|---|---|---|"]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        sub = [r for r in rows if r["dataset"] == dataset]
+        sub = [r for r in rows if r["dataset"] == dataset and "infeasible" not in r]
+        if not sub:
+            lines.append(f"| {dataset} | 0 | infeasible | – | – | – |")
+            continue
         drops = np.array([-r["auc_drop_pct"] for r in sub])
         std = drops.std(ddof=1) if len(drops) > 1 else 0.0
         lines.append(f"| {dataset} | {len(sub)} | {drops.mean():+.3f} ± {std:.3f} | "
@@ -108,13 +118,23 @@ def main() -> None:
     parser.add_argument("--max-trainings", type=int, default=3)
     parser.add_argument("--max-removed", type=int, default=None,
                         help="Remove at most this many fields (0: F-Quantization alone).")
+    parser.add_argument("--cluster-rows-ratio", type=float, default=None,
+                        help="Add the Saec stage: cluster each field to this share of its rows first.")
     parser.add_argument("--out", default="benchmarks/results/compress_real.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = [run(d, s, args.target_memory, args.max_auc_drop, args.max_trainings, args.max_removed)
-            for d in args.datasets for s in args.seeds]
+    rows = []
+    for dataset in args.datasets:
+        for seed in args.seeds:
+            try:
+                rows.append(run(dataset, seed, args.target_memory, args.max_auc_drop, args.max_trainings,
+                                args.max_removed, args.cluster_rows_ratio))
+            except ConfigError as error:  # the budget cannot be reached on this dataset: say so, go on
+                print(f"{dataset} seed {seed}: {error}", flush=True)
+                rows.append({"dataset": dataset, "seed": seed, "infeasible": str(error)})
     payload = {"benchmark": "compress_real", "environment": environment(), "target_memory": args.target_memory,
-               "max_auc_drop": args.max_auc_drop, "max_removed": args.max_removed, "results": rows}
+               "max_auc_drop": args.max_auc_drop, "max_removed": args.max_removed,
+               "cluster_rows_ratio": args.cluster_rows_ratio, "results": rows}
     write_results(args.out, payload, markdown(rows, args.target_memory, args.max_auc_drop))
     print(markdown(rows, args.target_memory, args.max_auc_drop))
 

@@ -412,6 +412,10 @@ def compress(
     max_samples: MaxSamplesOpt = None,
     seed: Annotated[int, typer.Option(help="Random seed (scoring draws, fine-tune order).")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")] = False,
+    cluster_rows_ratio: Annotated[
+        float | None, typer.Option(help="Saec stage: first cluster each field's values to this share of its rows.")
+    ] = None,
+    cluster_method: Annotated[str, typer.Option(help="Clustering stage: saec, kmeans, hashing, frequency.")] = "saec",
     schema: SchemaOpt = None,
     on_bad_line: BadLineOpt = "skip",
     split: SplitOpt = None,
@@ -426,7 +430,8 @@ def compress(
     fine_tune = fine_tune_for(bundle, epochs=fine_tune_epochs, lr=fine_tune_lr, seed=seed)
     config = CompressConfig(target_memory=target_memory, max_auc_drop=max_auc_drop, max_trainings=max_trainings,
                             importance_method=method, fine_tune=fine_tune, allow_int4=not no_int4,
-                            keep=tuple(_names(keep) or ()), batch_size=batch_size, max_samples=max_samples, seed=seed)
+                            keep=tuple(_names(keep) or ()), batch_size=batch_size, max_samples=max_samples, seed=seed,
+                            cluster_rows_ratio=cluster_rows_ratio, cluster_method=cluster_method)
     result = run_compress(bundle, prepared, config, out, on_event=print_event, resume=resume)
     print_summary(result.report)
     typer.echo(f"wrote {out / 'model.pt'}, {out / 'artifact'} and {out / 'report.json'}")

@@ -199,3 +199,28 @@ def test_fine_tune_settings_come_from_the_model(trained):
     config = fine_tune_for(adam)
     assert config.optimizer.value == "adagrad" and config.lr == 0.005 and config.embedding_lr is None
     assert fine_tune_for(bundle, lr=0.2).lr == 0.2
+
+
+def test_a_clustering_stage_runs_before_pruning_and_quantization(trained):
+    from sharkrec.cluster import ClusteredEmbedding
+
+    model, data = trained
+    config = CompressConfig(target_memory=0.45, max_auc_drop=0.01, max_trainings=1, fine_tune=FAST,
+                            cluster_rows_ratio=0.5)
+    result = compress(model, data, config)
+    report = result.report
+    base = model.embedding.embedding_bytes()
+    held = result.model.embedding.embedding_bytes()  # rows + int32 value → row maps (+ constants)
+    assert held <= 0.45 * base and report["bytes"]["after_quantization"] == held
+    assert report["bytes"]["after_clustering"] < base and report["cluster"]["rows_compression"] > 1.5
+    inner = getattr(result.model.embedding, "kept", result.model.embedding)
+    assert isinstance(inner, ClusteredEmbedding)
+    if result.candidate.quant_budget is not None:
+        assert isinstance(inner.inner, MixedPrecisionEmbedding)  # cluster, then quantize the cluster rows
+        assert sum(inner.inner.num_rows().values()) == sum(inner.num_rows().values())
+    batch = next(iter(data.test.batches(512)))
+    probabilities = result.model.predict_proba(batch)
+    assert torch.isfinite(probabilities).all()
+    assert "cluster" in report["seconds"]
+    with pytest.raises(ConfigError, match=r"cluster rows ratio 1\.5 must be in \(0, 1\]"):
+        CompressConfig(cluster_rows_ratio=1.5)

@@ -45,6 +45,8 @@ def test_good_request_scores_like_the_model(client, served):
     assert body["tasks"] == ["click"]
     want = served.predict_proba(served.encode(parse_records(served, ROWS))).numpy()
     np.testing.assert_allclose(np.asarray(body["scores"]), want, atol=1e-6)
+    encoder = client.app.state.batcher.encoder
+    assert encoder.fast_calls >= 1 and encoder.fallback_calls == 0  # JSON rows take the pandas-free path
 
 
 def test_health(client):

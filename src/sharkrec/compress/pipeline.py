@@ -42,6 +42,7 @@ from sharkrec.compress.search import (
     Prediction,
     build_candidate,
     enumerate_candidates,
+    field_overhead,
     predict_candidates,
     relative_auc_drop,
 )
@@ -79,6 +80,10 @@ class CompressConfig:
         batch_size: scoring and evaluation batch size.
         max_samples: score fields on at most this many validation samples.
         seed: scoring draws.
+        cluster_rows_ratio: with a value, a Saec stage first clusters every field's values to this share of
+            its rows (``sharkrec.cluster``), fine-tuned like a candidate; the search then prunes and
+            quantizes the clustered model (pruning → clustering → quantization on the kept fields).
+        cluster_method: ``saec`` (fast, head k-means + tail assignment), ``kmeans``, ``hashing`` or ``frequency``.
     """
 
     target_memory: float = 0.3
@@ -96,6 +101,8 @@ class CompressConfig:
     batch_size: int = 4096
     max_samples: int | None = None
     seed: int = 0
+    cluster_rows_ratio: float | None = None
+    cluster_method: str = "saec"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep", tuple(str(k) for k in self.keep))
@@ -111,6 +118,8 @@ class CompressConfig:
             (self.max_removed is None or self.max_removed >= 0, f"max removed {self.max_removed} must be 0 or more"),
             (self.batch_size >= 1, f"batch size {self.batch_size} must be 1 or more"),
             (self.max_samples is None or self.max_samples >= 1, f"max samples {self.max_samples} must be 1 or more"),
+            (self.cluster_rows_ratio is None or 0.0 < self.cluster_rows_ratio <= 1.0,
+             f"cluster rows ratio {self.cluster_rows_ratio} must be in (0, 1]: the share of rows kept, e.g. 0.5"),
             (self.fine_tune.optimizer in (OptimizerKind.SGD, OptimizerKind.ADAGRAD),
              f"the fine-tune optimizer is {self.fine_tune.optimizer.value}; mixed-precision rows train with "
              "sgd or adagrad"),
@@ -158,20 +167,29 @@ def compress(model: DLRM, data: PreparedData, config: CompressConfig | None = No
     seconds: dict[str, float] = {}
     started = time.perf_counter()
 
-    tick = time.perf_counter()
     base = {"valid": evaluate(model, valid, tasks), "test": _test_metrics(model, data)}
-    removable = [f for f in removable_fields(model) if f not in config.keep]
-    importance = field_importance(model, valid, config.importance_method, batch_size=config.batch_size,
+    base_bytes = int(model.embedding.embedding_bytes())
+    source, cluster_report = model, None
+    if config.cluster_rows_ratio is not None:
+        tick = time.perf_counter()
+        source, cluster_report = _cluster_stage(model, data, config)
+        seconds["cluster"] = time.perf_counter() - tick
+        notify("cluster", cluster_report)
+
+    tick = time.perf_counter()
+    removable = [f for f in removable_fields(source) if f not in config.keep]
+    importance = field_importance(source, valid, config.importance_method, batch_size=config.batch_size,
                                   fields=removable, max_samples=config.max_samples, seed=config.seed)
     scores = {f: importance.score(f) for f in removable}
     order = sorted(removable, key=lambda f: scores[f])  # least important first; stable: model order
-    means = field_means(model, valid, order, config.batch_size)
+    means = field_means(source, valid, order, config.batch_size)
     seconds["importance"] = time.perf_counter() - tick
     notify("importance", {"scores": scores, "order": order})
 
     tick = time.perf_counter()
-    candidates = enumerate_candidates(model, order, scores, config.target_memory, fp32_shares=config.fp32_shares,
-                                      allow_int4=config.allow_int4, max_removed=config.max_removed)
+    candidates = enumerate_candidates(source, order, scores, config.target_memory, fp32_shares=config.fp32_shares,
+                                      allow_int4=config.allow_int4, max_removed=config.max_removed,
+                                      base_bytes=base_bytes)
     if not candidates:
         raise ConfigError(
             f"no way to reach {config.target_memory} of the embedding bytes: even int4 rows cost more; "
@@ -183,7 +201,7 @@ def compress(model: DLRM, data: PreparedData, config: CompressConfig | None = No
         predictions = [Prediction(candidate_from_dict(p), p["predicted_valid"], p["predicted_auc_drop"], p["bytes"])
                        for p in saved]
     else:
-        predictions = predict_candidates(model, data, candidates, valid, means, policy, seed=config.seed,
+        predictions = predict_candidates(source, data, candidates, valid, means, policy, seed=config.seed,
                                          on_prediction=lambda p: notify("prediction", p.to_dict()))
         if state is not None:
             state.save_predictions([p.to_dict() for p in predictions])
@@ -197,7 +215,7 @@ def compress(model: DLRM, data: PreparedData, config: CompressConfig | None = No
         if k < len(done) and state is not None:
             trial, entry = state.load_trained(k), {**done[k], "resumed": True}
         else:
-            trial, entry = _fine_tune(model, data, prediction, means, policy, config, base["valid"])
+            trial, entry = _fine_tune(source, data, prediction, means, policy, config, base["valid"])
             if state is not None:
                 state.save_trained(k, trial, entry, data)
         trainings.append(entry)
@@ -213,15 +231,14 @@ def compress(model: DLRM, data: PreparedData, config: CompressConfig | None = No
 
     after = {"valid": evaluate(compressed, valid, tasks), "test": _test_metrics(compressed, data)}
     memory = memory_summary(compressed)
-    base_bytes = int(model.embedding.embedding_bytes())
-    pruned_bytes = base_bytes - sum(model.embedding.num_rows()[f] for f in chosen.candidate.removed) * \
-        model.embedding.embedding_dim * 4 + len(chosen.candidate.removed) * model.embedding.embedding_dim * 4
     report: dict[str, Any] = {
         "command": "compress",
         "config": config.to_dict(),
         "chosen": chosen.to_dict(),
         "met_max_auc_drop": bool(drop <= config.max_auc_drop),
-        "bytes": {"fp32": base_bytes, "after_pruning": int(pruned_bytes),
+        "bytes": {"fp32": base_bytes,
+                  **({"after_clustering": int(source.embedding.embedding_bytes())} if cluster_report else {}),
+                  "after_pruning": _bytes_without(source, chosen.candidate.removed),
                   "after_quantization": int(compressed.embedding.embedding_bytes()),
                   "share_of_fp32": compressed.embedding.embedding_bytes() / base_bytes},
         "metrics_before": base,
@@ -230,6 +247,7 @@ def compress(model: DLRM, data: PreparedData, config: CompressConfig | None = No
                      for split in after if after[split]},
         "memory": memory,
         "importance": {"method": importance.method, "scores": scores, "order": order},
+        "cluster": cluster_report,
         "search": {"grid_size": len(candidates), "trainings": len(trainings),
                    "predictions": [p.to_dict() for p in predictions], "trained": trainings},
         "seconds": {**seconds, "total": time.perf_counter() - started},
@@ -251,6 +269,39 @@ def _check_model(model: DLRM, data: PreparedData, config: CompressConfig) -> Non
         raise ConfigError(f"fields {unknown} are not in the model; known fields: {', '.join(model.field_names)}")
     if len(data.train) == 0:
         raise ConfigError("the training split is empty; compress needs training data to fine-tune on")
+
+
+def _cluster_stage(model: DLRM, data: PreparedData, config: CompressConfig) -> tuple[DLRM, dict[str, Any]]:
+    """Saec on every field to ``cluster_rows_ratio`` of its rows, fine-tuned like a candidate (kept only if it
+    lowers the validation log loss); the map, clusters and seconds go to the report."""
+    from sharkrec.cluster import cluster_model
+
+    clustered, report = cluster_model(model, data, rows_ratio=config.cluster_rows_ratio,
+                                      method=config.cluster_method, seed=config.seed, evaluate=False)
+    valid = data.valid if len(data.valid) > 0 else data.train
+    tasks = data.schema.label_names
+    before_model, before = copy.deepcopy(clustered), evaluate(clustered, valid, tasks)
+    Trainer(clustered, config.fine_tune, tasks).fit(data.train, valid)
+    after = evaluate(clustered, valid, tasks)
+    kept = _mean_logloss(after) <= _mean_logloss(before)
+    if not kept:
+        clustered, after = before_model, before
+    clustered.eval()
+    memory = report["memory"]
+    return clustered, {"method": config.cluster_method, "rows_ratio": config.cluster_rows_ratio,
+                       "rows_compression": memory.get("rows_compression"), "fine_tune_kept": kept, "valid": after,
+                       "bytes_map_folded_into_vocabulary": memory.get("bytes_map_folded_into_vocabulary"),
+                       "bytes_map_as_index": memory.get("bytes_map_as_index"),
+                       "clustering": report.get("clustering")}
+
+
+def _bytes_without(model: DLRM, removed: tuple[str, ...]) -> int:
+    """Embedding bytes of ``model`` with the tables (and cluster maps) of ``removed`` replaced by constants."""
+    embedding = model.embedding
+    dim = int(embedding.embedding_dim)
+    rows, overhead = embedding.num_rows(), field_overhead(embedding)
+    dropped = sum(rows[f] * dim * 4 + overhead.get(f, 0) for f in removed)
+    return int(embedding.embedding_bytes()) - dropped + len(removed) * dim * 4
 
 
 def _test_metrics(model: DLRM, data: PreparedData) -> dict[str, dict[str, float]]:

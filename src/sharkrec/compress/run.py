@@ -103,7 +103,10 @@ def _fingerprint(model: DLRM, data: PreparedData, config: CompressConfig) -> dic
 def print_event(stage: str, payload: dict[str, Any], console: Console | None = None) -> None:
     """One line per stage event: the field ranking, each prediction, each training."""
     console = console or Console()
-    if stage == "importance":
+    if stage == "cluster":
+        console.print(f"clustered ({payload['method']}): {payload['rows_compression']:.1f}x fewer rows, "
+                      f"fine-tune {'kept' if payload['fine_tune_kept'] else 'undone'}", soft_wrap=True)
+    elif stage == "importance":
         console.print(f"importance (least important first): {', '.join(payload['order'])}", soft_wrap=True)
     elif stage == "prediction":
         console.print(f"  predicted {payload['label']}: valid AUC drop {payload['predicted_auc_drop']:+.3%}, "
@@ -118,7 +121,8 @@ def print_event(stage: str, payload: dict[str, Any], console: Console | None = N
 def print_summary(report: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
     b = report["bytes"]
-    console.print(f"embedding bytes: fp32 {b['fp32']:,} → pruned {b['after_pruning']:,} → quantized "
+    clustered = f" → clustered {b['after_clustering']:,}" if "after_clustering" in b else ""
+    console.print(f"embedding bytes: fp32 {b['fp32']:,}{clustered} → pruned {b['after_pruning']:,} → quantized "
                   f"{b['after_quantization']:,} ({b['share_of_fp32']:.1%} of fp32)")
     for split, drops in report["auc_drop"].items():
         before, after = report["metrics_before"][split], report["metrics"][split]

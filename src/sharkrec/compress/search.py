@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sharkrec.cluster.embedding import ClusteredEmbedding
 from sharkrec.data.dataset import EncodedSplit, PreparedData
 from sharkrec.model.dlrm import DLRM
 from sharkrec.model.embedding import FloatEmbedding
@@ -91,39 +92,51 @@ def lowest_tier_share(dim: int, use_int4: bool) -> float:
 
 def enumerate_candidates(model: DLRM, order: Sequence[str], scores: Mapping[str, float], target_memory: float,
                          *, fp32_shares: Sequence[float] = (0.25, 0.5), allow_int4: bool = True,
-                         max_removed: int | None = None) -> list[Candidate]:
-    """Every (fields removed, quantization) option that meets ``target_memory`` of the model's bytes.
+                         max_removed: int | None = None, base_bytes: int | None = None) -> list[Candidate]:
+    """Every (fields removed, quantization) option that meets ``target_memory`` of ``base_bytes``.
 
     ``order`` lists the removable fields least important first; option k removes ``order[:k]``.
-    The kept tables get the bytes the budget leaves after the constants of the removed fields; an
-    option is listed when its lowest tier fits (int8, or int4 with ``allow_int4``). Once pruning
-    alone meets the budget, removing more fields cannot help and the list ends.
+    The kept tables get the bytes the budget leaves after the constants of the removed fields (and,
+    for a clustered model, the value → row maps of the kept fields); an option is listed when its
+    lowest tier fits (int8, or int4 with ``allow_int4``). Once pruning alone meets the budget,
+    removing more fields cannot help and the list ends. ``base_bytes`` defaults to the model's
+    embedding bytes (give the unclustered model's when ``model`` is clustered).
     """
     embedding = model.embedding
     dim = int(embedding.embedding_dim)
     rows = embedding.num_rows()
-    base = int(embedding.embedding_bytes())
+    overhead = field_overhead(embedding)
+    base = int(embedding.embedding_bytes()) if base_bytes is None else int(base_bytes)
     allowed_total = target_memory * base
     limit = len(order) if max_removed is None else min(max_removed, len(order))
     out: list[Candidate] = []
     for k in range(limit + 1):
         removed = tuple(order[:k])
         kept_fp32 = sum(n for name, n in rows.items() if name not in removed) * dim * 4
-        allowed = allowed_total - k * dim * 4
+        fixed = sum(b for name, b in overhead.items() if name not in removed)
+        allowed = allowed_total - k * dim * 4 - fixed
         if kept_fp32 == 0 or allowed <= 0:
             break
         importance = float(sum(scores.get(f, 0.0) for f in removed))
         share = allowed / kept_fp32
         if share >= 1.0:
-            out.append(Candidate(removed, None, False, 0.0, importance, kept_fp32 + k * dim * 4))
+            out.append(Candidate(removed, None, False, 0.0, importance, kept_fp32 + k * dim * 4 + fixed))
             break
         for use_int4 in (False, True) if allow_int4 else (False,):
             if share < lowest_tier_share(dim, use_int4):
                 continue
             for fp32_share in fp32_shares:
                 out.append(Candidate(removed, round(share, 6), use_int4, float(fp32_share), importance,
-                                     int(allowed + k * dim * 4)))
+                                     int(allowed + k * dim * 4 + fixed)))
     return out
+
+
+def field_overhead(embedding: Any) -> dict[str, int]:
+    """Bytes per field that quantization cannot shrink: a clustered field's value → row map (int32 per value)."""
+    if isinstance(embedding, ClusteredEmbedding):
+        return {name: int(embedding.row_map(name).numel() * embedding.row_map(name).element_size())
+                for name in embedding.field_names}
+    return {}
 
 
 def build_candidate(model: DLRM, data: PreparedData, candidate: Candidate, means: Mapping[str, Tensor],
@@ -143,24 +156,30 @@ def build_candidate(model: DLRM, data: PreparedData, candidate: Candidate, means
 
 def _build_candidate(model: DLRM, data: PreparedData, candidate: Candidate, means: Mapping[str, Tensor],
                      policy: Mapping[str, Any]) -> DLRM:
-    if not isinstance(model.embedding, FloatEmbedding):
-        raise TypeError("build_candidate takes an fp32 model")
-    kept_names = [f for f in model.embedding.field_names if f not in candidate.removed]
-    kept: Any = model.embedding.subset(kept_names)  # copies: the given model is never changed
+    source: Any = model.embedding
+    clustered = isinstance(source, ClusteredEmbedding)
+    if not isinstance(source.inner if clustered else source, FloatEmbedding):
+        raise TypeError("build_candidate takes an fp32 model (clustered or not)")
+    kept_names = [f for f in source.field_names if f not in candidate.removed]
+    kept: Any = source.subset(kept_names)  # copies: the given model is never changed
     if candidate.quant_budget is not None:
         options = {"memory_budget": candidate.quant_budget, "use_int4": candidate.use_int4,
                    "fp32_share": candidate.fp32_share, **policy}
-        kept = build_embedding("f-quant", kept, None, **options)
         alpha = float(options.get("alpha", 2.0))
-        kept.set_priorities(expected_priorities(data, alpha, int(policy.get("batch_size", 512)), kept_names))
-        kept.retier()
-        kept.rows_moved = 0
+        priorities = expected_priorities(data, alpha, int(policy.get("batch_size", 512)), kept_names)
+        rows = kept.inner if clustered else kept
+        quantized: Any = build_embedding("f-quant", rows, None, **options)
+        if clustered:  # a cluster row's priority is the sum of its values' priorities
+            priorities = [torch.zeros(n).index_add_(0, kept.row_map(name).long(), p)
+                          for (name, n), p in zip(rows.num_rows().items(), priorities, strict=True)]
+        quantized.set_priorities(priorities)
+        quantized.retier()
+        quantized.rows_moved = 0
+        kept = ClusteredEmbedding({n: kept.row_map(n) for n in kept_names}, quantized) if clustered else quantized
     if candidate.removed:
         constants = {name: means[name] for name in candidate.removed}
-        embedding: Any = PrunedEmbedding(model.embedding.field_names, kept, constants)
-    else:
-        embedding = kept
-    return model.with_embedding(embedding)
+        return model.with_embedding(PrunedEmbedding(source.field_names, kept, constants))
+    return model.with_embedding(kept)
 
 
 def relative_auc_drop(before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]]) -> float:

@@ -8,11 +8,13 @@ Request ``{"rows": [{"C1": "68fd1e64", "I1": 3, "genres": ["Drama", "War"]}, ...
 - a field the schema does not know, a dense value that is not a number, a list for a
   single-value field → 400 naming the row and the field.
 
-Concurrent requests are batched: each request is validated in its handler, then queued; one
-worker takes the first waiting request, gathers more for up to ``max_wait_ms`` or until
-``max_batch_rows`` rows, and on a single model thread parses (training cell rules), encodes and
-scores them as one batch, so the per-call cost of parsing is shared too. If the merged rows do
-not parse, each request is parsed alone: a bad one gets its 400, the others their scores.
+The body is parsed and type-checked in one pass (pydantic's JSON validator) and the response is
+written as JSON bytes directly. Concurrent requests are batched: each request is validated in its
+handler, then queued; one worker takes every waiting request, gathers more for up to
+``max_wait_ms`` or until ``max_batch_rows`` rows, and on a single model thread encodes them with
+the training cell rules (:class:`~sharkrec.export.records.RecordEncoder`, no pandas) and scores
+them as one batch. If the merged rows do not encode, each request is encoded alone: a bad one gets
+its 400, the others their scores.
 """
 
 from __future__ import annotations
@@ -26,15 +28,16 @@ from contextlib import asynccontextmanager
 from typing import Any, Union
 
 import numpy as np
+import pydantic_core
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 
-from sharkrec.data.encode import ParsedRows
+from sharkrec.data.batch import Batch
 from sharkrec.errors import ConfigError, DataError, SharkrecError
 from sharkrec.export.engine import ServingModel
-from sharkrec.export.rows import parse_records
+from sharkrec.export.records import RecordEncoder
 
 #: one cell: a string or number, a list of them (multi-hot), or null (missing)
 Cell = Union[StrictStr, StrictInt, StrictFloat, None, list[Union[StrictStr, StrictInt]]]  # noqa: UP007
@@ -55,7 +58,7 @@ class PredictResponse(BaseModel):
 
 
 class Batcher:
-    """Gathers the rows of concurrent requests into batches for one model thread (parse, encode, score)."""
+    """Gathers the rows of concurrent requests into batches for one model thread (encode, score)."""
 
     def __init__(self, model: ServingModel, max_batch_rows: int, max_wait_ms: float) -> None:
         self.model = model
@@ -63,6 +66,7 @@ class Batcher:
         self.max_wait_s = max_wait_ms / 1000.0
         self.batches = 0
         self.rows = 0
+        self.encoder = RecordEncoder(model)  # used on the model thread only
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sharkrec-model")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[tuple[list[dict[str, Any]], asyncio.Future[np.ndarray]]] | None = None
@@ -91,6 +95,9 @@ class Batcher:
         while True:
             items = [await queue.get()]
             size = len(items[0][0])
+            while size < self.max_batch_rows and not queue.empty():  # whatever is already waiting, no timer
+                items.append(queue.get_nowait())
+                size += len(items[-1][0])
             deadline = loop.time() + self.max_wait_s
             while size < self.max_batch_rows:
                 remaining = deadline - loop.time()
@@ -118,20 +125,19 @@ class Batcher:
 
     def _score_requests(self, requests: list[list[dict[str, Any]]]) -> list[np.ndarray | Exception]:
         """Per request: its (N, T) scores, or the :class:`DataError` of its first bad row."""
+        encode = self.encoder.encode
         try:
-            parsed = [parse_records(self.model, [row for rows in requests for row in rows])]
-            sizes = [len(rows) for rows in requests]
+            scores = self._score(encode([row for rows in requests for row in rows]))
         except DataError:  # find the bad request(s); score the others together
-            parsed, sizes = [], []
             answers: list[DataError | None] = []
             for rows in requests:
                 try:
-                    parsed.append(parse_records(self.model, rows))
-                    sizes.append(len(rows))
+                    encode(rows)
                     answers.append(None)
                 except DataError as exc:
                     answers.append(exc)
-            scores = self._score(ParsedRows.concat(parsed)) if parsed else np.zeros((0, 0))
+            good = [row for rows, answer in zip(requests, answers, strict=True) if answer is None for row in rows]
+            scores = self._score(encode(good)) if good else np.zeros((0, 0))
             out: list[np.ndarray | Exception] = []
             start = 0
             for answer, rows in zip(answers, requests, strict=True):
@@ -141,12 +147,11 @@ class Batcher:
                 else:
                     out.append(answer)
             return out
-        scores = self._score(parsed[0])
-        bounds = np.cumsum([0, *sizes])
+        bounds = np.cumsum([0, *(len(rows) for rows in requests)])
         return [scores[a:b] for a, b in itertools.pairwise(bounds)]
 
-    def _score(self, rows: ParsedRows) -> np.ndarray:
-        return self.model.predict_proba(self.model.encode(rows)).numpy()
+    def _score(self, batch: Batch) -> np.ndarray:
+        return self.model.predict_proba(batch).numpy()
 
 
 def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_rows: int = 4096,
@@ -170,9 +175,7 @@ def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_row
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [f"{'.'.join(str(p) for p in error.get('loc', ()))}: {error.get('msg')}" for error in exc.errors()]
-        return JSONResponse(status_code=422, content={"error": "; ".join(problems[:5]) + (
-            f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""), "detail": jsonable(exc.errors())})
+        return invalid(exc.errors())
 
     @app.exception_handler(SharkrecError)
     async def bad_data(request: Request, exc: SharkrecError) -> JSONResponse:
@@ -185,14 +188,30 @@ def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_row
                 "batches": batcher.batches, "rows": batcher.rows, "lookup": model.embedding.backend,
                 "embedding_bytes": model.embedding.embedding_bytes()}
 
-    @app.post("/predict", response_model=PredictResponse)
-    async def predict(request: PredictRequest) -> PredictResponse:
-        if len(request.rows) > max_request_rows:
-            raise ConfigError(f"the request has {len(request.rows)} rows; send at most {max_request_rows} per request")
-        scores = await batcher.predict(request.rows)  # a bad row fails this request alone
-        return PredictResponse(tasks=list(model.task_names), scores=scores.tolist())
+    tasks = list(model.task_names)
+    body_schema = {"content": {"application/json": {"schema": PredictRequest.model_json_schema()}}, "required": True}
+
+    # the body is read and validated here, in one pass, instead of FastAPI's json.loads + model + response model
+    @app.post("/predict", response_model=PredictResponse, openapi_extra={"requestBody": body_schema})
+    async def predict(request: Request) -> Response:
+        try:
+            rows = PredictRequest.model_validate_json(await request.body()).rows
+        except ValidationError as exc:
+            return invalid([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()])
+        if len(rows) > max_request_rows:
+            raise ConfigError(f"the request has {len(rows)} rows; send at most {max_request_rows} per request")
+        scores = await batcher.predict(rows)  # a bad row fails this request alone
+        return Response(pydantic_core.to_json({"tasks": tasks, "scores": scores.tolist()}),
+                        media_type="application/json")
 
     return app
+
+
+def invalid(errors: Any) -> JSONResponse:
+    """422 with a one-line ``error`` (the first five problems, ``loc: message``) and pydantic's records."""
+    problems = [f"{'.'.join(str(p) for p in error.get('loc', ()))}: {error.get('msg')}" for error in errors]
+    return JSONResponse(status_code=422, content={"error": "; ".join(problems[:5]) + (
+        f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""), "detail": jsonable(errors)})
 
 
 def jsonable(errors: Any) -> Any:
