@@ -224,3 +224,17 @@ def test_a_clustering_stage_runs_before_pruning_and_quantization(trained):
     assert "cluster" in report["seconds"]
     with pytest.raises(ConfigError, match=r"cluster rows ratio 1\.5 must be in \(0, 1\]"):
         CompressConfig(cluster_rows_ratio=1.5)
+
+
+def test_a_clustered_compression_writes_an_artifact_that_serves_the_same_scores(trained, tmp_path):
+    model, data = trained
+    bundle = ModelBundle(model=model, schema=data.schema, vocabularies=data.vocabularies, info={})
+    config = CompressConfig(target_memory=0.45, max_auc_drop=0.05, max_trainings=1, fine_tune=FAST,
+                            cluster_rows_ratio=0.5)
+    result = run_compress(bundle, data, config, tmp_path / "out")
+    served = load_artifact(tmp_path / "out" / "artifact")
+    batch = next(iter(data.test.batches(512)))
+    got = served.predict_proba(serving_batch(served, batch, data.vocabularies))
+    torch.testing.assert_close(got, result.model.predict_proba(batch), atol=2e-3, rtol=0)
+    memory = result.report["artifact"]["memory"]
+    assert memory["key_slot_bytes"] > 0  # several values share a row: the key -> slot array is counted
