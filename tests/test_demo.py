@@ -15,3 +15,8 @@ def test_demo_trains_scores_fields_and_writes_its_report(tmp_path):
     assert set(importance["scores"]) == set(report["importance"]["scores"])
     assert importance["spearman_vs_truth"] > 0.3
     assert (tmp_path / "model.pt").is_file()
+    compressed = written["compress"]
+    assert compressed["bytes"]["share_of_fp32"] <= 0.3 and compressed["trainings"] == 1
+    assert compressed["artifact_memory"]["embedding_bytes"] <= 0.35 * compressed["bytes"]["fp32"]
+    assert compressed["metrics"]["test"]["click"]["auc"] > 0.6
+    assert (tmp_path / "compressed" / "manifest.json").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,12 @@ from sharkrec.report import print_metrics
 from sharkrec.train.run import REPORT_FILE, train_model
 from sharkrec.train.trainer import TrainConfig
 
+COMPRESSED_DIR = "compressed"
+
 
 def run_demo(out: str | Path, rows: int = 300_000, seed: int = 0, console: Console | None = None) -> dict[str, Any]:
-    """Generate a Criteo-shaped click log, train a DLRM on it, evaluate it, write ``out/report.json``."""
+    """Generate a Criteo-shaped click log, train a DLRM, rank its fields, compress it to 30% of its embedding
+    bytes; write ``out/report.json``, ``out/model.pt`` and the artifact ``out/compressed/``."""
     console = console or Console()
     started = time.perf_counter()
     out = Path(out)
@@ -46,10 +50,29 @@ def run_demo(out: str | Path, rows: int = 300_000, seed: int = 0, console: Conso
         "(the best any model can do on this data)"
     )
     report["importance"] = _importance_against_truth(model, data, truth, console)
+    report["compress"] = _compress(model, data, out, seed, console)
     report["seconds"] = time.perf_counter() - started
     write_json(out / REPORT_FILE, report)
-    console.print(f"wrote {out / REPORT_FILE} and {out / 'model.pt'} in {report['seconds']:.1f} s")
+    console.print(f"wrote {out / REPORT_FILE}, {out / 'model.pt'} and {out / COMPRESSED_DIR} in "
+                  f"{report['seconds']:.1f} s")
     return report
+
+
+def _compress(model: DLRM, data: PreparedData, out: Path, seed: int, console: Console) -> dict[str, Any]:
+    """``compress`` to 30% of the embedding bytes (one candidate trained), written as a serving artifact."""
+    from sharkrec.compress import DEFAULT_FINE_TUNE, CompressConfig, compress
+    from sharkrec.compress.run import ADAM_FALLBACK_LR, print_summary
+    from sharkrec.export import save_artifact
+
+    fine_tune = dataclasses.replace(DEFAULT_FINE_TUNE, lr=ADAM_FALLBACK_LR, epochs=1, seed=seed)
+    result = compress(model, data, CompressConfig(target_memory=0.3, max_trainings=1, fine_tune=fine_tune, seed=seed))
+    manifest = save_artifact(result.model, data.schema, data.vocabularies, out / COMPRESSED_DIR)
+    console.print("[bold]compress[/] (F-Permutation + F-Quantization, target 30% of the embedding bytes):")
+    print_summary(result.report, console)
+    return {"chosen": result.report["chosen"]["label"], "bytes": result.report["bytes"],
+            "metrics": result.report["metrics"], "auc_drop": result.report["auc_drop"],
+            "trainings": result.report["search"]["trainings"], "grid_size": result.report["search"]["grid_size"],
+            "artifact_memory": manifest.get("memory", {}), "seconds": result.report["seconds"]}
 
 
 def _importance_against_truth(model: DLRM, data: PreparedData, truth: GroundTruth, console: Console) -> dict[str, Any]:
