@@ -303,6 +303,7 @@ MethodOpt = Annotated[
 ScoreSplitOpt = Annotated[str, typer.Option("--score-split", help="Split to score fields on: train, valid, test.")]
 ScoreBatchOpt = Annotated[int, typer.Option("--batch-size", help="Scoring batch size.")]
 MaxSamplesOpt = Annotated[int | None, typer.Option("--max-samples", help="Score on at most this many samples.")]
+KeepOpt = Annotated[str | None, typer.Option("--keep", help="Never remove these fields, e.g. C1,C2.")]
 
 
 @app.command()
@@ -359,7 +360,7 @@ def prune(
     fine_tune_lr: Annotated[float | None, typer.Option(help="Fine-tune lr (default: 0.1 x the model's).")] = None,
     fine_tune_optimizer: Annotated[str | None, typer.Option(help="Fine-tune optimizer (default: the model's).")] = None,
     order: Annotated[str | None, typer.Option(help="Remove fields in this order, no scoring, e.g. C3,C7.")] = None,
-    keep: Annotated[str | None, typer.Option(help="Never remove these fields, e.g. C1,C2.")] = None,
+    keep: KeepOpt = None,
     batch_size: ScoreBatchOpt = 4096,
     max_samples: MaxSamplesOpt = None,
     score_split: ScoreSplitOpt = "valid",
@@ -405,9 +406,9 @@ def compress(
     max_trainings: Annotated[int, typer.Option(help="Fine-tune at most this many candidates.")] = 3,
     method: MethodOpt = "default",
     fine_tune_epochs: Annotated[int, typer.Option(help="Epochs of each candidate's fine-tune.")] = 2,
-    fine_tune_lr: Annotated[float | None, typer.Option(help="Fine-tune lr (default: 0.1 x the model's).")] = None,
+    fine_tune_lr: Annotated[float | None, typer.Option(help="Fine-tune lr (default: 0.01 x the model's).")] = None,
     no_int4: Annotated[bool, typer.Option("--no-int4", help="Never use the int4 tier.")] = False,
-    keep: Annotated[str | None, typer.Option(help="Never remove these fields, e.g. C1,C2.")] = None,
+    keep: KeepOpt = None,
     batch_size: ScoreBatchOpt = 4096,
     max_samples: MaxSamplesOpt = None,
     seed: Annotated[int, typer.Option(help="Random seed (scoring draws, fine-tune order).")] = 0,

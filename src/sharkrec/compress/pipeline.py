@@ -27,15 +27,12 @@ The test split is only used to report the chosen model's metrics, never to choos
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from sharkrec.compress.search import (
     Candidate,
@@ -56,7 +53,7 @@ from sharkrec.prune.loop import check_model_matches
 from sharkrec.prune.plan import field_means, removable_fields
 from sharkrec.train.optim import OptimizerKind
 from sharkrec.train.run import memory_summary
-from sharkrec.train.trainer import TrainConfig, Trainer, evaluate
+from sharkrec.train.trainer import TrainConfig, evaluate, fit_unless_worse
 
 #: quantization-aware fine-tune of a candidate: up to 2 epochs, best validation epoch kept
 DEFAULT_FINE_TUNE = TrainConfig(optimizer=OptimizerKind.ADAGRAD, lr=0.01, epochs=2, patience=1, progress=False)
@@ -279,14 +276,8 @@ def _cluster_stage(model: DLRM, data: PreparedData, config: CompressConfig) -> t
     clustered, report = cluster_model(model, data, rows_ratio=config.cluster_rows_ratio,
                                       method=config.cluster_method, seed=config.seed, evaluate=False)
     valid = data.valid if len(data.valid) > 0 else data.train
-    tasks = data.schema.label_names
-    before_model, before = copy.deepcopy(clustered), evaluate(clustered, valid, tasks)
-    Trainer(clustered, config.fine_tune, tasks).fit(data.train, valid)
-    after = evaluate(clustered, valid, tasks)
-    kept = _mean_logloss(after) <= _mean_logloss(before)
-    if not kept:
-        clustered, after = before_model, before
-    clustered.eval()
+    clustered, tuned = fit_unless_worse(clustered, config.fine_tune, data.schema.label_names, data.train, valid)
+    kept, after = tuned["kept"], tuned["valid_after"] if tuned["kept"] else tuned["valid_before"]
     memory = report["memory"]
     return clustered, {"method": config.cluster_method, "rows_ratio": config.cluster_rows_ratio,
                        "rows_compression": memory.get("rows_compression"), "fine_tune_kept": kept, "valid": after,
@@ -312,17 +303,11 @@ def _fine_tune(model: DLRM, data: PreparedData, prediction: Prediction, means: M
                policy: Mapping[str, Any], config: CompressConfig, base_valid: Mapping[str, Mapping[str, float]]
                ) -> tuple[DLRM, dict[str, Any]]:
     """Build the candidate and train it with F-Quantization active; undo a fine-tune that hurt."""
-    tasks = data.schema.label_names
     valid = data.valid if len(data.valid) > 0 else data.train
     tick = time.perf_counter()
     trial = build_candidate(model, data, prediction.candidate, means, policy, config.seed)
-    before_model = copy.deepcopy(trial)
-    before = evaluate(trial, valid, tasks)
-    result = Trainer(trial, config.fine_tune, tasks).fit(data.train, valid)
-    after = evaluate(trial, valid, tasks)
-    kept = _mean_logloss(after) <= _mean_logloss(before)
-    if not kept:
-        trial, after = before_model, before
+    trial, tuned = fit_unless_worse(trial, config.fine_tune, data.schema.label_names, data.train, valid)
+    kept, after = tuned["kept"], tuned["valid_after"] if tuned["kept"] else tuned["valid_before"]
     rows_moved = getattr(_quantized(trial), "rows_moved", 0)
     entry = {
         "label": prediction.candidate.label,
@@ -330,7 +315,7 @@ def _fine_tune(model: DLRM, data: PreparedData, prediction: Prediction, means: M
         "valid_auc_drop": relative_auc_drop(base_valid, after),
         "valid": after,
         "fine_tune_kept": kept,
-        "steps": result.steps,
+        "steps": tuned["steps"],
         "rows_moved": int(rows_moved),
         "bytes": int(trial.embedding.embedding_bytes()),
         "seconds": time.perf_counter() - tick,
@@ -342,6 +327,3 @@ def _quantized(model: DLRM) -> Any:
     embedding = model.embedding
     return getattr(embedding, "kept", embedding)
 
-
-def _mean_logloss(metrics: Mapping[str, Mapping[str, float]]) -> float:
-    return float(np.mean([m["logloss"] for m in metrics.values()]))

@@ -34,7 +34,7 @@ from sharkrec.model.embedding import FloatEmbedding
 from sharkrec.prune.embedding import PrunedEmbedding
 from sharkrec.quant.build import build_embedding, expected_priorities
 from sharkrec.quant.codec import Precision
-from sharkrec.quant.priority import ROW_MAP_BYTES
+from sharkrec.quant.priority import row_cost
 from sharkrec.train.trainer import evaluate
 
 
@@ -86,8 +86,7 @@ class Prediction:
 
 def lowest_tier_share(dim: int, use_int4: bool) -> float:
     """Bytes of a row in the lowest tier (payload, scale, row map) as a share of its fp32 bytes."""
-    tier = Precision.INT4 if use_int4 else Precision.INT8
-    return (tier.payload_bytes(dim) + tier.scale_bytes() + ROW_MAP_BYTES) / (4 * dim)
+    return row_cost(Precision.INT4 if use_int4 else Precision.INT8, dim) / (4 * dim)
 
 
 def enumerate_candidates(model: DLRM, order: Sequence[str], scores: Mapping[str, float], target_memory: float,

@@ -19,7 +19,6 @@ A fixed removal order (``order=[...]`` or ``method="random"``) replaces the scor
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
@@ -36,7 +35,7 @@ from sharkrec.model.dlrm import DENSE_FIELD, DLRM
 from sharkrec.prune.embedding import PrunedEmbedding
 from sharkrec.prune.plan import PruningPlan, check_removable, removable_fields, remove_fields
 from sharkrec.train.optim import OptimizerKind
-from sharkrec.train.trainer import TrainConfig, Trainer, evaluate
+from sharkrec.train.trainer import TrainConfig, evaluate, fit_unless_worse, mean_logloss
 
 RANDOM = "random"
 ORDER = "order"
@@ -203,7 +202,7 @@ def prune(model: DLRM, data: PreparedData, method: str = "default", *, order: Se
             stopped_because = "target memory: the next step would remove more than 1 - target of the bytes"
             break
         tick = time.perf_counter()
-        fine_tune = _fine_tune(trial, data, config, step)
+        trial, fine_tune = _fine_tune(trial, data, config, step)
         fine_tune_seconds = time.perf_counter() - tick
         entry = _entry(step, trial, data, task_names, base_bytes, chosen, scores, accepted=True, started=started)
         entry["fine_tune"] = fine_tune
@@ -224,34 +223,24 @@ def prune(model: DLRM, data: PreparedData, method: str = "default", *, order: Se
     return PruneResult(current, plan, tuple(history), stopped_because)
 
 
-def _fine_tune(model: DLRM, data: PreparedData, config: PruneConfig, step: int) -> dict[str, Any]:
+def _fine_tune(model: DLRM, data: PreparedData, config: PruneConfig, step: int) -> tuple[DLRM, dict[str, Any]]:
     """Algorithm 1, lines 8-9: train briefly on a fresh support sample of the training split.
 
-    Guarded by the validation split: when the fine-tuned weights have a higher validation log loss
-    (task-weighted mean) than before, the step keeps the weights it had (measured on Frappe: with a fresh
+    Guarded by the validation split (:func:`fit_unless_worse`): when the fine-tuned weights have a higher
+    validation log loss than before, the step keeps the weights it had (measured on Frappe: with a fresh
     optimizer state a 10% support sample can cost more than the removed table did).
     """
     if config.fine_tune_fraction == 0 or len(data.train) == 0:
-        return {"steps": 0, "kept": False}
+        return model, {"steps": 0, "kept": False}
     size = max(1, round(config.fine_tune_fraction * len(data.train)))
     rng = np.random.default_rng([config.seed, step])
     support: EncodedSplit = data.train.subset(np.sort(rng.choice(len(data.train), size, replace=False)))
     settings = dataclasses.replace(config.fine_tune, seed=config.fine_tune.seed + step)
     valid = data.valid if len(data.valid) > 0 else support
-    tasks = data.schema.label_names
-    before_state = copy.deepcopy(model.state_dict())
-    before = _mean_logloss(evaluate(model, valid, tasks))
-    trained = Trainer(model, settings, tasks).fit(support, valid)
-    after = _mean_logloss(evaluate(model, valid, tasks))
-    keep = after <= before
-    if not keep:
-        model.load_state_dict(before_state)
-    model.eval()
-    return {"steps": trained.steps, "kept": keep, "valid_logloss_before": before, "valid_logloss_after": after}
-
-
-def _mean_logloss(metrics: Mapping[str, Mapping[str, float]]) -> float:
-    return float(np.mean([m["logloss"] for m in metrics.values()]))
+    model, summary = fit_unless_worse(model, settings, data.schema.label_names, support, valid)
+    return model, {"steps": summary["steps"], "kept": summary["kept"],
+                   "valid_logloss_before": mean_logloss(summary["valid_before"]),
+                   "valid_logloss_after": mean_logloss(summary["valid_after"])}
 
 
 def _entry(step: int, model: DLRM, data: PreparedData, task_names: tuple[str, ...], base_bytes: int,

@@ -186,6 +186,11 @@ def tiers_by_threshold(priority: Tensor, policy: FQuantPolicy) -> Tensor:
     return codes
 
 
+def row_cost(tier: Precision, dim: int) -> int:
+    """Bytes one row of ``tier`` holds: payload, scale and its row map entry (what memory_report counts)."""
+    return tier.payload_bytes(dim) + tier.scale_bytes() + ROW_MAP_BYTES
+
+
 def tier_counts_for_budget(num_rows: int, dim: int, policy: FQuantPolicy) -> list[int]:
     """Rows per tier (most precise first) so that held bytes ≤ ``memory_budget`` · fp32 bytes.
 
@@ -200,7 +205,7 @@ def tier_counts_for_budget(num_rows: int, dim: int, policy: FQuantPolicy) -> lis
         counts[-1] = num_rows - sum(counts[:-1])
         return counts
     assert policy.memory_budget is not None
-    cost = [t.payload_bytes(dim) + t.scale_bytes() + ROW_MAP_BYTES for t in tiers]
+    cost = [row_cost(t, dim) for t in tiers]
     budget = policy.memory_budget * num_rows * 4 * dim
     spare = budget - num_rows * cost[-1]
     if spare < 0:

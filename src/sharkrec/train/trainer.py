@@ -142,6 +142,32 @@ def evaluate(
     return task_metrics(split.labels.numpy(), probabilities, task_names)
 
 
+def mean_logloss(metrics: dict[str, dict[str, float]]) -> float:
+    """Mean log loss over the tasks of :func:`evaluate`'s result."""
+    return float(np.mean([m["logloss"] for m in metrics.values()]))
+
+
+def fit_unless_worse(model: DLRM, config: TrainConfig, task_names: tuple[str, ...], train: EncodedSplit,
+                     valid: EncodedSplit) -> tuple[DLRM, dict[str, Any]]:
+    """Fine-tune ``model`` on ``train``; keep the result only if the mean validation log loss did not rise.
+
+    Returns the model to use (the trained one, or an untouched copy of the input) and a summary:
+    steps, whether the fine-tune was kept, validation metrics before and after training (``valid_after``
+    is the trained weights' even when they were not kept). On a converged model a
+    fresh optimizer state can cost more than the change being fine-tuned for, so every fine-tune of a
+    compression stage goes through this guard.
+    """
+    untouched = copy.deepcopy(model)
+    before = evaluate(model, valid, task_names)
+    result = Trainer(model, config, task_names).fit(train, valid)
+    after = evaluate(model, valid, task_names)
+    kept = mean_logloss(after) <= mean_logloss(before)
+    chosen = model if kept else untouched
+    chosen.eval()
+    return chosen, {"steps": result.steps, "kept": kept, "seconds": result.seconds, "valid_before": before,
+                    "valid_after": after}
+
+
 def batch_loss(
     model: DLRM, batch: Batch, task_weights: torch.Tensor, embedding_l2: float = 0.0, reduction: str = "mean"
 ) -> torch.Tensor:
