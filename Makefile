@@ -5,7 +5,7 @@ PYTHON ?= python3
 OUT ?= runs/demo
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup setup-torchrec demo test test-fast lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -13,9 +13,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	# TorchRec interop (DEVELOPERS.md): torchrec and fbgemm pinned, --no-deps so torch stays 2.13.0
-	$(PY) -m pip install --quiet --no-deps fbgemm-gpu-cpu==1.8.0 torchrec==1.8.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+# Optional TorchRec interop (DEVELOPERS.md). Its runtime dependencies come first through the extra; torchrec and
+# fbgemm-gpu-cpu come last with --no-deps (torch stays 2.13.0), so pip has no resolver conflict to report.
+setup-torchrec: $(VENV)/.installed-torchrec
+
+$(VENV)/.installed-torchrec: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[dev,torchrec]"
+	$(PY) -m pip install --quiet --no-deps fbgemm-gpu-cpu==1.8.0 torchrec==1.8.0
 	touch $@
 
 demo: setup
