@@ -7,6 +7,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared machines 20x
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -116,6 +118,19 @@ def _load_with_model(model: Path, fmt: Format, data: str | None, schema: Path | 
     return bundle, _load(fmt, data, schema, on_bad_line, split, None, vocabularies=bundle.vocabularies)
 
 
+@contextmanager
+def _holding(out: Path | None, command: str) -> Iterator[None]:
+    """Lock ``--out`` for this command (rank 0 under torchrun): a second run into it fails with the holder's PID."""
+    from sharkrec.distributed import is_main
+    from sharkrec.io import output_lock
+
+    if out is None or not is_main():
+        yield
+        return
+    with output_lock(out, command):
+        yield
+
+
 def _threads(threads: int | None) -> None:
     import torch
 
@@ -152,8 +167,9 @@ def prepare(
     """Parse and encode a dataset; write the schema, vocabulary sizes and a data report."""
     from sharkrec.data.export import write_prepared
 
-    prepared = _load(fmt, data, schema, on_bad_line, split, cache_dir=out / "cache", min_count=min_count)
-    report = write_prepared(prepared, out)
+    with _holding(out, "prepare"):
+        prepared = _load(fmt, data, schema, on_bad_line, split, cache_dir=out / "cache", min_count=min_count)
+        report = write_prepared(prepared, out)
     typer.echo(
         f"rows train/valid/test: {report['rows']['train']}/{report['rows']['valid']}/{report['rows']['test']}; "
         f"bad lines skipped: {report.get('bad_lines', {}).get('count', 0)}; wrote {out / 'report.json'}"
@@ -181,17 +197,27 @@ def train(
     cache_fraction: Annotated[float | None, typer.Option(help="mpe: share of rows in the fp32 cache.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (model init and data order).")] = 0,
     task_weights: Annotated[str | None, typer.Option(help="Loss weight per task, e.g. 1,0.5.")] = None,
-    optimizer: Annotated[str, typer.Option(help="sgd, adagrad or adam (tables updated sparsely).")] = "adam",
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.01,
-    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 512,
-    epochs: Annotated[int, typer.Option(help="Passes over the training split.")] = 10,
+    optimizer: Annotated[str | None, typer.Option(
+        help="sgd, adagrad or adam (tables updated sparsely) [default: adagrad].")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate [default: 0.05, or tuned].")] = None,
+    embedding_lr: Annotated[float | None, typer.Option(help="Learning rate of the tables [default: --lr].")] = None,
+    tune: Annotated[str, typer.Option(
+        help="auto, on or off: search lr x embedding L2 on the validation split (auto: when the training split has "
+             "at most 300,000 rows and none of --optimizer/--lr/--embedding-lr/--embedding-l2 is given).")] = "auto",
+    batch_size: Annotated[int | None, typer.Option(help="Samples per step [default: 512].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the training split [default: 20].")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
-    eval_every: Annotated[int | None, typer.Option(help="Validate every N steps (default: each epoch).")] = None,
-    patience: Annotated[int, typer.Option(help="Validations without improvement before stopping (0: never).")] = 2,
-    stop_metric: Annotated[str, typer.Option(help="auc or logloss: picks the best checkpoint.")] = "logloss",
+    eval_every: Annotated[int | None, typer.Option(
+        help="Validate every N steps [default: --evals-per-epoch times an epoch].")] = None,
+    evals_per_epoch: Annotated[int | None, typer.Option(help="Validations per epoch [default: 4].")] = None,
+    patience: Annotated[int | None, typer.Option(
+        help="Validations without improvement before stopping, 0: never [default: 6].")] = None,
+    stop_metric: Annotated[str | None, typer.Option(
+        help="auc or logloss: picks the best checkpoint (and the tuned settings) [default: logloss].")] = None,
     embedding_dim: Annotated[int, typer.Option(help="Embedding dimension.")] = 16,
-    embedding_l2: Annotated[float, typer.Option(help="L2 on looked-up embedding vectors.")] = 0.0,
-    weight_decay: Annotated[float, typer.Option(help="L2 on dense weights.")] = 0.0,
+    embedding_l2: Annotated[float | None, typer.Option(
+        help="L2 on looked-up embedding vectors [default: 0.01, or tuned].")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="L2 on dense weights [default: 0].")] = None,
     top_mlp: Annotated[str, typer.Option(help="Top MLP hidden sizes.")] = "256,128",
     bottom_mlp: Annotated[str, typer.Option(help="Bottom MLP hidden sizes.")] = "64",
     head: Annotated[str, typer.Option(help="shared-bottom or mmoe.")] = "shared-bottom",
@@ -209,6 +235,7 @@ def train(
     from sharkrec.report import print_metrics
     from sharkrec.train.run import train_model
     from sharkrec.train.trainer import TrainConfig
+    from sharkrec.train.tune import describe_trial, should_tune, tune_grid
 
     precision_options: dict[str, Any] = {
         key: value
@@ -227,22 +254,22 @@ def train(
     if int4:
         precision_options["use_int4"] = True
     _threads(threads)
-    settings: dict[str, Any] = {"optimizer": optimizer, "stop_metric": stop_metric}  # validated by TrainConfig
-    config = TrainConfig(
-        **settings,
-        lr=lr,
-        batch_size=batch_size,
-        epochs=epochs,
-        max_steps=max_steps,
-        eval_every=eval_every,
-        patience=patience,
-        embedding_l2=embedding_l2,
-        weight_decay=weight_decay,
-        task_weights=_floats(task_weights, "--task-weights"),
-        seed=seed,
-        progress=not quiet,
-    )
+    given = {  # only what the user set: every other setting is TrainConfig's default, written once there
+        key: value
+        for key, value in {
+            "optimizer": optimizer, "lr": lr, "embedding_lr": embedding_lr, "batch_size": batch_size,
+            "epochs": epochs, "max_steps": max_steps, "eval_every": eval_every, "evals_per_epoch": evals_per_epoch,
+            "patience": patience, "stop_metric": stop_metric, "embedding_l2": embedding_l2,
+            "weight_decay": weight_decay, "task_weights": _floats(task_weights, "--task-weights"),
+        }.items()
+        if value is not None
+    }
+    config = TrainConfig(**given, seed=seed, progress=not quiet)  # validates every value
     prepared = _load(fmt, data, schema, on_bad_line, split, cache_dir, min_count=min_count)
+    search = should_tune(tune, len(prepared.train), tuple(given))
+    if search:
+        typer.echo(f"tuning lr x embedding L2 on the validation split ({len(tune_grid(config))} trainings; "
+                   "--tune off or --lr/--embedding-l2 to skip)")
     options = {
         "embedding_dim": embedding_dim,
         "top_mlp": _ints(top_mlp, "--top-mlp"),
@@ -259,7 +286,12 @@ def train(
         model_options=options,
         precision=precision,
         precision_options=precision_options,
+        tune=search,
+        on_trial=lambda record: typer.echo(describe_trial(record, config.stop_metric)),
     )
+    if search:
+        chosen = report["tuning"]["chosen_settings"]
+        typer.echo("tuned: " + ", ".join(f"{key} {value:g}" for key, value in chosen.items()))
     print_metrics(report)
     typer.echo(f"wrote {out / 'model.pt'} and {out / 'report.json'}")
 
@@ -281,7 +313,8 @@ def evaluate(
 
     _threads(threads)
     bundle, prepared = _load_with_model(model, fmt, data, schema, on_bad_line, split)
-    report = evaluate_bundle(bundle, prepared, out)
+    with _holding(out, "evaluate"):
+        report = evaluate_bundle(bundle, prepared, out)
     print_metrics(report)
 
 
@@ -329,18 +362,9 @@ def importance(
 
     _threads(threads)
     bundle, prepared = _load_with_model(model, fmt, data, schema, on_bad_line, split)
-    report = run_importance(
-        bundle,
-        prepared,
-        method,
-        out,
-        split=score_split,
-        batch_size=batch_size,
-        max_samples=max_samples,
-        repeats=repeats,
-        fields=_names(fields),
-        seed=seed,
-    )
+    with _holding(out, "importance"):
+        report = run_importance(bundle, prepared, method, out, split=score_split, batch_size=batch_size,
+                                max_samples=max_samples, repeats=repeats, fields=_names(fields), seed=seed)
     print_importance(report)
     typer.echo(f"wrote {out / 'report.json'} and {out / 'importance.png'}")
 
@@ -389,7 +413,9 @@ def prune(
         keep=tuple(_names(keep) or ()),
         seed=seed,
     )
-    result, report = run_prune(bundle, prepared, method, out, config=config, order=_names(order), on_step=print_step)
+    with _holding(out, "prune"):
+        result, report = run_prune(bundle, prepared, method, out, config=config, order=_names(order),
+                                   on_step=print_step)
     print_metrics(report)
     typer.echo(f"{result.stopped_because}; removed {', '.join(result.plan.removed) or 'nothing'}")
     typer.echo(f"wrote {out / 'model.pt'}, {out / 'plan.json'}, {out / 'report.json'} and {out / 'pruning_curve.png'}")
@@ -433,7 +459,8 @@ def compress(
                             importance_method=method, fine_tune=fine_tune, allow_int4=not no_int4,
                             keep=tuple(_names(keep) or ()), batch_size=batch_size, max_samples=max_samples, seed=seed,
                             cluster_rows_ratio=cluster_rows_ratio, cluster_method=cluster_method)
-    result = run_compress(bundle, prepared, config, out, on_event=print_event, resume=resume)
+    with _holding(out, "compress"):
+        result = run_compress(bundle, prepared, config, out, on_event=print_event, resume=resume)
     print_summary(result.report)
     typer.echo(f"wrote {out / 'model.pt'}, {out / 'artifact'} and {out / 'report.json'}")
 
@@ -468,9 +495,11 @@ def cluster(
     bundle, prepared = _load_with_model(model, fmt, data, schema, on_bad_line, split)
     tune = None if fine_tune_steps == 0 else fine_tune_config(bundle, max_steps=fine_tune_steps, lr=fine_tune_lr)
     field_names = _names(fields)
-    _, report = run_cluster(bundle, prepared, out, rows_ratio=rows_ratio, target_bytes=target_bytes, method=method,
-                            metric=metric, head_share=head_share, fields=None if field_names is None else
-                            tuple(field_names), seed=seed, fine_tune=tune, quantize=quantize, progress=True)
+    with _holding(out, "cluster"):
+        _, report = run_cluster(bundle, prepared, out, rows_ratio=rows_ratio, target_bytes=target_bytes,
+                                method=method, metric=metric, head_share=head_share,
+                                fields=None if field_names is None else tuple(field_names), seed=seed,
+                                fine_tune=tune, quantize=quantize, progress=True)
     print_metrics(report)
     memory = report["memory"]
     typer.echo(f"rows {memory['rows_before']:,} -> {memory['cluster_rows']:,} ({memory['rows_compression']:.1f}x); "

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -75,3 +76,83 @@ def read_json(path: str | os.PathLike[str], what: str, error: type[Exception], h
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise error(f"{what} {str(path)!r} is not valid JSON ({exc.msg} at line {exc.lineno}); fix it") from None
+
+
+# ------------------------------------------------------------------------------------------- output folders
+LOCK_FILE = ".sharkrec.lock"
+_held_locks: dict[Path, tuple[int, int]] = {}  # resolved folder -> (fd, depth): re-entrant within a process
+
+
+@contextmanager
+def output_lock(folder: str | os.PathLike[str], what: str = "run") -> Iterator[Path]:
+    """Hold ``folder`` for this process while the block runs; a second holder fails with one line naming the first.
+
+    The lock is an ``fcntl.flock`` on ``folder/.sharkrec.lock`` (which records the holder's PID), so the kernel
+    releases it when the holder exits, ``kill -9`` included: a later run never waits on a dead one. Taking the
+    lock removes the temporary files an interrupted atomic write left in the folder (no other process can be
+    writing there while we hold it). Re-entrant: nested calls in one process share the lock.
+    """
+    import fcntl
+
+    from sharkrec.errors import ConfigError
+
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    key = root.resolve()
+    if key in _held_locks:
+        fd, depth = _held_locks[key]
+        _held_locks[key] = (fd, depth + 1)
+        try:
+            yield root
+        finally:
+            fd, depth = _held_locks[key]
+            _held_locks[key] = (fd, depth - 1)
+        return
+    path = key / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(
+                f"output folder {str(root)!r} is in use by another sharkrec {holder}; wait for it to finish "
+                "(or stop it) or choose another --out"
+            ) from None
+        if os.path.exists(path) and os.stat(path).st_ino == os.fstat(fd).st_ino:
+            break  # the lock file we hold is the one at the path (not one a releasing holder just removed)
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{what} (PID {os.getpid()})\n".encode(), 0)
+    _held_locks[key] = (fd, 1)
+    try:
+        remove_stale_temporaries(key)
+        yield root
+    finally:
+        _held_locks.pop(key, None)
+        with suppress(FileNotFoundError):
+            os.unlink(path)  # while still holding it: a waiting opener sees the inode change and retries
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str], depth: int = 2) -> list[Path]:
+    """Delete what interrupted atomic writes left under ``folder`` (``.NAME.*.tmp`` files and folders, ``.old``).
+
+    Only call it while holding :func:`output_lock` on ``folder``: then no live writer owns them.
+    """
+    removed: list[Path] = []
+    root = Path(folder)
+    if not root.is_dir():
+        return removed
+    for entry in root.iterdir():
+        name = entry.name
+        if name.startswith(".") and (name.endswith(".tmp") or name.endswith(".old")) and name.count(".") >= 3:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+        elif depth > 1 and entry.is_dir() and not entry.is_symlink() and not name.startswith("."):
+            removed.extend(remove_stale_temporaries(entry, depth - 1))
+    return removed

@@ -18,11 +18,10 @@ from sharkrec.io import write_json
 from sharkrec.model.dlrm import DLRM
 from sharkrec.model.embedding import FieldEmbedding
 from sharkrec.prune.embedding import PrunedEmbedding
-from sharkrec.train.checkpoint import ModelBundle, save_model
+from sharkrec.train.checkpoint import MODEL_FILE, ModelBundle, save_model
 from sharkrec.train.run import memory_summary, split_metrics
 from sharkrec.train.trainer import TrainConfig, Trainer
 
-MODEL_FILE = "model.pt"
 REPORT_FILE = "report.json"
 
 

@@ -20,11 +20,10 @@ from sharkrec.data.dataset import PreparedData
 from sharkrec.errors import ConfigError
 from sharkrec.io import write_json
 from sharkrec.model.dlrm import DLRM
-from sharkrec.train.checkpoint import ModelBundle, save_model
+from sharkrec.train.checkpoint import MODEL_FILE, ModelBundle, save_model
 from sharkrec.train.optim import OptimizerKind
 from sharkrec.train.trainer import TrainConfig
 
-MODEL_FILE = "model.pt"
 ARTIFACT_DIR = "artifact"
 REPORT_FILE = "report.json"
 STATE_DIR = "compress_state"

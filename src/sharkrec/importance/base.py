@@ -39,8 +39,12 @@ class FieldImportance:
         method: registered name of the method.
         field_names: the F scored fields, in model order (``"dense"`` first when present).
         scores: (F,) mean score per sample over all scored samples (larger = more important).
-        std: (F,) standard deviation of the per-batch means (or of the repeats / draws).
-        raw: (n_batches, F) per-batch (or per-repeat) mean scores.
+        std: (F,) standard error of each score: the spread of the sample-weighted mean over
+            ``BOOTSTRAP_RESAMPLES`` bootstrap resamples of the rows of ``raw`` (blocks of samples), so it
+            shrinks as more samples are scored. NaN where a method has no estimate (see ``std_method``).
+        raw: (R, F) mean scores of R blocks of samples (at least ``MIN_BLOCKS`` when there are enough
+            samples; one block per batch on large splits), or one row per epoch / repeat where a method
+            says so.
         samples: samples the scores average over.
         seconds: wall-clock time of the whole computation.
         passes: forward-equivalent passes over the scored samples (see each method's docstring).
@@ -54,6 +58,7 @@ class FieldImportance:
     samples: int
     seconds: float
     passes: float
+    std_method: str = "bootstrap"
 
     def ranking(self) -> tuple[str, ...]:
         """Field names by descending score (ties keep field order)."""
@@ -74,6 +79,7 @@ class FieldImportance:
             "fields": list(self.field_names),
             "scores": self.as_dict(),
             "std": {name: float(s) for name, s in zip(self.field_names, self.std, strict=True)},
+            "std_method": self.std_method,
             "ranking": list(self.ranking()),
             "raw": self.raw.tolist(),
             "samples": self.samples,
@@ -151,12 +157,19 @@ class ImportanceMethod(abc.ABC):
         finally:
             self.model.train(was_training)
         return make_result(self.name, self.model.field_names, positions, raw, weights, samples,
-                           time.perf_counter() - started, passes)
+                           time.perf_counter() - started, passes, self.std_method)
 
     @abc.abstractmethod
     def _attribute(self, split: EncodedSplit, batch_size: int, positions: list[int], seed: int,
                    **options: Any) -> tuple[np.ndarray, np.ndarray, int, float]:
-        """(raw (R, len(positions)) per-batch means, weights (R,) samples per row, samples, passes)."""
+        """(raw (R, len(positions)) block means, weights (R,) samples per row, samples, passes).
+
+        Rows are blocks of :func:`block_size` samples (:func:`block_means`), so ``std`` is a bootstrap
+        standard error; a method whose rows are not sample blocks sets :attr:`std_method`.
+        """
+
+    #: how ``std`` is estimated from this method's raw rows ("bootstrap", or "none: <why>")
+    std_method: ClassVar[str] = "bootstrap"
 
     def loss_per_sample(self, logits: Tensor, labels: Tensor) -> Tensor:
         """(B, T) logits, (B, T) labels → (B,) task-weighted BCE."""
@@ -164,18 +177,56 @@ class ImportanceMethod(abc.ABC):
         return (bce * self.task_weights).sum(-1)
 
 
+#: blocks of samples a split is cut into (when it has that many samples) so the bootstrap has rows to draw
+MIN_BLOCKS = 64
+BOOTSTRAP_RESAMPLES = 200
+
+
+def block_size(samples: int, batch_size: int) -> int:
+    """Samples per row of ``raw``: enough blocks for a bootstrap (:data:`MIN_BLOCKS`), never more than a batch."""
+    return max(1, min(batch_size, -(-samples // MIN_BLOCKS)))
+
+
+def block_means(values: Tensor, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample scores (B, F) of one batch → (rows (⌈B/block⌉, F) block means, (rows,) block sizes)."""
+    chunks = values.double().split(block)
+    return (np.stack([chunk.mean(0).numpy() for chunk in chunks]),
+            np.asarray([len(chunk) for chunk in chunks], dtype=np.float64))
+
+
+def bootstrap_std(raw: np.ndarray, weights: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Standard error (F,) of the weighted mean of ``raw`` (R, F) rows, from resampling rows with replacement.
+
+    NaN when fewer than two rows carry weight: one number has no spread to measure, and 0 would read as
+    certainty.
+    """
+    used = weights > 0
+    raw, weights = raw[used], weights[used]
+    if len(raw) < 2:
+        return np.full(raw.shape[1], np.nan)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(raw), size=(BOOTSTRAP_RESAMPLES, len(raw)))  # (S, R)
+    w = weights[picks]  # (S, R)
+    means = np.einsum("sr,srf->sf", w, raw[picks]) / w.sum(1, keepdims=True)  # (S, F)
+    return means.std(0, ddof=1)
+
+
 def make_result(method: str, field_names: Sequence[str], positions: list[int], raw: np.ndarray,
-                weights: np.ndarray, samples: int, seconds: float, passes: float) -> FieldImportance:
-    """Assemble a :class:`FieldImportance`: sample-weighted mean and std of the raw rows, NaN for unscored fields."""
+                weights: np.ndarray, samples: int, seconds: float, passes: float,
+                std_method: str = "bootstrap") -> FieldImportance:
+    """Assemble a :class:`FieldImportance`: sample-weighted mean of the raw rows and its bootstrap standard error
+    (``std_method="bootstrap"``), or NaN std with ``std_method`` saying why; NaN for unscored fields."""
     count = len(field_names)
     raw = np.asarray(raw, dtype=np.float64).reshape(len(weights), len(positions))
     w = np.asarray(weights, dtype=np.float64)
     mean = (raw * w[:, None]).sum(0) / w.sum()
-    std = np.sqrt((((raw - mean) ** 2) * w[:, None]).sum(0) / w.sum()) if len(w) > 1 else np.zeros(len(positions))
+    std = bootstrap_std(raw, w) if std_method == "bootstrap" else np.full(len(positions), np.nan)
+    if std_method == "bootstrap" and np.isnan(std).all():
+        std_method = "none: one block of samples"
     scores, stds, full_raw = np.full(count, np.nan), np.full(count, np.nan), np.full((len(w), count), np.nan)
     scores[positions], stds[positions], full_raw[:, positions] = mean, std, raw
     return FieldImportance(method, tuple(field_names), scores, stds, full_raw, int(samples), float(seconds),
-                           float(passes))
+                           float(passes), std_method)
 
 
 def sweep(split: EncodedSplit, batch_size: int) -> Iterator[Batch]:

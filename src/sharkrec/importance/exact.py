@@ -17,7 +17,7 @@ import torch
 
 from sharkrec.data.dataset import EncodedSplit
 from sharkrec.errors import ConfigError
-from sharkrec.importance.base import ImportanceMethod, sweep
+from sharkrec.importance.base import ImportanceMethod, block_means, block_size, sweep
 from sharkrec.model.dlrm import DLRM
 
 
@@ -49,20 +49,22 @@ class Exact(ImportanceMethod):
         generator = torch.Generator().manual_seed(int(seed))
         chunk = max(1, batch_size // draws)  # samples per forward of chunk·draws rows
         rows, sizes = [], []
+        block = min(chunk, block_size(n, batch_size))
         for start in range(0, n, chunk):
             vectors, y = pool[start:start + chunk], labels[start:start + chunk]  # (b, F, D), (b, T)
             b = len(vectors)
             base = self.loss_per_sample(model.logits_from_fields(vectors), y)  # (b,)
             repeated = vectors.repeat(draws, 1, 1)  # (draws·b, F, D), draw-major
             y_rep = y.repeat(draws, 1)
-            row = np.zeros(len(positions))
+            per_sample = torch.zeros(b, len(positions), dtype=torch.float64)  # (b, F)
             for k, i in enumerate(positions):
                 picks = torch.randint(0, n, (draws * b,), generator=generator)
                 replaced = repeated.clone()
                 replaced[:, i] = pool[picks, i]
                 loss = self.loss_per_sample(model.logits_from_fields(replaced), y_rep).view(draws, b)
-                row[k] = float((loss.double().mean(0) - base.double()).mean())
-            rows.append(row)
-            sizes.append(b)
+                per_sample[:, k] = loss.double().mean(0) - base.double()
+            block_rows, counts = block_means(per_sample, block)
+            rows.append(block_rows)
+            sizes.append(counts)
         passes = 1.0 + len(positions) * draws
-        return np.stack(rows), np.asarray(sizes, dtype=np.float64), n, passes
+        return np.concatenate(rows), np.concatenate(sizes), n, passes

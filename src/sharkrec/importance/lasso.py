@@ -50,6 +50,9 @@ class GroupLasso(ImportanceMethod):
         self.strength, self.lr, self.epochs, self.gate_batch_size = float(strength), float(lr), int(epochs), int(
             gate_batch_size)
 
+    #: the score is one trained gate norm: resampling samples would mean retraining the gates
+    std_method: ClassVar[str] = "none: one trained gate norm per field (retrain with other seeds for a spread)"
+
     def _attribute(self, split: EncodedSplit, batch_size: int, positions: list[int], seed: int,
                    **options: Any) -> tuple[np.ndarray, np.ndarray, int, float]:
         if options:

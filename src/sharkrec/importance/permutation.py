@@ -2,8 +2,9 @@
 
 For each batch, repeat and field i, the field vectors (B, F, D) are computed once, field i's rows are
 permuted by a seeded random permutation of the batch, and the increase of the task-weighted loss per
-sample is averaged. ``raw`` holds one row per repeat (the mean over all samples), so ``std`` is the
-spread across repeats, as in scikit-learn's ``permutation_importance``.
+sample is averaged over the T repeats. ``raw`` holds one row per block of samples (the mean over the
+block and the repeats), so ``std`` is the bootstrap standard error of the score over samples — also
+for T = 1, where scikit-learn's spread across repeats would be 0.
 
 ``passes`` = 1 (field vectors and the unshuffled loss) + F·T top-network forwards.
 """
@@ -17,7 +18,7 @@ import torch
 
 from sharkrec.data.dataset import EncodedSplit
 from sharkrec.errors import ConfigError
-from sharkrec.importance.base import ImportanceMethod, sweep
+from sharkrec.importance.base import ImportanceMethod, block_means, block_size, sweep
 from sharkrec.model.dlrm import DLRM
 
 
@@ -43,17 +44,21 @@ class Permutation(ImportanceMethod):
         if options:
             raise ConfigError(f"unknown options {sorted(options)} for method 'permutation'")
         generator = torch.Generator().manual_seed(int(seed))
-        totals = np.zeros((self.repeats, len(positions)))
+        block = block_size(len(split), batch_size)
+        rows, sizes = [], []
         for batch in sweep(split, batch_size):
             vectors = self.model.field_vectors(batch)  # (B, F, D)
             base = self.loss_per_sample(self.model.logits_from_fields(vectors), batch.labels)  # (B,)
-            for r in range(self.repeats):
+            increase = torch.zeros(len(batch), len(positions), dtype=torch.float64)  # (B, F), summed over repeats
+            for _ in range(self.repeats):
                 for k, i in enumerate(positions):
                     order = torch.randperm(len(batch), generator=generator)
                     shuffled = vectors.clone()
                     shuffled[:, i] = vectors[order, i]
                     loss = self.loss_per_sample(self.model.logits_from_fields(shuffled), batch.labels)
-                    totals[r, k] += float((loss - base).double().sum())
-        raw = totals / len(split)
+                    increase[:, k] += (loss - base).double()
+            block_rows, counts = block_means(increase / self.repeats, block)
+            rows.append(block_rows)
+            sizes.append(counts)
         passes = 1.0 + len(positions) * self.repeats
-        return raw, np.full(self.repeats, float(len(split))), len(split), passes
+        return np.concatenate(rows), np.concatenate(sizes), len(split), passes

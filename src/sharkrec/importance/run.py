@@ -56,7 +56,7 @@ def run_importance(bundle: ModelBundle, data: PreparedData, method: str = "defau
 
 
 def save_bar_chart(result: FieldImportance, path: str | Path) -> None:
-    """A horizontal bar per field (most important on top), error bars = std, written atomically."""
+    """A horizontal bar per field (most important on top), error bars = the standard error, written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,7 +65,9 @@ def save_bar_chart(result: FieldImportance, path: str | Path) -> None:
     names = list(result.ranking())[::-1]
     index = [result.field_names.index(n) for n in names]
     fig, ax = plt.subplots(figsize=(6, 0.25 * len(names) + 1.5))
-    ax.barh(names, result.scores[index], xerr=result.std[index], color="#4c72b0")
+    errors = result.std[index]
+    ax.barh(names, result.scores[index], xerr=None if all(math.isnan(e) for e in errors) else errors,
+            color="#4c72b0")
     ax.set_xlabel(f"{result.method} score (expected loss increase per sample)")
     ax.set_title(f"field importance ({result.method}, {result.samples:,} samples)")
     fig.tight_layout()
@@ -80,12 +82,15 @@ def print_importance(report: dict[str, Any], console: Console | None = None) -> 
     console = console or Console()
     table = Table(title=f"field importance ({report['method']}, {report['samples']:,} samples, "
                         f"{report['importance_seconds']:.2f} s)")
-    for column in ("rank", "field", "score", "std"):
+    for column in ("rank", "field", "score", "std error"):
         table.add_column(column, justify="left" if column == "field" else "right")
     for rank, name in enumerate(report["ranking"], start=1):
         score, std = report["scores"][name], report["std"][name]
-        table.add_row(str(rank), name, "-" if score is None else f"{score:.6g}", "-" if std is None else f"{std:.3g}")
+        table.add_row(str(rank), name, "-" if score is None else f"{score:.6g}", "n/a" if std is None else f"{std:.3g}")
     console.print(table)
+    how = report.get("std_method", "bootstrap")
+    console.print("std error: bootstrap over blocks of the scored samples" if how == "bootstrap"
+                  else f"std error: {how}")
 
 
 def _finite(value: Any) -> Any:

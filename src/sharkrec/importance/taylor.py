@@ -30,7 +30,7 @@ from torch import Tensor
 from sharkrec import distributed
 from sharkrec.data.dataset import EncodedSplit
 from sharkrec.errors import ConfigError
-from sharkrec.importance.base import FieldImportance, ImportanceMethod, make_result, sweep
+from sharkrec.importance.base import FieldImportance, ImportanceMethod, block_means, block_size, make_result, sweep
 from sharkrec.model.dlrm import DLRM
 
 VARIANTS = ("taylor", "taylor-abs", "taylor2", "taylor-logit")
@@ -184,6 +184,7 @@ class _TaylorBase(ImportanceMethod):
             references = references[:, pos]
         raws: dict[str, list[np.ndarray]] = {}
         sizes = []
+        block = block_size(len(split), batch_size)  # of the whole split: every rank cuts the same blocks
         for batch in sweep(local, batch_size):
             with torch.no_grad():
                 vectors = model.field_vectors(batch)  # (B, F, D)
@@ -191,11 +192,12 @@ class _TaylorBase(ImportanceMethod):
             terms = taylor_terms(logits, batch.labels, vectors[:, pos], jacobians[:, pos], mean, covariance,
                                  references, self.task_weights)
             for name, values in terms.items():
-                raws.setdefault(name, []).append(values.mean(0).numpy())
-            sizes.append(len(batch))
-        # per-batch means and their sample counts from every rank, in rank order = one process's batches
-        weights = distributed.gather_rows(np.asarray(sizes, dtype=np.float64))
-        stacked = {name: distributed.gather_rows(np.stack(rows)) for name, rows in raws.items()}
+                rows, counts = block_means(values, block)
+                raws.setdefault(name, []).append(rows)
+            sizes.append(counts)
+        # block means and their sample counts from every rank, in rank order = one process's blocks
+        weights = distributed.gather_rows(np.concatenate(sizes))
+        stacked = {name: distributed.gather_rows(np.concatenate(rows)) for name, rows in raws.items()}
         passes = 2.0 + model.num_tasks
         self.last_family = {name: (positions, rows, weights, len(split), passes) for name, rows in stacked.items()}
         return stacked[self.name], weights, len(split), passes

@@ -16,11 +16,10 @@ from sharkrec.errors import ConfigError
 from sharkrec.io import atomic_save, write_json
 from sharkrec.model.dlrm import DLRM
 from sharkrec.prune.loop import DEFAULT_FINE_TUNE, PruneConfig, PruneResult, prune
-from sharkrec.train.checkpoint import ModelBundle, save_model
+from sharkrec.train.checkpoint import MODEL_FILE, ModelBundle, save_model
 from sharkrec.train.run import memory_summary
 from sharkrec.train.trainer import TrainConfig
 
-MODEL_FILE = "model.pt"
 PLAN_FILE = "plan.json"
 REPORT_FILE = "report.json"
 CURVE_FILE = "pruning_curve.png"

@@ -23,6 +23,7 @@ from sharkrec.io import atomic_save
 
 MODEL_FORMAT = "sharkrec-model"
 MODEL_VERSION = 1
+MODEL_FILE = "model.pt"
 
 
 @dataclass
@@ -98,20 +99,25 @@ def embedding_spec(model: nn.Module) -> dict[str, Any]:
     return embedding.spec()
 
 
+def load_torch_file(path: str | Path, what: str = "model file",
+                    fix: str = "retrain or restore it from a backup") -> Any:
+    """``torch.load`` with ``weights_only=True`` (no code runs), or one :class:`CheckpointError` line naming the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {str(path)!r} does not exist; pass the model.pt written by 'sharkrec train'")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated / corrupted zips
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{what} {str(path)!r} is corrupted or truncated ({reason}); {fix}") from None
+
+
 def read_payload(
     path: str | Path, expected_format: str = MODEL_FORMAT, max_version: int = MODEL_VERSION
 ) -> dict[str, Any]:
     """Load and check a torch payload: exists, readable, right format, known version."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"model file {str(path)!r} does not exist; pass the model.pt written by 'sharkrec train'")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated / corrupted zips
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise CheckpointError(
-            f"model file {str(path)!r} is corrupted or truncated ({reason}); retrain or restore it from a backup"
-        ) from None
+    payload = load_torch_file(path)
     if not isinstance(payload, dict) or payload.get("format") != expected_format:
         raise CheckpointError(f"{str(path)!r} is not a {expected_format} file; pass a file written by sharkrec")
     version = payload.get("version")
@@ -123,11 +129,25 @@ def read_payload(
     return payload
 
 
+def model_file(path: str | Path) -> Path:
+    """``path`` itself, or ``path/model.pt`` when ``path`` is the folder a command wrote (train, prune, compress)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / MODEL_FILE).is_file():
+            return path / MODEL_FILE
+        raise CheckpointError(
+            f"folder {str(path)!r} has no {MODEL_FILE}; pass the folder (or the model.pt) written by "
+            "'sharkrec train', 'prune', 'cluster' or 'compress'"
+        )
+    return path
+
+
 def load_model(path: str | Path) -> ModelBundle:
-    """Read a model file written by :func:`save_model`."""
+    """Read a model file written by :func:`save_model` (``path`` may be the run folder holding it)."""
     from sharkrec.model.dlrm import DLRM, DLRMConfig
     from sharkrec.model.embedding import embedding_from_spec
 
+    path = model_file(path)
     payload = read_payload(path)
     try:
         config = DLRMConfig.from_dict(payload["model_config"])

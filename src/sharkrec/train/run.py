@@ -5,7 +5,10 @@ These are the library functions behind ``sharkrec train`` and ``sharkrec evaluat
 
 from __future__ import annotations
 
+import copy
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +18,12 @@ from sharkrec import distributed
 from sharkrec.data.dataset import PreparedData
 from sharkrec.data.schema import Schema
 from sharkrec.errors import ConfigError
-from sharkrec.io import write_json
+from sharkrec.io import output_lock, write_json
 from sharkrec.model.dlrm import DLRM, DLRMConfig
-from sharkrec.train.checkpoint import ModelBundle, save_model
+from sharkrec.train.checkpoint import MODEL_FILE, ModelBundle, save_model
 from sharkrec.train.trainer import TrainConfig, Trainer, TrainResult, evaluate
+from sharkrec.train.tune import tune as tune_search
 
-MODEL_FILE = "model.pt"
 REPORT_FILE = "report.json"
 
 
@@ -75,40 +78,73 @@ def train_model(
     model: DLRM | None = None,
     precision: str = "fp32",
     precision_options: dict[str, Any] | None = None,
+    tune: bool = False,
+    on_trial: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[DLRM, dict[str, Any]]:
-    """Build (or take) a DLRM, train it, evaluate it and, with ``out_dir``, write model and report."""
+    """Build (or take) a DLRM, train it, evaluate it and, with ``out_dir``, write model and report.
+
+    With ``tune``, lr and the embedding L2 are searched on the validation split first
+    (:func:`sharkrec.train.tune.tune`) and the best trial's model is the result; ``report["tuning"]``
+    lists every trial. ``out_dir`` is locked for the run (:func:`sharkrec.io.output_lock`).
+    """
     started = time.perf_counter()
-    if model is None:
-        model = build_model(data, train_config.seed, **(model_options or {}))
-    if precision != "fp32":
+    holding = output_lock(out_dir, "train") if out_dir is not None and distributed.is_main() else nullcontext()
+    with holding:
+        build = _builder(data, model, model_options or {}, precision, precision_options or {})
+        tuning = None
+        if tune:
+            tuning = tune_search(data, train_config, build, out_dir, resume=resume, on_trial=on_trial)
+            trained, train_config, result = tuning.model, tuning.config, tuning.train_result
+        else:
+            trained = build(train_config, False)  # the caller's model itself when one was given
+            trainer = Trainer(trained, train_config, data.schema.label_names, out_dir)
+            result = trainer.fit(data.train, data.valid, resume=resume)
+        report = training_report(trained, data, train_config, result)
+        report["config"]["precision"] = {"scheme": precision, **(precision_options or {})}
+        if tuning is not None:
+            report["tuning"] = tuning.to_dict()
+        report["distributed"] = distributed.summary()
+        report["seconds"] = time.perf_counter() - started
+        if out_dir is not None and distributed.is_main():  # under torchrun every rank holds the same model
+            out = Path(out_dir)
+            save_model(
+                out / MODEL_FILE,
+                trained,
+                data.schema,
+                data.vocabularies,
+                info={"train_config": train_config.to_dict(), "metrics": report["metrics"]},
+            )
+            write_json(out / REPORT_FILE, report)
+        distributed.barrier()  # other ranks return once the files exist
+    return trained, report
+
+
+def _builder(data: PreparedData, model: DLRM | None, model_options: dict[str, Any], precision: str,
+             precision_options: dict[str, Any]) -> Callable[..., DLRM]:
+    """A function (config, copy=True) → a model to train: built from ``data`` (seeded) or a copy of ``model``
+    (``model`` itself with ``copy=False``), its tables in ``precision``."""
+    if model is not None and precision != "fp32":
         from sharkrec.model.embedding import FloatEmbedding
-        from sharkrec.quant.build import build_embedding
 
         if not isinstance(model.embedding, FloatEmbedding):
             raise ConfigError(
                 f"--precision {precision} starts from fp32 tables; this model already has "
                 f"a {type(model.embedding).__name__}"
             )
-        options = {"batch_size": train_config.batch_size, **(precision_options or {})}
-        model = model.with_embedding(build_embedding(precision, model.embedding, data, **options))
-    trainer = Trainer(model, train_config, data.schema.label_names, out_dir)
-    result = trainer.fit(data.train, data.valid, resume=resume)
-    report = training_report(model, data, train_config, result)
-    report["config"]["precision"] = {"scheme": precision, **(precision_options or {})}
-    report["distributed"] = distributed.summary()
-    report["seconds"] = time.perf_counter() - started
-    if out_dir is not None and distributed.is_main():  # under torchrun every rank holds the same model
-        out = Path(out_dir)
-        save_model(
-            out / MODEL_FILE,
-            model,
-            data.schema,
-            data.vocabularies,
-            info={"train_config": train_config.to_dict(), "metrics": report["metrics"]},
-        )
-        write_json(out / REPORT_FILE, report)
-    distributed.barrier()  # other ranks return once the files exist
-    return model, report
+
+    def build(config: TrainConfig, copy_model: bool = True) -> DLRM:
+        if model is None:
+            fresh = build_model(data, config.seed, **model_options)
+        else:
+            fresh = copy.deepcopy(model) if copy_model else model
+        if precision == "fp32":
+            return fresh
+        from sharkrec.quant.build import build_embedding
+
+        options = {"batch_size": config.batch_size, **precision_options}
+        return fresh.with_embedding(build_embedding(precision, fresh.embedding, data, **options))
+
+    return build
 
 
 def training_report(model: DLRM, data: PreparedData, config: TrainConfig, result: TrainResult) -> dict[str, Any]:

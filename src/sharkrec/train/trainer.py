@@ -49,18 +49,26 @@ class StopMetric(str, enum.Enum):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of a training run. Defaults follow the SHARK paper (batch 512, lr 0.01)."""
+    """Hyper-parameters of a training run.
 
-    optimizer: OptimizerKind = OptimizerKind.ADAM
-    lr: float = 0.01
+    The defaults are the ones that train well with no flags (README "Training recipes"): row-wise Adagrad
+    for the tables (and Adagrad for the dense network) — which every embedding precision also trains
+    with —, an L2 penalty on the looked-up rows, four validations per epoch and early stopping after
+    1.5 epochs without a better validation log loss. Batch 512 as in the SHARK paper. On small data
+    ``sharkrec train`` also searches lr and L2 on the validation split (:mod:`sharkrec.train.tune`).
+    """
+
+    optimizer: OptimizerKind = OptimizerKind.ADAGRAD
+    lr: float = 0.05
     embedding_lr: float | None = None
     batch_size: int = 512
-    epochs: int = 10
+    epochs: int = 20
     max_steps: int | None = None
-    eval_every: int | None = None  # steps between validations; None: once per epoch
-    patience: int = 2  # validations without improvement before stopping; 0 disables early stopping
+    eval_every: int | None = None  # steps between validations; None: evals_per_epoch per epoch
+    evals_per_epoch: int = 4
+    patience: int = 6  # validations without improvement before stopping; 0 disables early stopping
     stop_metric: StopMetric = StopMetric.LOGLOSS
-    embedding_l2: float = 0.0  # L2 penalty on the looked-up vectors of each batch (touches used rows only)
+    embedding_l2: float = 0.01  # L2 penalty on the looked-up vectors of each batch (touches used rows only)
     weight_decay: float = 0.0  # L2 on the dense network's weights
     task_weights: tuple[float, ...] | None = None
     seed: int = 0
@@ -79,6 +87,7 @@ class TrainConfig:
             (self.epochs >= 1, f"epochs {self.epochs} must be 1 or more"),
             (self.max_steps is None or self.max_steps >= 1, f"max steps {self.max_steps} must be 1 or more"),
             (self.eval_every is None or self.eval_every >= 1, f"eval every {self.eval_every} must be 1 or more"),
+            (self.evals_per_epoch >= 1, f"evals per epoch {self.evals_per_epoch} must be 1 or more"),
             (self.patience >= 0, f"patience {self.patience} must be 0 or more"),
             (self.embedding_l2 >= 0 and self.weight_decay >= 0, "regularisation strengths must be 0 or more"),
         ]
@@ -249,6 +258,7 @@ class Trainer:
             "model_state": self.model.state_dict(),
             "optimizer_state": self.optimizer.state_dict(),
             "rng_state": torch.get_rng_state(),
+            "threads": torch.get_num_threads(),  # float sums depend on it: a resume must use the same count
             "progress": progress,
         }
         atomic_save(self.state_path, lambda tmp: torch.save(payload, tmp))
@@ -256,7 +266,7 @@ class Trainer:
             atomic_save(self.best_path, lambda tmp: torch.save(best_state, tmp))
 
     def _load_state(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        from sharkrec.train.checkpoint import read_payload
+        from sharkrec.train.checkpoint import load_torch_file, read_payload
 
         assert self.state_path is not None and self.best_path is not None
         if not self.state_path.is_file():
@@ -274,10 +284,25 @@ class Trainer:
                 f"cannot resume: settings {changed} differ from the interrupted run; "
                 "use the same settings or a new --out"
             )
-        self.model.load_state_dict(payload["model_state"])
-        self.optimizer.load_state_dict(payload["optimizer_state"])
+        threads = payload.get("threads")
+        if threads is not None and threads != torch.get_num_threads():
+            raise CheckpointError(
+                f"cannot resume: the interrupted run used {threads} thread(s), this one {torch.get_num_threads()} "
+                f"(the thread count changes floating-point sums, so the result would differ); resume with "
+                f"--threads {threads}"
+            )
+        fix = "train again without --resume into a new --out (the interrupted state cannot be trusted)"
+        best = load_torch_file(self.best_path, "checkpoint", fix) if self.best_path.is_file() else None
+        if best is not None and not isinstance(best, dict):
+            raise CheckpointError(f"checkpoint {str(self.best_path)!r} is not a state of this model; {fix}")
+        try:
+            self.model.load_state_dict(payload["model_state"])
+            self.optimizer.load_state_dict(payload["optimizer_state"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            reason = " ".join(str(exc).split())[:200]
+            raise CheckpointError(f"checkpoint {str(self.state_path)!r} does not fit this model ({reason}); {fix}"
+                                  ) from None
         torch.set_rng_state(payload["rng_state"])
-        best = torch.load(self.best_path, map_location="cpu", weights_only=True) if self.best_path.is_file() else None
         return payload["progress"], best
 
     # ------------------------------------------------------------------- fit
@@ -291,7 +316,7 @@ class Trainer:
         total_steps = steps_per_epoch * config.epochs
         if config.max_steps is not None:
             total_steps = min(total_steps, config.max_steps)
-        eval_every = config.eval_every or steps_per_epoch
+        eval_every = config.eval_every or max(1, steps_per_epoch // config.evals_per_epoch)
 
         progress: dict[str, Any] = {
             "step": 0,
@@ -424,7 +449,7 @@ class Trainer:
     ) -> tuple[dict[str, Any] | None, bool]:
         metrics = evaluate(self.model, valid, self.task_names, self.config.eval_batch_size)
         self.model.train()
-        value = self._aggregate(metrics)
+        value = self.score(metrics)
         progress["history"].append(
             {"step": progress["step"], "epoch": progress["epoch"], "valid": metrics, "seconds": progress["seconds"]}
         )
@@ -443,7 +468,8 @@ class Trainer:
         stop = self.config.patience > 0 and progress["bad_evals"] >= self.config.patience
         return best_state, stop
 
-    def _aggregate(self, metrics: dict[str, dict[str, float]]) -> float:
+    def score(self, metrics: dict[str, dict[str, float]]) -> float:
+        """The task-weighted stop metric of :func:`evaluate`'s ``metrics`` (non-finite: the worst value)."""
         weights = self.task_weights.tolist()
         key = self.config.stop_metric.value
         values = [metrics[name][key] for name in self.task_names]
