@@ -176,6 +176,36 @@ def prepare(
     )
 
 
+class SchemaFormat(str, Enum):
+    csv = "csv"
+    tsv = "tsv"
+    parquet = "parquet"
+
+
+@app.command("schema")
+def schema_command(
+    data: Annotated[Path, typer.Option("--data", help="CSV/TSV/Parquet file (or .gz), or a folder (its train file).")],
+    label: Annotated[list[str], typer.Option("--label", help="Label column; repeat (or comma-separate) for several.")],
+    fmt: Annotated[SchemaFormat | None, typer.Option("--format", help="Default: from the file's extension.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Schema JSON to write.")] = Path("schema.json"),
+    sample_rows: Annotated[int | None, typer.Option(help="Rows read from the start of the file (100,000).")] = None,
+    dense_min_distinct: Annotated[
+        int | None, typer.Option(help="Numeric columns with this many distinct values are dense (100).")
+    ] = None,
+) -> None:
+    """Guess a schema from the first rows of a file (labels, dense, sparse, ids left out); write it as JSON."""
+    from sharkrec.data.infer import infer_schema
+    from sharkrec.io import write_json
+
+    labels = [name.strip() for text in label for name in text.split(",") if name.strip()]
+    limits = {"sample_rows": sample_rows, "dense_min_distinct": dense_min_distinct}
+    inferred = infer_schema(data, labels, None if fmt is None else fmt.value,
+                            **{key: value for key, value in limits.items() if value is not None})
+    typer.echo(inferred.summary())
+    write_json(out, inferred.to_dict())
+    typer.echo(f"wrote {out}")
+
+
 @app.command()
 def train(
     fmt: FormatOpt,

@@ -3,6 +3,8 @@
 Splits follow row order (time order for logs; MovieLens rows are sorted by timestamp first):
 
 - A folder with train/valid/test files (see :mod:`sharkrec.data.sources`) uses them as given.
+  CSV/TSV files after the first train file may leave out its header line (see
+  :mod:`sharkrec.data.formats.tabular`).
 - When only the valid or only the test file is missing, that split is the last ``split[1]``
   (valid) or ``split[2]`` (test) share of the train file's rows, e.g. UCI Adult's
   ``adult.data`` + ``adult.test`` gets valid = the last 10% of ``adult.data``.
@@ -32,7 +34,7 @@ from sharkrec.data.encode import (
     parse_rows,
 )
 from sharkrec.data.formats.text import BadLines, OnBadLine
-from sharkrec.data.readers import DataFormat, read_raw, schema_for
+from sharkrec.data.readers import DataFormat, HeaderLine, header_line, read_raw, schema_for
 from sharkrec.data.schema import Schema
 from sharkrec.data.sources import SPLITS, SourceFiles, find_sources
 from sharkrec.data.vocab import Vocabulary
@@ -146,11 +148,12 @@ def _read_splits(
     """Rows of each split, the bad-line records of every file, and the rule that made the split."""
     rows: dict[str, ParsedRows] = {}
     bad_lines: list[BadLines] = []
+    header = header_line(data_format, sources.train[0], schema)  # the other files repeat it or have none
     for name, files in sources.by_split().items():
         if files:
             parts = []
             for file in files:
-                parsed, records = _read_file(data_format, file, schema, policy)
+                parsed, records = _read_file(data_format, file, schema, policy, header)
                 parts.append(parsed)
                 bad_lines.extend(records)
             rows[name] = ParsedRows.concat(parts)
@@ -177,10 +180,10 @@ def _read_splits(
 
 
 def _read_file(
-    data_format: DataFormat, file: Path, schema: Schema, policy: OnBadLine
+    data_format: DataFormat, file: Path, schema: Schema, policy: OnBadLine, header: HeaderLine | None = None
 ) -> tuple[ParsedRows, list[BadLines]]:
     """Checked rows of one input and the bad-line records of every file it was read from."""
-    table = read_raw(data_format, file, schema)
+    table = read_raw(data_format, file, schema, header)
     parsed, checked = parse_rows(table, schema)
     # every reader records its main file; that record takes in what the schema check found
     records = [record.merge(checked) if record.source == table.source else record for record in table.bad_lines]

@@ -22,7 +22,7 @@ from pathlib import Path
 from sharkrec.data.formats.criteo import criteo_schema, read_criteo
 from sharkrec.data.formats.libfm import count_libfm_fields, libfm_schema, read_libfm
 from sharkrec.data.formats.movielens import movielens_schema, read_movielens
-from sharkrec.data.formats.tabular import read_delimited, read_parquet
+from sharkrec.data.formats.tabular import HeaderLine, read_delimited, read_header_line, read_parquet
 from sharkrec.data.formats.text import BadLines, OnBadLine, RawTable
 from sharkrec.data.schema import Schema
 from sharkrec.data.sources import find_sources
@@ -31,9 +31,11 @@ from sharkrec.errors import ConfigError
 __all__ = [
     "BadLines",
     "DataFormat",
+    "HeaderLine",
     "OnBadLine",
     "RawTable",
     "criteo_schema",
+    "header_line",
     "libfm_schema",
     "movielens_schema",
     "read_raw",
@@ -85,8 +87,20 @@ def schema_for(fmt: str | DataFormat, path: str | Path) -> Schema:
     )
 
 
-def read_raw(fmt: str | DataFormat, path: str | Path, schema: Schema) -> RawTable:
-    """Raw cells of one input (a file; for movielens the ml-100k folder or its ``u.data``)."""
+def header_line(fmt: str | DataFormat, path: str | Path, schema: Schema) -> HeaderLine | None:
+    """The header line of a csv/tsv file whose schema has one (None for other formats): the other files
+    of a split folder are read against the first train file's (see :mod:`sharkrec.data.formats.tabular`)."""
+    data_format = DataFormat.parse(fmt)
+    if data_format not in (DataFormat.CSV, DataFormat.TSV):
+        return None
+    return read_header_line(Path(path), schema, data_format.value)
+
+
+def read_raw(fmt: str | DataFormat, path: str | Path, schema: Schema, header: HeaderLine | None = None) -> RawTable:
+    """Raw cells of one input (a file; for movielens the ml-100k folder or its ``u.data``).
+
+    ``header``: for csv/tsv, the header line of the split's first file (:func:`header_line`).
+    """
     data_format = DataFormat.parse(fmt)
     path = Path(path)
     if data_format is DataFormat.CRITEO:
@@ -97,4 +111,4 @@ def read_raw(fmt: str | DataFormat, path: str | Path, schema: Schema) -> RawTabl
         return read_movielens(path)
     if data_format is DataFormat.PARQUET:
         return read_parquet(path, schema)
-    return read_delimited(path, schema, data_format.value)
+    return read_delimited(path, schema, data_format.value, header)

@@ -6,12 +6,21 @@ surrounding whitespace. Text files with double quotes are split by Python's ``cs
 cells may hold delimiters and newlines); others by the fast vectorised splitter. Lines with
 another number of columns than the header (or, headerless, the most common width) are bad lines
 (``column_count``). For Parquet, a "line" is the 1-based row number.
+
+In a split folder (train/dev/test files) often only the first file carries the header line
+(``head -1 all.csv > train.csv; tail ... > dev.csv``). Each later file is read against the first
+file's :class:`HeaderLine`: a first line that repeats it is a header; a first line that reads as data
+(its dense and numeric label cells hold numbers, less than half of its cells are column names) is
+data, and the file's columns take the first file's names; any other first line is a header naming
+other columns, a one-line :class:`DataError` naming both files.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +31,7 @@ from sharkrec.data.formats.text import (
     RawTable,
     delimiter_name,
     read_bytes,
+    read_head,
     resolve_column,
     split_delimited,
 )
@@ -31,16 +41,46 @@ from sharkrec.errors import DataError
 DEFAULT_DELIMITERS = {"csv": ",", "tsv": "\t"}
 
 
-def read_delimited(path: Path, schema: Schema, fmt: str = "csv") -> RawTable:
+@dataclass(frozen=True)
+class HeaderLine:
+    """The column names on the header line of a split's first file, which its other files repeat or leave out."""
+
+    names: tuple[str, ...]
+    source: str
+
+
+def read_header_line(path: Path, schema: Schema, fmt: str = "csv") -> HeaderLine | None:
+    """The header line of a CSV/TSV file (its first non-blank line) when the schema says it has one, else None."""
+    if not schema.has_header:
+        return None
+    delimiter = schema.delimiter or DEFAULT_DELIMITERS[fmt]
+    head = read_head(path, 1000)  # blank lines before the header are skipped, as the readers do
+    return HeaderLine(tuple(_cells(_first_line(head), delimiter)), str(path))
+
+
+def read_delimited(path: Path, schema: Schema, fmt: str = "csv", header: HeaderLine | None = None) -> RawTable:
     """Cells of a CSV/TSV file (plain or gzip), stripped, with the schema's numeric columns as float64
-    where every cell parses."""
+    where every cell parses.
+
+    ``header``: the header line of the split's first file; this file may repeat it or start with
+    data (its columns then take those names), see the module docstring.
+    """
     delimiter = schema.delimiter or DEFAULT_DELIMITERS[fmt]
     data = read_bytes(path)
+    has_header = schema.has_header
+    names: tuple[str, ...] | None = None  # the names of a file without its own header line
+    if has_header and header is not None and not _starts_with_header(data, delimiter, header, schema, str(path)):
+        has_header, names = False, header.names
     if b'"' in data:
-        table = _split_quoted(data, str(path), delimiter, schema.has_header)
+        table = _split_quoted(data, str(path), delimiter, has_header, names)
     else:
         float_columns = [spec.source for spec in schema.fields if _is_numeric(spec)]
-        table = split_delimited(data, str(path), delimiter, has_header=schema.has_header, float_columns=float_columns)
+        if names is not None:
+            float_columns = [_position(source, names) for source in float_columns]
+        table = split_delimited(data, str(path), delimiter, has_header=has_header, float_columns=float_columns,
+                                n_columns=None if names is None else len(names))
+        if names is not None:
+            table.frame.columns = list(names)
     return _strip(table, schema)
 
 
@@ -59,6 +99,62 @@ def read_parquet(path: Path, schema: Schema) -> RawTable:
     return _strip(RawTable(frame, lines, str(path), (BadLineLog(str(path)).summary(),)), schema)
 
 
+def _starts_with_header(data: bytes, delimiter: str, header: HeaderLine, schema: Schema, source: str) -> bool:
+    """Whether the first line of ``data`` is ``header``: True if it repeats it, False if it reads as data,
+    a DataError naming both files if it is a header that names other columns."""
+    cells = _cells(_first_line(data), delimiter)
+    if tuple(cells) == header.names:
+        return True
+    names = set(header.names)
+    naming = 2 * sum(cell in names for cell in cells) >= len(cells)
+    numeric = [_position(spec.source, header.names) for spec in schema.fields if _is_numeric(spec)]
+    numeric = [p for p in numeric if p < len(cells)] if len(cells) == len(header.names) else []
+    if not naming and not (numeric and not any(_is_number(cells[p]) for p in numeric)):
+        return False
+    if len(cells) != len(header.names):
+        difference = f"it names {len(cells)} columns, {header.source} names {len(header.names)}"
+    else:
+        k = next(k for k, (a, b) in enumerate(zip(cells, header.names, strict=True)) if a != b)
+        difference = f"column {k + 1} is {cells[k]!r} where {header.source} has {header.names[k]!r}"
+    raise DataError(
+        f"data file {source} starts with a header line that differs from the one of {header.source} ({difference}); "
+        "give every file of the split the same header line, or none"
+    )
+
+
+def _first_line(data: bytes) -> bytes:
+    """The first non-blank line of ``data`` (without copying the rest)."""
+    start = 0
+    while True:
+        end = data.find(b"\n", start)
+        line = data[start:] if end < 0 else data[start:end]
+        if line.strip() or end < 0:
+            return line
+        start = end + 1
+
+
+def _cells(line: bytes, delimiter: str) -> list[str]:
+    """The stripped cells of one line, split as the readers split it (quoted cells by the csv module)."""
+    text = line.decode("utf-8", errors="replace")
+    row = next(csv.reader([text], delimiter=delimiter)) if '"' in text else text.split(delimiter)
+    return [cell.strip() for cell in row]
+
+
+def _position(source: str | int, names: Sequence[str]) -> int:
+    """The position of a schema column (a name or a position) among ``names``; past the end if absent."""
+    if isinstance(source, int):
+        return source
+    return names.index(source) if source in names else len(names)
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_numeric(spec: FieldSpec) -> bool:
     return spec.kind is FieldKind.DENSE or (spec.kind is FieldKind.LABEL and spec.positive is None)
 
@@ -75,11 +171,16 @@ def _strip(table: RawTable, schema: Schema) -> RawTable:
     return table
 
 
-def _split_quoted(data: bytes, source: str, delimiter: str, has_header: bool) -> RawTable:
-    """Split text with quoted cells row by row; physical line numbers come from the csv reader."""
+def _split_quoted(
+    data: bytes, source: str, delimiter: str, has_header: bool, given_names: Sequence[str] | None = None
+) -> RawTable:
+    """Split text with quoted cells row by row; physical line numbers come from the csv reader.
+
+    ``given_names`` names the columns of a file without a header line (default: positions).
+    """
     reader = csv.reader(io.StringIO(data.decode("utf-8", errors="surrogateescape"), newline=""), delimiter=delimiter)
     log = BadLineLog(source)
-    names: list[object] | None = None
+    names: list[object] | None = None if given_names is None else list(given_names)
     rows: list[list[str]] = []
     line_numbers: list[int] = []
     next_line = 1

@@ -156,6 +156,24 @@ def read_bytes(path: Path) -> bytes:
     return raw
 
 
+def read_head(path: Path, max_lines: int) -> bytes:
+    """The first ``max_lines`` lines of ``path`` (gunzipped like :func:`read_bytes`), never the rest of it."""
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist; pass an existing file or folder as the data path")
+    with open(path, "rb") as probe:
+        compressed = probe.read(2) == GZIP_MAGIC
+    try:
+        with gzip.open(path, "rb") if compressed else open(path, "rb") as handle:
+            raw = b"".join(line for _, line in zip(range(max_lines), handle, strict=False))
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"data file {path} is not a valid gzip file ({exc}); re-download or re-gzip it") from None
+    if b"\r\n" in raw:
+        raw = raw.replace(b"\r\n", b"\n")
+    if not raw or raw.isspace():
+        raise DataError(f"data file {path} is empty; pass a file that holds data rows")
+    return raw
+
+
 def delimiter_name(delimiter: str) -> str:
     return _DELIMITER_NAMES.get(delimiter, repr(delimiter))
 
