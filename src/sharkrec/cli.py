@@ -192,11 +192,15 @@ def schema_command(
     dense_min_distinct: Annotated[
         int | None, typer.Option(help="Numeric columns with this many distinct values are dense (100).")
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
 ) -> None:
     """Guess a schema from the first rows of a file (labels, dense, sparse, ids left out); write it as JSON."""
     from sharkrec.data.infer import infer_schema
+    from sharkrec.errors import SchemaError
     from sharkrec.io import write_json
 
+    if out.exists() and not force:  # a schema is often edited by hand: never overwrite it silently
+        raise SchemaError(f"{str(out)!r} exists; pass --force to replace it or choose another --out")
     labels = [name.strip() for text in label for name in text.split(",") if name.strip()]
     limits = {"sample_rows": sample_rows, "dense_min_distinct": dense_min_distinct}
     inferred = infer_schema(data, labels, None if fmt is None else fmt.value,

@@ -117,7 +117,7 @@ def test_cli_schema_then_train_on_a_folder_whose_dev_and_test_have_no_header(tmp
 
     out = tmp_path / "run"
     trained = run_cli("train", "--format", "csv", "--schema", str(schema_path), "--data", str(folder),
-                      "--out", str(out), "--epochs", "1", "--quiet")
+                      "--out", str(out), "--epochs", "1", "--tune", "off", "--quiet")
     assert trained.returncode == 0, trained.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["data"]["bad_lines"]["count"] == 0
@@ -142,3 +142,15 @@ def test_cli_writes_schema_json_in_the_working_folder_by_default(tmp_path):
     result = run_cli("schema", "--data", "avazu", "--label", "click", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert Path(tmp_path / "schema.json").is_file()
+
+
+def test_cli_never_overwrites_an_edited_schema_without_force(tmp_path):
+    write_split_folder(tmp_path / "avazu")
+    edited = tmp_path / "schema.json"
+    edited.write_text('{"edited": true}')
+    refused = run_cli("schema", "--data", "avazu", "--label", "click", cwd=tmp_path)
+    assert_one_line_error(refused, "exists", "--force")
+    assert edited.read_text() == '{"edited": true}'
+    replaced = run_cli("schema", "--data", "avazu", "--label", "click", "--force", cwd=tmp_path)
+    assert replaced.returncode == 0, replaced.stderr
+    assert "fields" in json.loads(edited.read_text())

@@ -25,7 +25,7 @@ from sharkrec.data.vocab import Vocabulary
 from sharkrec.errors import ConfigError
 from sharkrec.io import atomic_path
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: split files without their own header line read as data
 _CHUNK = 1 << 20
 
 
