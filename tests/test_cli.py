@@ -58,6 +58,13 @@ def test_train_then_evaluate_on_synthetic_data(tmp_path):
     auc = report["metrics"]["test"]["click"]["auc"]
     assert 0.6 < auc <= 1.0
     assert report["memory"]["embedding_bytes"] == report["memory"]["embedding_bytes_fp32"]
+    # no lr / L2 given and small data: the settings were searched on the validation split, the best kept
+    tuning = report["tuning"]
+    assert len(tuning["trials"]) == 9 and tuning["selected_by"] == "validation logloss"
+    best = min(tuning["trials"], key=lambda t: t["value"])
+    assert tuning["chosen_settings"] == best["settings"]
+    assert report["config"]["train"]["lr"] == best["settings"]["lr"]
+    assert report["metrics"]["valid"]["click"]["logloss"] == pytest.approx(best["value"], abs=1e-6)
     assert report["seconds"] > 0
     evaluated = run_cli(
         "evaluate",
@@ -113,7 +120,8 @@ def test_evaluate_with_corrupted_or_mismatched_model(tmp_path):
     result = run_cli("evaluate", "--model", str(broken), "--format", "synthetic", "--data", SMALL)
     assert_one_line_error(result, "corrupted or truncated")
     out = tmp_path / "run"
-    trained = run_cli("train", "--format", "synthetic", "--data", SMALL, "--out", str(out), "--epochs", "1", "--quiet")
+    trained = run_cli("train", "--format", "synthetic", "--data", SMALL, "--out", str(out), "--epochs", "1", "--quiet",
+                      "--tune", "off")
     assert trained.returncode == 0, trained.stderr
     other = "rows=3000,num_sparse=5,num_dense=3,max_cardinality=500,seed=1"
     result = run_cli("evaluate", "--model", str(out / "model.pt"), "--format", "synthetic", "--data", other)
@@ -146,7 +154,7 @@ def test_train_export_predict_on_csv(tmp_path):
     schema.write_text(json.dumps({"fields": [{"name": "a", "kind": "sparse"}, {"name": "x", "kind": "dense"},
                                              {"name": "y", "kind": "label"}]}))
     trained = run_cli("train", "--format", "csv", "--data", str(data), "--schema", str(schema),
-                      "--out", str(tmp_path / "run"), "--epochs", "3", "--quiet", "--batch-size", "128")
+                      "--out", str(tmp_path / "run"), "--epochs", "3", "--quiet", "--batch-size", "128", "--tune", "off")
     assert trained.returncode == 0, trained.stderr
     exported = run_cli("export", "--model", str(tmp_path / "run" / "model.pt"), "--out", str(tmp_path / "art"))
     assert exported.returncode == 0, exported.stderr

@@ -68,7 +68,7 @@ def test_cluster_then_export_then_predict_on_csv(tmp_path):
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps(CSV_SCHEMA.to_dict()))
     common = ("--format", "csv", "--data", str(data), "--schema", str(schema))
-    trained = run_cli("train", *common, "--out", str(tmp_path / "run"), "--epochs", "2", "--quiet")
+    trained = run_cli("train", *common, "--out", str(tmp_path / "run"), "--epochs", "2", "--quiet", "--tune", "off")
     assert trained.returncode == 0, trained.stderr
     clustered = run_cli("cluster", "--model", str(tmp_path / "run" / "model.pt"), *common, "--out",
                         str(tmp_path / "cl"), "--rows-ratio", "0.3", "--fine-tune-steps", "0", "--quantize", "int8")

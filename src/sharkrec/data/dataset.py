@@ -49,7 +49,8 @@ class EncodedSplit:
         if labels.ndim == 1:
             labels = labels[:, None]
         n = labels.shape[0]
-        dense = np.asarray(dense, dtype=np.float32).reshape(n, -1)
+        dense = np.asarray(dense, dtype=np.float32)
+        dense = dense.reshape(n, dense.shape[-1] if dense.ndim == 2 else -1)  # (0, n_dense) stays 2-d when empty
         for i, column in enumerate(sparse):
             if len(column) != n:
                 raise DataError(f"sparse column #{i} has {len(column)} samples, labels have {n}")
