@@ -4,6 +4,12 @@ Reads ../shared/data (never copied). Each dataset has one recipe (settings chose
 validation split, see README "Training recipes"); every seed trains from scratch.
 
     python benchmarks/train_real.py --seeds 0 1 2 --out benchmarks/results/train_real.json
+
+``--no-flags`` instead trains as ``sharkrec train --format F --data D --seed S`` does with no other flag
+(TrainConfig's defaults and, on these small sets, the built-in lr x L2 search of ``--tune auto``):
+
+    python benchmarks/train_real.py --no-flags --datasets frappe movielens criteo \
+        --out benchmarks/results/train_no_flags.json
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from common import environment, write_results
 from sharkrec.data.loading import load_data
 from sharkrec.train.run import train_model
 from sharkrec.train.trainer import TrainConfig
+from sharkrec.train.tune import should_tune
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SHARKREC_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -64,29 +71,29 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def run(name: str, seeds: list[int]) -> dict[str, Any]:
+def run(name: str, seeds: list[int], no_flags: bool = False) -> dict[str, Any]:
     recipe = RECIPES[name]
     data = load_data(recipe["format"], recipe["path"], schema=recipe.get("schema"))
     eval_every = recipe.get("eval_every", max(1, data.train.num_batches(512) // 2))
     runs = []
     for seed in seeds:
         started = time.perf_counter()
-        config = TrainConfig(
-            **recipe["train"],
-            epochs=40,
-            patience=3,
-            stop_metric="logloss",
-            eval_every=eval_every,
-            seed=seed,
-            progress=False,
-        )
-        _, report = train_model(data, config, model_options=recipe["model"])
+        if no_flags:  # exactly what the CLI does without flags: defaults + --tune auto
+            config = TrainConfig(seed=seed, progress=False)
+            tune = should_tune("auto", len(data.train))
+            _, report = train_model(data, config, model_options=recipe["model"], tune=tune)
+        else:
+            config = TrainConfig(**recipe["train"], epochs=40, patience=3, stop_metric="logloss",
+                                 eval_every=eval_every, seed=seed, progress=False)
+            _, report = train_model(data, config, model_options=recipe["model"])
         runs.append(
             {
                 "seed": seed,
                 "test": report["metrics"]["test"],
                 "valid": report["metrics"]["valid"],
                 "best_step": report["training"]["best_step"],
+                "settings": {k: report["config"]["train"][k] for k in ("optimizer", "lr", "embedding_l2")},
+                "tuning": report.get("tuning"),
                 "seconds": time.perf_counter() - started,
             }
         )
@@ -101,6 +108,7 @@ def run(name: str, seeds: list[int]) -> dict[str, Any]:
             }
     return {
         "dataset": name,
+        "mode": "no flags" if no_flags else "recipe",
         "rows": {k: len(data.split(k)) for k in ("train", "valid", "test")},
         "recipe": {k: v for k, v in recipe.items() if k in ("train", "model", "reference")},
         "runs": runs,
@@ -108,18 +116,27 @@ def run(name: str, seeds: list[int]) -> dict[str, Any]:
     }
 
 
+def _settings(result: dict[str, Any]) -> str:
+    """The settings each seed trained with: the recipe, or the ones the no-flags search chose."""
+    if result["mode"] == "recipe":
+        return ", ".join(f"{k} {v}" for k, v in result["recipe"]["train"].items())
+    chosen = [f"lr {r['settings']['lr']:g} / L2 {r['settings']['embedding_l2']:g}" for r in result["runs"]]
+    return "no flags (tuned: " + "; ".join(chosen) + ")"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-flags", action="store_true", help="train as 'sharkrec train' does with no flags")
     parser.add_argument("--out", default="benchmarks/results/train_real.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results = [run(name, args.seeds) for name in args.datasets]
+    results = [run(name, args.seeds, args.no_flags) for name in args.datasets]
     lines = [
-        "| dataset | task | test AUC (mean ± std) | test logloss (mean ± std) | seeds | reference |",
-        "|---|---|---|---|---:|---|",
+        "| dataset | task | test AUC (mean ± std) | test logloss (mean ± std) | seeds | settings | reference |",
+        "|---|---|---|---|---:|---|---|",
     ]
     for result in results:
         tasks = list(result["runs"][0]["test"])
@@ -127,7 +144,8 @@ def main() -> None:
             auc, ll = result["summary"][f"{task}.auc"], result["summary"][f"{task}.logloss"]
             lines.append(
                 f"| {result['dataset']} | {task} | {auc['mean']:.4f} ± {auc['std']:.4f} | "
-                f"{ll['mean']:.4f} ± {ll['std']:.4f} | {len(result['runs'])} | {result['recipe']['reference']} |"
+                f"{ll['mean']:.4f} ± {ll['std']:.4f} | {len(result['runs'])} | {_settings(result)} | "
+                f"{result['recipe']['reference']} |"
             )
     write_results(
         args.out, {"benchmark": "train_real", "environment": environment(), "results": results}, "\n".join(lines) + "\n"
