@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-torchrec = pytest.importorskip("torchrec", reason="install the sharkrec[torchrec] extra (make setup does)")
+torchrec = pytest.importorskip("torchrec", reason="install the TorchRec extra: make setup-torchrec (CI does)")
 
 from torchrec.datasets.utils import Batch as TorchRecBatch  # noqa: E402
 from torchrec.models.dlrm import DLRM as TorchRecDLRM  # noqa: E402
