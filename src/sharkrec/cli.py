@@ -250,8 +250,8 @@ def train(
         help="auc or logloss: picks the best checkpoint (and the tuned settings) [default: logloss].")] = None,
     embedding_dim: Annotated[int, typer.Option(help="Embedding dimension.")] = 16,
     embedding_l2: Annotated[float | None, typer.Option(
-        help="L2 on looked-up embedding vectors [default: 0.01, or tuned].")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="L2 on dense weights [default: 0].")] = None,
+        help="L2 on looked-up embedding vectors [default: 0.001, or tuned].")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="L2 on dense weights [default: 1e-5].")] = None,
     top_mlp: Annotated[str, typer.Option(help="Top MLP hidden sizes.")] = "256,128",
     bottom_mlp: Annotated[str, typer.Option(help="Bottom MLP hidden sizes.")] = "64",
     head: Annotated[str, typer.Option(help="shared-bottom or mmoe.")] = "shared-bottom",
