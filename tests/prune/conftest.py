@@ -18,6 +18,7 @@ def toy_trained() -> tuple[DLRM, PreparedData]:
     torch.manual_seed(0)
     data = toy_data(rows=3000, seed=0)
     model = build_model(data, seed=0, embedding_dim=8, top_mlp=(32,), bottom_mlp=(16,))
-    config = TrainConfig(optimizer="adagrad", lr=0.05, embedding_l2=1e-2, epochs=4, patience=0, progress=False)
+    config = TrainConfig(optimizer="adagrad", lr=0.05, embedding_l2=1e-2, weight_decay=0.0, epochs=4, patience=0,
+                         evals_per_epoch=1, progress=False)
     Trainer(model, config, data.schema.label_names).fit(data.train, data.valid)
     return model.eval(), data

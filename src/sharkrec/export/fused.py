@@ -18,9 +18,10 @@ forces the PyTorch path.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,10 +45,30 @@ def extension() -> Any | None:
     try:
         from torch.utils.cpp_extension import load
 
-        return load(name="sharkrec_tiered_gather", sources=[str(_SOURCE)], extra_cflags=["-O3", "-march=native"],
-                    verbose=False)
+        with _build_folder() as folder:
+            return load(name="sharkrec_tiered_gather", sources=[str(_SOURCE)], extra_cflags=["-O3", "-march=native"],
+                        build_directory=str(folder), verbose=False)
     except Exception:  # any build problem: serve with the PyTorch path instead
         return None
+
+
+@contextlib.contextmanager
+def _build_folder() -> Iterator[Path]:
+    """The extension's build folder, held with a kernel lock while it is built or loaded.
+
+    torch's own build lock is a plain ``lock`` file: a process killed while compiling leaves it behind
+    and every later load waits on it forever. Every sharkrec process takes this ``flock`` first (the
+    kernel drops it when its holder dies), so a ``lock`` file found while holding it is stale and removed.
+    """
+    import fcntl
+
+    folder = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    folder = folder / f"sharkrec-torch{torch.__version__}" / "sharkrec_tiered_gather"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".sharkrec-build.lock", "w") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        (folder / "lock").unlink(missing_ok=True)
+        yield folder
 
 
 def _header_rows(scale: Tensor, payload: Tensor) -> Tensor:
