@@ -67,15 +67,50 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
-def read_json(path: str | os.PathLike[str], what: str, error: type[Exception], hint: str) -> Any:
-    """Parse a JSON file, or raise ``error`` naming ``what``, the path and ``hint`` (how to fix it)."""
+#: Largest JSON file sharkrec parses (schemas, specs, manifests): far above any real one, checked before reading
+MAX_JSON_BYTES = 64 << 20
+
+
+def read_json(path: str | os.PathLike[str], what: str, error: type[Exception], hint: str, *,
+              fix: str = "fix it", max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """Parse a JSON file, or raise ``error`` naming ``what``, the path and how to fix it.
+
+    ``hint`` is the fix for a missing file, ``fix`` the fix for one that cannot be parsed: larger
+    than ``max_bytes``, not UTF-8, not JSON, or nested too deeply for the parser.
+    """
+    return parse_json(read_bounded(path, what, error, hint, fix=fix, max_bytes=max_bytes), path, what, error, fix)
+
+
+def read_bounded(path: str | os.PathLike[str], what: str, error: type[Exception], hint: str, *,
+                 fix: str = "fix it", max_bytes: int = MAX_JSON_BYTES) -> bytes:
+    """The bytes of file ``path``, refused with ``error`` when it is missing or larger than ``max_bytes``."""
     path = Path(path)
     if not path.is_file():
         raise error(f"{what} {str(path)!r} does not exist; {hint}")
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        raw = handle.read(max_bytes + 1) if size <= max_bytes else b""
+    if size > max_bytes or len(raw) > max_bytes:  # (a file can grow between stat and read)
+        raise error(f"{what} {str(path)!r} has {max(size, len(raw)):,} bytes, more than the "
+                    f"{max_bytes / (1 << 20):g} MiB sharkrec reads; {fix}")
+    return raw
+
+
+def parse_json(raw: bytes, path: str | os.PathLike[str], what: str, error: type[Exception], fix: str = "fix it"
+               ) -> Any:
+    """``json.loads`` of UTF-8 ``raw`` (read from ``path``), every failure one ``error`` line ending with ``fix``."""
+    where = f"{what} {str(path)!r}"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise error(f"{where} is not UTF-8 text (byte {exc.start}); {fix}") from None
     except json.JSONDecodeError as exc:
-        raise error(f"{what} {str(path)!r} is not valid JSON ({exc.msg} at line {exc.lineno}); fix it") from None
+        raise error(f"{where} is not valid JSON ({exc.msg} at line {exc.lineno}); {fix}") from None
+    except RecursionError:
+        raise error(f"{where} nests arrays or objects too deeply to parse; {fix}") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        reason = str(exc).split(";")[0][:120]
+        raise error(f"{where} is not valid JSON ({reason}); {fix}") from None
 
 
 # ------------------------------------------------------------------------------------------- output folders

@@ -4,6 +4,8 @@ Layout of ``ART/`` (written to a temporary sibling directory, then renamed into 
 
     manifest.json            format name + version, schema, model config, fields, tiers, scales,
                              the Table 1 row-header layout, memory, sha256 + size of every file
+    manifest.sha256          the sha256 of manifest.json's bytes, as ``sha256sum`` writes it
+                             (``sha256sum -c manifest.sha256`` checks it by hand)
     dense.safetensors        the network's weights (bottom MLP, head), DLRM state-dict names
     embedding.safetensors    per kept field k: field.k.<tier> payloads (slot order) and
                              field.k.<tier>_scale (int8 / int4), see :mod:`sharkrec.export.tables`
@@ -15,9 +17,21 @@ Layout of ``ART/`` (written to a temporary sibling directory, then renamed into 
 Versions: 1 has one key per slot in every field; 2 adds ``vocab.k.key_slots`` (written only when a
 field has shared slots, so artifacts without clustering stay version 1). Both load.
 
-Pruned fields have no tables: the manifest holds their constant vector. :func:`load_artifact`
-checks the format, the version and every file's size and sha256 before reading a tensor; any
-problem is one :class:`CheckpointError` line naming the fix.
+Pruned fields have no tables: the manifest holds their constant vector.
+
+Integrity. The manifest holds the sha256 of every safetensors file, and ``manifest.sha256`` holds
+the sha256 of the manifest itself (its exact bytes: any edit, even of whitespace, is caught). The
+manifest declares that file (``"manifest_digest": "manifest.sha256"``), so a copy that lost it is
+reported as incomplete. Artifacts written before the digest existed have neither the file nor the
+key and still load; a digest that is present and wrong is an error. The digest catches edits and
+damage, not a forger: whoever rewrites the manifest can rewrite its digest, which is why the
+values behind it are checked too (:mod:`sharkrec.export.integrity`).
+
+:func:`load_artifact` checks, in order and before building any module: the manifest's size
+(at most 64 MiB) and JSON, format, version, its digest, every file's size and sha256, the model
+config's bounds (:class:`~sharkrec.model.dlrm.DLRMConfig`), the dense tensors against the shapes
+the config implies, and every field's tensors (dtype, shape, finite values) and constants against
+what the manifest declares. Any problem is one :class:`CheckpointError` line naming the fix.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -42,8 +57,10 @@ from torch import Tensor, nn
 from sharkrec.data.schema import Schema
 from sharkrec.data.vocab import Vocabulary
 from sharkrec.errors import CheckpointError, SharkrecError
+from sharkrec.export import integrity
 from sharkrec.export.engine import ServingEmbedding, ServingModel
-from sharkrec.export.tables import FieldTables, ServingVocabulary, TierPool, export_fields
+from sharkrec.export.tables import TIERS, FieldTables, ServingVocabulary, TierPool, export_fields
+from sharkrec.io import parse_json, read_bounded
 from sharkrec.model.embedding import FieldEmbedding
 from sharkrec.quant.codec import Precision
 
@@ -51,6 +68,8 @@ ARTIFACT_FORMAT = "sharkrec-artifact"
 ARTIFACT_VERSION = 2
 _KEY_SLOTS_VERSION = 2  # the first version with key -> slot arrays (clustered fields)
 MANIFEST = "manifest.json"
+DIGEST = "manifest.sha256"
+MAX_MANIFEST_BYTES = 64 << 20
 FILES = ("dense.safetensors", "embedding.safetensors", "vocabulary.safetensors")
 #: Table 1 of the paper: the words a packed row would carry, and where this layout keeps each
 ROW_HEADER = [
@@ -86,6 +105,12 @@ def save_artifact(model_or_bundle: Any, schema: Schema | None, vocabularies: Map
     dim = int(embedding.embedding_dim)
     dense = {name: t.detach().contiguous() for name, t in model.state_dict().items()
              if not name.startswith("embedding.")}
+    try:  # an artifact that load_artifact would refuse is not written
+        for name, value in [*dense.items(), *((f"constant of {n}", c) for n, c in constants.items())]:
+            if value.is_floating_point():
+                integrity.check_finite(name, value)
+    except CheckpointError as exc:
+        raise CheckpointError(f"cannot export the model: {exc}; retrain it or restore a good checkpoint") from None
     tensors: dict[str, Tensor] = {}
     vocab_tensors: dict[str, Tensor] = {}
     kept = {t.name: (k, t) for k, t in enumerate(tables)}
@@ -104,6 +129,7 @@ def save_artifact(model_or_bundle: Any, schema: Schema | None, vocabularies: Map
         "tasks": list(getattr(model, "task_names", ())),
         "embedding": {"dim": dim, "row_header": ROW_HEADER, "fields": fields},
         "memory": _memory(tables, len(constants), dim),
+        "manifest_digest": DIGEST,
     }
     with _atomic_dir(Path(path)) as tmp:
         contents = {"dense.safetensors": dense, "embedding.safetensors": tensors,
@@ -113,7 +139,9 @@ def save_artifact(model_or_bundle: Any, schema: Schema | None, vocabularies: Map
             save_file(payload, str(tmp / file_name))
             files[file_name] = {"sha256": _sha256(tmp / file_name), "bytes": (tmp / file_name).stat().st_size}
         manifest["files"] = files
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        raw = (json.dumps(manifest, indent=1) + "\n").encode("utf-8")
+        (tmp / MANIFEST).write_bytes(raw)
+        (tmp / DIGEST).write_text(_digest_line(raw), encoding="ascii")
     return manifest
 
 
@@ -206,10 +234,9 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
         raise CheckpointError(f"artifact {str(root)!r} has no {MANIFEST}; it is incomplete, {_FIX}")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"artifact {str(root)!r} has a corrupted {MANIFEST} ({exc}); {_FIX}") from None
+    raw = read_bounded(manifest_path, "artifact manifest", CheckpointError, _FIX, fix=_FIX,
+                       max_bytes=MAX_MANIFEST_BYTES)
+    manifest = parse_json(raw, manifest_path, "artifact manifest", CheckpointError, _FIX)
     if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
         raise CheckpointError(f"{str(root)!r} is not a {ARTIFACT_FORMAT} directory; pass an artifact written by "
                               "sharkrec")
@@ -217,12 +244,15 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(version, int) or not 1 <= version <= ARTIFACT_VERSION:
         raise CheckpointError(f"artifact {str(root)!r} has format version {version!r}; this sharkrec reads versions "
                               f"1..{ARTIFACT_VERSION}: upgrade sharkrec or re-export the model")
+    _check_digest(root, manifest, raw)
     files = manifest.get("files")
     if not isinstance(files, dict) or sorted(files) != sorted(FILES):
         raise CheckpointError(f"artifact {str(root)!r} lists files {sorted(files or {})}, expected {list(FILES)}; "
                               f"{_FIX}")
     for name, entry in files.items():
         file = root / name
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"artifact {str(root)!r} has no size and sha256 for {name}; {_FIX}")
         if not file.is_file():
             raise CheckpointError(f"artifact {str(root)!r} lacks {name}; it is incomplete, {_FIX}")
         size = file.stat().st_size
@@ -235,6 +265,29 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
+def _digest_line(raw: bytes) -> str:
+    """The ``manifest.sha256`` text of manifest bytes ``raw`` (``sha256sum`` format)."""
+    return f"{hashlib.sha256(raw).hexdigest()}  {MANIFEST}\n"
+
+
+def _check_digest(root: Path, manifest: Mapping[str, Any], raw: bytes) -> None:
+    """``manifest.sha256`` matches the manifest bytes ``raw`` (an artifact older than the digest has neither)."""
+    declared = manifest.get("manifest_digest")
+    digest_path = root / DIGEST
+    if not digest_path.is_file():
+        if declared is not None:
+            raise CheckpointError(f"artifact {str(root)!r} lacks {DIGEST}, which its {MANIFEST} declares; it is "
+                                  f"incomplete, {_FIX}")
+        return  # written before sharkrec stored the manifest's digest
+    words = read_bounded(digest_path, "artifact digest", CheckpointError, _FIX, fix=_FIX, max_bytes=4096).split()
+    stored = words[0].decode("ascii", errors="replace") if words else ""
+    if not re.fullmatch(r"[0-9a-f]{64}", stored):
+        raise CheckpointError(f"artifact {str(root)!r} has a damaged {DIGEST} (no sha256 digest in it); {_FIX}")
+    if stored != hashlib.sha256(raw).hexdigest() or declared != DIGEST:
+        raise CheckpointError(f"artifact {str(root)!r} is inconsistent: its {MANIFEST} does not match its digest in "
+                              f"{DIGEST} (edited or damaged after export); {_FIX}")
+
+
 def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fused") -> ServingModel:
     """The :class:`ServingModel` of artifact ``path``; ``kernel`` picks the lookup path (see the engine)."""
     from sharkrec.model.dlrm import DLRM, DLRMConfig
@@ -242,30 +295,29 @@ def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fused") -> Ser
     manifest = read_manifest(path)
     root = Path(path)
     try:
-        loaded = {name: load_file(str(root / name)) for name in FILES}
-        config = DLRMConfig.from_dict(manifest["model"]["config"])
+        config = DLRMConfig.from_dict(manifest["model"]["config"])  # bounded values (no 10^9 experts)
         schema = Schema.from_dict(manifest["schema"])
+        loaded = {name: load_file(str(root / name)) for name in FILES}
+        integrity.check_dense(config, loaded["dense.safetensors"])  # before any layer is built
         section = manifest["embedding"]
-        dim = int(section["dim"])
-        tables, constants, vocabularies = [], {}, {}
-        for entry in section["fields"]:
-            if entry["status"] == "pruned":
-                constants[entry["name"]] = torch.tensor(entry["constant"], dtype=torch.float32)
-                continue
-            table = _read_field(entry, loaded["embedding.safetensors"], loaded["vocabulary.safetensors"])
-            tables.append(table)
-            vocabularies[table.name] = table.vocabulary
+        dim = integrity.integer(section["dim"], "embedding dim", 1)
+        if dim != config.embedding_dim:
+            raise CheckpointError(f"embedding dim {dim} differs from the model config's {config.embedding_dim}")
         names = [entry["name"] for entry in section["fields"]]
+        if names != list(config.sparse_names):
+            raise CheckpointError(f"fields {integrity.names(names)} differ from the model config's sparse fields "
+                                  f"{integrity.names(config.sparse_names)}")
+        tables, constants = _read_fields(section["fields"], dim, loaded)
         multi_hot = [spec.name for spec in schema.sparse if spec.is_multi_hot]
         embedding = ServingEmbedding(names, tables, constants, dim, kernel=kernel, multi_hot=multi_hot)
         network = DLRM(config, embedding)
         network.load_state_dict(loaded["dense.safetensors"], strict=True)
     except SharkrecError as exc:
         raise CheckpointError(f"artifact {str(root)!r} is inconsistent ({exc}); {_FIX}") from None
-    except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as exc:
+    except (KeyError, IndexError, AttributeError, TypeError, ValueError, RuntimeError, SafetensorError) as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise CheckpointError(f"artifact {str(root)!r} is inconsistent ({reason}); {_FIX}") from None
-    return ServingModel(network, schema, vocabularies, manifest)
+    return ServingModel(network, schema, {t.name: t.vocabulary for t in tables}, manifest)
 
 
 def serving_model(model: Any, schema: Schema, vocabularies: Mapping[str, Vocabulary], *, kernel: str = "fused"
@@ -286,31 +338,102 @@ def serving_model(model: Any, schema: Schema, vocabularies: Mapping[str, Vocabul
     return ServingModel(network, schema, {t.name: t.vocabulary for t in tables}, manifest)
 
 
-def _read_field(entry: Mapping[str, Any], tensors: Mapping[str, Tensor], vocab: Mapping[str, Tensor]) -> FieldTables:
-    pools = []
-    for tier in entry["tiers"]:
-        scale_name = tier.get("scale")
-        pools.append(TierPool(Precision.parse(tier["precision"]), tensors[tier["payload"]],
-                              tensors[scale_name] if scale_name else None, int(tier["traffic"])))
-    k, info = int(entry["index"]), entry["vocabulary"]
+def _read_fields(entries: Any, dim: int, loaded: Mapping[str, Mapping[str, Tensor]]
+                 ) -> tuple[list[FieldTables], dict[str, Tensor]]:
+    """The kept fields' tables and the pruned fields' (D,) constants, each checked against the manifest."""
+    tensors, vocab = loaded["embedding.safetensors"], loaded["vocabulary.safetensors"]
+    tables: list[FieldTables] = []
+    constants: dict[str, Tensor] = {}
+    declared: set[str] = set()  # every tensor name a field declares
+    for entry in entries:
+        name, status = entry["name"], entry["status"]
+        if status == "pruned":
+            constants[name] = integrity.check_constant(name, entry["constant"], dim)
+        elif status == "kept":
+            if integrity.integer(entry["index"], f"field {name!r} index") != len(tables):
+                raise CheckpointError(f"field {name!r} has index {entry['index']}; kept fields are numbered 0, 1, "
+                                      "... in field order")
+            tables.append(_read_field(entry, dim, tensors, vocab, declared))
+        else:
+            raise CheckpointError(f"field {name!r} has status {status!r}; expected 'kept' or 'pruned'")
+    integrity.check_declared("embedding.safetensors", tensors, declared)
+    integrity.check_declared("vocabulary.safetensors", vocab, declared)
+    return tables, constants
+
+
+def _read_tiers(entry: Mapping[str, Any], dim: int, tensors: Mapping[str, Tensor], declared: set[str]
+                ) -> tuple[TierPool, ...]:
+    """A kept field's tier pools: precisions in slot order, contiguous declared slots, payloads and scales of
+    the dtype and shape their precision stores (see :mod:`sharkrec.export.integrity`)."""
+    name, tiers = entry["name"], entry["tiers"]
+    if not isinstance(tiers, list) or not tiers:
+        raise CheckpointError(f"field {name!r} has no tiers; a kept field has at least one")
+    pools, start, last = [], 0, -1
+    for tier in tiers:
+        precision = Precision.parse(tier["precision"])
+        if TIERS.index(precision) <= last:
+            raise CheckpointError(f"field {name!r} lists tier {precision.value} out of order; tiers are "
+                                  f"{', '.join(t.value for t in TIERS)} in slot order, each once")
+        last = TIERS.index(precision)
+        payload_name = tier["payload"]
+        rows = int(tensors[payload_name].shape[0]) if payload_name in tensors and tensors[payload_name].ndim else 0
+        width = (dim + 1) // 2 if precision is Precision.INT4 else dim
+        payload = integrity.check_tensor(payload_name, tensors, integrity.PAYLOAD_DTYPES[precision], (rows, width))
+        declared.add(payload_name)
+        if rows < 1 or tier["slots"] != [start, start + rows]:
+            raise CheckpointError(f"field {name!r} tier {precision.value} declares slots {tier['slots']!r} but its "
+                                  f"payload {payload_name!r} holds {rows} rows from slot {start}")
+        if payload.is_floating_point():
+            integrity.check_finite(payload_name, payload)
+        scale_name, scale = tier.get("scale"), None
+        if precision in (Precision.INT8, Precision.INT4):
+            scale = integrity.check_tensor(scale_name, tensors, torch.float32, (rows,))
+            integrity.check_scale(scale_name, scale, precision)
+            declared.add(scale_name)
+        elif scale_name is not None:
+            raise CheckpointError(f"field {name!r} tier {precision.value} names a scale {scale_name!r}; only int8 "
+                                  "and int4 rows have scales")
+        pools.append(TierPool(precision, payload, scale, integrity.integer(tier["traffic"], "tier traffic")))
+        start += rows
+    if "rows" in entry and entry["rows"] != start:
+        raise CheckpointError(f"field {name!r} declares {entry['rows']!r} rows but its tiers hold {start}")
+    return tuple(pools)
+
+
+def _read_field(entry: Mapping[str, Any], dim: int, tensors: Mapping[str, Tensor], vocab: Mapping[str, Tensor],
+                declared: set[str]) -> FieldTables:
+    pools = _read_tiers(entry, dim, tensors, declared)
+    name, k, info = str(entry["name"]), int(entry["index"]), entry["vocabulary"]
+    size = integrity.integer(info["size"], f"field {name!r} vocabulary size")
     if info["key_kind"] == "int":
-        keys = vocab[f"vocab.{k}.keys"].numpy()
-    else:
-        blob = vocab[f"vocab.{k}.key_bytes"].numpy().tobytes()
-        offsets = vocab[f"vocab.{k}.key_offsets"].tolist()
+        keys_name = f"vocab.{k}.keys"
+        keys = integrity.check_tensor(keys_name, vocab, torch.int64, (size,)).numpy()
+        declared.add(keys_name)
+    elif info["key_kind"] == "str":
+        bytes_name, offsets_name = f"vocab.{k}.key_bytes", f"vocab.{k}.key_offsets"
+        blob_size = int(vocab[bytes_name].numel()) if bytes_name in vocab else 0
+        blob = integrity.check_tensor(bytes_name, vocab, torch.uint8, (blob_size,)).numpy().tobytes()
+        offsets_tensor = integrity.check_tensor(offsets_name, vocab, torch.int64, (size + 1,))
+        integrity.check_offsets(offsets_name, offsets_tensor, len(blob))
+        declared.update((bytes_name, offsets_name))
         keys = np.asarray([blob[a:b].decode("utf-8", errors="surrogateescape")
-                           for a, b in itertools.pairwise(offsets)], dtype=object)
-    rows, oov_slot = sum(p.rows for p in pools), int(info["oov_slot"])
+                           for a, b in itertools.pairwise(offsets_tensor.tolist())], dtype=object)
+    else:
+        raise CheckpointError(f"field {name!r} has key kind {info['key_kind']!r}; expected 'int' or 'str'")
+    rows, oov_slot = sum(p.rows for p in pools), integrity.integer(info["oov_slot"], f"field {name!r} OOV slot")
     slots_name = info.get("key_slots")
-    key_slots = None if not slots_name else vocab[slots_name].numpy()
-    if key_slots is None:
-        if len(keys) != int(info["size"]) or rows != len(keys) + 1:
-            raise CheckpointError(f"field {entry['name']!r} has {len(keys)} keys for {rows} rows")
-    elif (len(keys) != int(info["size"]) or key_slots.shape != (len(keys),) or key_slots.dtype != np.int32
-          or (len(keys) and not 0 <= int(key_slots.min()) <= int(key_slots.max()) < rows)):
-        raise CheckpointError(f"field {entry['name']!r} has {len(keys)} keys and a key -> slot array of shape "
-                              f"{tuple(key_slots.shape)} ({key_slots.dtype}) for {rows} rows")
-    if not 0 <= oov_slot < rows:
-        raise CheckpointError(f"field {entry['name']!r} has its OOV slot {oov_slot} outside 0..{rows - 1}")
-    return FieldTables(str(entry["name"]), tuple(pools),
-                       ServingVocabulary(str(entry["name"]), str(info["key_kind"]), keys, oov_slot, key_slots))
+    key_slots = None
+    if not slots_name:
+        if rows != len(keys) + 1:
+            raise CheckpointError(f"field {name!r} has {len(keys)} keys for {rows} rows")
+    else:
+        key_slots = vocab[slots_name].numpy() if slots_name in vocab else None
+        if (key_slots is None or key_slots.shape != (len(keys),) or key_slots.dtype != np.int32
+                or (len(keys) and not 0 <= int(key_slots.min()) <= int(key_slots.max()) < rows)):
+            shape, dtype = (None, None) if key_slots is None else (tuple(key_slots.shape), key_slots.dtype)
+            raise CheckpointError(f"field {name!r} has {len(keys)} keys and a key -> slot array of shape "
+                                  f"{shape} ({dtype}) for {rows} rows")
+        declared.add(slots_name)
+    if not oov_slot < rows:
+        raise CheckpointError(f"field {name!r} has its OOV slot {oov_slot} outside 0..{rows - 1}")
+    return FieldTables(name, pools, ServingVocabulary(name, str(info["key_kind"]), keys, oov_slot, key_slots))

@@ -26,9 +26,18 @@ from torch import Tensor, nn
 from sharkrec.data.batch import Batch
 from sharkrec.errors import ConfigError, DataError, parse_choice
 from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding
-from sharkrec.model.heads import MMoEHead, SharedBottomHead, mlp
+from sharkrec.model.heads import MMoEHead, SharedBottomHead, mlp, mlp_shapes
 
 DENSE_FIELD = "dense"
+#: Upper bounds of a config's values: far above any real model, low enough that reading a config
+#: (from a model file or an artifact manifest) never plans an absurd network
+MAX_EMBEDDING_DIM = 65535  # Table 1's dimension word is 2 bytes
+MAX_WIDTH = 1 << 20  # num_dense and every hidden layer size
+MAX_LAYERS = 64  # hidden layers of one MLP
+MAX_EXPERTS = 1024
+MAX_TASKS = 1024
+MAX_FIELDS = 4096  # sparse fields (the dot interaction holds F(F-1)/2 pairs)
+MAX_ROWS = 1 << 40
 
 
 class HeadKind(str, enum.Enum):
@@ -88,7 +97,7 @@ class DLRMConfig:
         set_ = object.__setattr__
         try:
             set_(self, "field_rows", tuple((str(name), int(rows)) for name, rows in self.field_rows))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError("field_rows must be a list of (field name, rows) pairs") from None
         for name in ("bottom_mlp", "top_mlp", "tower_mlp"):
             set_(self, name, _sizes(name, getattr(self, name)))
@@ -109,6 +118,17 @@ class DLRMConfig:
             raise ConfigError(f"num_dense is {self.num_dense}; use 0 (no dense features) or more")
         if self.embedding_dim < 1:
             raise ConfigError(f"embedding_dim is {self.embedding_dim}; use 1 or more")
+        if self.num_experts < 1:
+            raise ConfigError(f"num_experts is {self.num_experts}; use 1 or more")
+        for name, value, low, high in (("num_dense", self.num_dense, 0, MAX_WIDTH),
+                                       ("embedding_dim", self.embedding_dim, 1, MAX_EMBEDDING_DIM),
+                                       ("num_experts", self.num_experts, 1, MAX_EXPERTS)):
+            if value > high:
+                raise ConfigError(f"{name} is {value}; use {low}..{high}")
+        if len(self.field_rows) > MAX_FIELDS:
+            raise ConfigError(f"field_rows has {len(self.field_rows)} fields; use at most {MAX_FIELDS}")
+        if len(self.tasks) > MAX_TASKS:
+            raise ConfigError(f"tasks has {len(self.tasks)} names; use at most {MAX_TASKS}")
         names = [name for name, _ in self.field_rows]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -118,8 +138,8 @@ class DLRMConfig:
         if self.num_dense > 0 and DENSE_FIELD in names:
             raise ConfigError(f"sparse field name {DENSE_FIELD!r} is reserved for the dense field; rename it")
         for name, rows in self.field_rows:
-            if rows < 1:
-                raise ConfigError(f"field {name!r} has {rows} rows; every table needs at least 1 row")
+            if not 1 <= rows <= MAX_ROWS:
+                raise ConfigError(f"field {name!r} has {rows} rows; every table needs 1..{MAX_ROWS} rows")
         if self.num_fields == 0:
             raise ConfigError("the model has no fields; give it dense features or sparse fields")
         if self.interaction is InteractionKind.DOT and self.num_dense == 0 and self.num_fields < 2:
@@ -131,8 +151,6 @@ class DLRMConfig:
             raise ConfigError("tasks is empty; name at least one task (label)")
         if len(set(self.tasks)) != len(self.tasks):
             raise ConfigError(f"tasks {list(self.tasks)} repeat a name; give each task a distinct name")
-        if self.num_experts < 1:
-            raise ConfigError(f"num_experts is {self.num_experts}; use 1 or more")
         if self.head is HeadKind.MMOE and not self.top_mlp:
             raise ConfigError("an MMoE head needs expert layers; give top_mlp at least one hidden size")
         if not 0.0 <= self.dropout < 1.0:
@@ -160,6 +178,21 @@ class DLRMConfig:
         if self.interaction is InteractionKind.DOT_CONCAT:
             return pairs + self.num_fields * self.embedding_dim
         return pairs + (self.embedding_dim if self.num_dense > 0 else 0)
+
+    def dense_shapes(self) -> dict[str, tuple[int, ...]]:
+        """State-dict shapes of the :class:`DLRM` weights outside the embedding (bottom MLP, head), built from
+        nothing: what an artifact's ``dense.safetensors`` must hold."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        if self.num_dense > 0:
+            shapes.update(mlp_shapes(self.num_dense, (*self.bottom_mlp, self.embedding_dim), prefix="bottom."))
+        if self.head is HeadKind.MMOE:
+            head = MMoEHead.parameter_shapes(self.interaction_features, self.top_mlp, self.tower_mlp,
+                                             len(self.tasks), self.num_experts, dropout=self.dropout)
+        else:
+            head = SharedBottomHead.parameter_shapes(self.interaction_features, self.top_mlp, self.tower_mlp,
+                                                     len(self.tasks), dropout=self.dropout)
+        shapes.update({f"head.{name}": shape for name, shape in head.items()})
+        return shapes
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict; :meth:`from_dict` reads it back."""
@@ -342,17 +375,26 @@ def _integer(name: str, value: Any) -> int:
     try:
         return operator.index(value)
     except TypeError:
-        raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+        raise ConfigError(f"{name} must be an integer, got {_short(value)}") from None
 
 
 def _sizes(name: str, value: Any) -> tuple[int, ...]:
     try:
         sizes = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a list of layer sizes, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{name} must be a list of layer sizes, got {_short(value)}") from None
+    if len(sizes) > MAX_LAYERS:
+        raise ConfigError(f"{name} has {len(sizes)} layers; use at most {MAX_LAYERS}")
     if any(s < 1 for s in sizes):
         raise ConfigError(f"{name} {list(sizes)} has a size below 1; use positive layer sizes")
+    if any(s > MAX_WIDTH for s in sizes):
+        raise ConfigError(f"{name} {list(sizes)} has a size above {MAX_WIDTH}; use layer sizes 1..{MAX_WIDTH}")
     return sizes
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _enum(kind: type[enum.Enum], value: Any, name: str) -> Any:
