@@ -154,7 +154,8 @@ def test_train_export_predict_on_csv(tmp_path):
     schema.write_text(json.dumps({"fields": [{"name": "a", "kind": "sparse"}, {"name": "x", "kind": "dense"},
                                              {"name": "y", "kind": "label"}]}))
     trained = run_cli("train", "--format", "csv", "--data", str(data), "--schema", str(schema),
-                      "--out", str(tmp_path / "run"), "--epochs", "3", "--quiet", "--batch-size", "128", "--tune", "off")
+                      "--out", str(tmp_path / "run"), "--epochs", "3", "--quiet", "--batch-size", "128",
+                      "--tune", "off")
     assert trained.returncode == 0, trained.stderr
     exported = run_cli("export", "--model", str(tmp_path / "run" / "model.pt"), "--out", str(tmp_path / "art"))
     assert exported.returncode == 0, exported.stderr

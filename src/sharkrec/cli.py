@@ -288,7 +288,7 @@ def train(
     if int4:
         precision_options["use_int4"] = True
     _threads(threads)
-    given = {  # only what the user set: every other setting is TrainConfig's default, written once there
+    given: dict[str, Any] = {  # only what the user set: the rest is TrainConfig's default, written once there
         key: value
         for key, value in {
             "optimizer": optimizer, "lr": lr, "embedding_lr": embedding_lr, "batch_size": batch_size,

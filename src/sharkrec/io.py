@@ -132,6 +132,7 @@ def output_lock(folder: str | os.PathLike[str], what: str = "run") -> Iterator[P
     from sharkrec.errors import ConfigError
 
     root = Path(folder)
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     key = root.resolve()
     if key in _held_locks:
@@ -169,6 +170,9 @@ def output_lock(folder: str | os.PathLike[str], what: str = "run") -> Iterator[P
         with suppress(FileNotFoundError):
             os.unlink(path)  # while still holding it: a waiting opener sees the inode change and retries
         os.close(fd)
+        if created:
+            with suppress(OSError):
+                root.rmdir()  # a run that failed before writing anything leaves no empty folder behind
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str], depth: int = 2) -> list[Path]:

@@ -12,8 +12,8 @@ from sharkrec.train.run import build_model
 from sharkrec.train.trainer import TrainConfig, Trainer
 from tests.toy import toy_data
 
-FAST = TrainConfig(optimizer="adagrad", lr=0.05, embedding_l2=1e-2, epochs=5, patience=3, eval_every=16,
-                   progress=False)
+FAST = TrainConfig(optimizer="adagrad", lr=0.05, embedding_l2=1e-2, weight_decay=0.0, epochs=5, patience=3,
+                   eval_every=16, progress=False)
 
 
 def train(data: PreparedData, config: TrainConfig = FAST, **options: object) -> DLRM:
@@ -27,7 +27,8 @@ def toy_two_task() -> tuple[DLRM, PreparedData]:
     """Two tasks, an MMoE head, a multi-hot field and dense features, trained briefly."""
     torch.manual_seed(0)
     data = toy_data(rows=2000, tasks=2)
-    config = TrainConfig(optimizer="adagrad", lr=0.05, embedding_l2=1e-2, epochs=2, progress=False)
+    config = TrainConfig(optimizer="adagrad", lr=0.05, embedding_l2=1e-2, weight_decay=0.0, epochs=2,
+                         evals_per_epoch=1, patience=2, progress=False)
     return train(data, config, head=HeadKind.MMOE, num_experts=2, top_mlp=(16,), tower_mlp=(8,)), data
 
 

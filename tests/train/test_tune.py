@@ -91,7 +91,7 @@ def test_resume_needs_progress_and_the_same_grid(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr("sharkrec.train.tune.tune_grid", lambda config: GRID[:1])
     train_model(data, CONFIG, tmp_path / "one", tune=True)
     monkeypatch.setattr("sharkrec.train.tune.tune_grid", lambda config: GRID)
-    with pytest.raises(CheckpointError, match="grid .* differs"):
+    with pytest.raises(CheckpointError, match=r"grid .* differs"):
         train_model(data, CONFIG, tmp_path / "one", tune=True, resume=True)
 
 

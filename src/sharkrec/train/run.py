@@ -123,15 +123,6 @@ def _builder(data: PreparedData, model: DLRM | None, model_options: dict[str, An
              precision_options: dict[str, Any]) -> Callable[..., DLRM]:
     """A function (config, copy=True) → a model to train: built from ``data`` (seeded) or a copy of ``model``
     (``model`` itself with ``copy=False``), its tables in ``precision``."""
-    if model is not None and precision != "fp32":
-        from sharkrec.model.embedding import FloatEmbedding
-
-        if not isinstance(model.embedding, FloatEmbedding):
-            raise ConfigError(
-                f"--precision {precision} starts from fp32 tables; this model already has "
-                f"a {type(model.embedding).__name__}"
-            )
-
     def build(config: TrainConfig, copy_model: bool = True) -> DLRM:
         if model is None:
             fresh = build_model(data, config.seed, **model_options)
@@ -139,8 +130,12 @@ def _builder(data: PreparedData, model: DLRM | None, model_options: dict[str, An
             fresh = copy.deepcopy(model) if copy_model else model
         if precision == "fp32":
             return fresh
+        from sharkrec.model.embedding import FloatEmbedding
         from sharkrec.quant.build import build_embedding
 
+        if not isinstance(fresh.embedding, FloatEmbedding):
+            raise ConfigError(f"--precision {precision} starts from fp32 tables; this model already has "
+                              f"a {type(fresh.embedding).__name__}")
         options = {"batch_size": config.batch_size, **precision_options}
         return fresh.with_embedding(build_embedding(precision, fresh.embedding, data, **options))
 

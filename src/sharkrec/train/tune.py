@@ -18,16 +18,17 @@ import enum
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from sharkrec import distributed
 from sharkrec.data.dataset import PreparedData
 from sharkrec.errors import CheckpointError, ConfigError, parse_choice
 from sharkrec.io import atomic_save, read_json, write_json
+from sharkrec.model.dlrm import DLRM
 from sharkrec.train.optim import OptimizerKind
 from sharkrec.train.trainer import StopMetric, TrainConfig, Trainer, TrainResult
 
@@ -64,7 +65,7 @@ def should_tune(mode: TuneMode | str, train_rows: int, given: Sequence[str] = ()
     return mode is TuneMode.ON
 
 
-def tune_grid(config: TrainConfig) -> list[dict[str, float]]:
+def tune_grid(config: TrainConfig) -> list[dict[str, Any]]:
     """The (lr, embedding_l2) settings searched for ``config``'s optimizer, in search order."""
     return [{"lr": lr, "embedding_l2": l2} for lr in LR_GRID[config.optimizer] for l2 in L2_GRID]
 
@@ -74,7 +75,7 @@ class TuneResult:
     """The chosen settings, the trained model with them, and every trial's validation metrics."""
 
     config: TrainConfig
-    model: nn.Module
+    model: DLRM
     trials: list[dict[str, Any]]
     chosen: int
 
@@ -92,9 +93,9 @@ class TuneResult:
                 "trials": [{k: v for k, v in t.items() if k != "result"} for t in self.trials]}
 
 
-def tune(data: PreparedData, base: TrainConfig, build: Callable[[TrainConfig], nn.Module],
+def tune(data: PreparedData, base: TrainConfig, build: Callable[[TrainConfig], DLRM],
          out_dir: str | Path | None = None, *, resume: bool = False,
-         grid: Sequence[dict[str, float]] | None = None,
+         grid: Sequence[dict[str, Any]] | None = None,
          on_trial: Callable[[dict[str, Any]], None] | None = None) -> TuneResult:
     """Train ``build(config)`` for every setting of ``grid`` (default :func:`tune_grid`) and keep the best.
 
@@ -122,7 +123,7 @@ def tune(data: PreparedData, base: TrainConfig, build: Callable[[TrainConfig], n
         shutil.rmtree(folder)
     lower_is_better = base.stop_metric is StopMetric.LOGLOSS
     sign = 1.0 if lower_is_better else -1.0
-    best_model: nn.Module | None = None
+    best_model: DLRM | None = None
     if trials and folder is not None:  # resumed: the best finished trial's weights
         chosen = min(range(len(trials)), key=lambda i: sign * trials[i]["value"])
         best_model = build(replace(base, **grid[chosen]))
@@ -146,7 +147,7 @@ def tune(data: PreparedData, base: TrainConfig, build: Callable[[TrainConfig], n
         if folder is not None and distributed.is_main():
             if better:
                 state = model.state_dict()
-                atomic_save(folder / "best.pt", lambda tmp, state=state: torch.save(state, tmp))
+                atomic_save(folder / "best.pt", partial(torch.save, state))
             write_json(folder / "trials.json", {"grid": grid, "trials": trials})
             shutil.rmtree(folder / "trial", ignore_errors=True)  # its weights are in best.pt if they won
         distributed.barrier()
@@ -158,7 +159,7 @@ def tune(data: PreparedData, base: TrainConfig, build: Callable[[TrainConfig], n
     return TuneResult(replace(base, **grid[chosen]), best_model, trials, chosen)
 
 
-def _finished_trials(folder: Path, grid: list[dict[str, float]]) -> list[dict[str, Any]]:
+def _finished_trials(folder: Path, grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not (folder / "trials.json").is_file():
         return []
     saved = read_json(folder / "trials.json", "tuning progress", CheckpointError, "delete it to start over")
