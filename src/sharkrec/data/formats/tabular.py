@@ -34,13 +34,17 @@ DEFAULT_DELIMITERS = {"csv": ",", "tsv": "\t"}
 def read_delimited(path: Path, schema: Schema, fmt: str = "csv") -> RawTable:
     """Cells of a CSV/TSV file (plain or gzip), stripped, with the schema's numeric columns as float64
     where every cell parses."""
+    return parse_delimited(read_bytes(path), str(path), schema, fmt)
+
+
+def parse_delimited(data: bytes, source: str, schema: Schema, fmt: str = "csv") -> RawTable:
+    """Cells of CSV/TSV text held in memory (as :func:`read_bytes` returns it), named ``source`` in errors."""
     delimiter = schema.delimiter or DEFAULT_DELIMITERS[fmt]
-    data = read_bytes(path)
     if b'"' in data:
-        table = _split_quoted(data, str(path), delimiter, schema.has_header)
+        table = _split_quoted(data, source, delimiter, schema.has_header)
     else:
         float_columns = [spec.source for spec in schema.fields if _is_numeric(spec)]
-        table = split_delimited(data, str(path), delimiter, has_header=schema.has_header, float_columns=float_columns)
+        table = split_delimited(data, source, delimiter, has_header=schema.has_header, float_columns=float_columns)
     return _strip(table, schema)
 
 
@@ -109,5 +113,6 @@ def _split_quoted(data: bytes, source: str, delimiter: str, has_header: bool) ->
         lambda k: f"expected {width} {delimiter_name(delimiter)}-separated columns, found {bad_widths[k]}",
     )
     kept = [row for row, ok in zip(rows, ~bad, strict=True) if ok]
-    frame = pd.DataFrame(kept, columns=names, dtype=object) if kept else pd.DataFrame(columns=names, dtype=object)
+    columns = pd.Index(names, dtype=object)  # names may hold undecodable bytes (surrogates): no str inference
+    frame = pd.DataFrame(kept, columns=columns, dtype=object) if kept else pd.DataFrame(columns=columns, dtype=object)
     return RawTable(frame, lines[~bad], source, (log.summary(),))
