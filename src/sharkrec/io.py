@@ -14,11 +14,24 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
+from sharkrec.errors import ConfigError
+
+
+def check_file_path(path: str | os.PathLike[str], what: str = "output") -> Path:
+    """``path`` as a Path, or a ConfigError when it cannot become a file: it is a folder, or lies under a file."""
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{what} {target} is a folder; pass a file path, such as a new file name inside it")
+    parent = next((folder for folder in target.parents if folder.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"{what} {target} lies under {parent}, which is a file; pass a path inside a folder")
+    return target
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds."""
-    target = Path(path)
+    target = check_file_path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)

@@ -84,3 +84,25 @@ def csv_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[DLRM, PreparedD
     path = write_csv(tmp_path_factory.mktemp("csv") / "shop.csv", 1500, seed=0)
     data = prepare_data("csv", path, CSV_SCHEMA)
     return _train(data, interaction="dot-concat"), data
+
+
+def write_libfm(path: Path, rows: int, seed: int, pairs: int = 10, label: bool = True) -> Path:
+    """``rows`` libFM lines of ``pairs`` pairs; pair j holds one of 5 global indices of field j."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for _ in range(rows):
+        indices = np.arange(pairs) * 100 + rng.integers(0, 5, pairs)
+        click = int(rng.random() < (0.8 if indices[0] % 2 == 0 else 0.2))
+        body = " ".join(f"{index}:1" for index in indices)
+        lines.append((f"{1 if click else -1} " if label else "") + body)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def libfm_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[DLRM, PreparedData]:
+    """A model trained on a small Frappe-shaped libFM file (10 fields)."""
+    torch.manual_seed(0)
+    path = write_libfm(tmp_path_factory.mktemp("libfm") / "train.libfm", 600, seed=0)
+    data = prepare_data("libfm", path)
+    return _train(data), data

@@ -1,6 +1,7 @@
 """Readers of raw input files, by format, and the built-in schema of each format.
 
 Every reader returns a :class:`RawTable` (raw cells, 1-based line numbers, :class:`BadLines`).
+:func:`parse_raw` parses text held in memory the same way (batch prediction's chunks, no temporary files).
 The format modules live in :mod:`sharkrec.data.formats`:
 
 ========== ============================================================ ===================
@@ -19,11 +20,11 @@ from __future__ import annotations
 import enum
 from pathlib import Path
 
-from sharkrec.data.formats.criteo import criteo_schema, read_criteo
-from sharkrec.data.formats.libfm import count_libfm_fields, libfm_schema, read_libfm
+from sharkrec.data.formats.criteo import criteo_schema, parse_criteo, read_criteo
+from sharkrec.data.formats.libfm import count_libfm_fields, libfm_pair_count, libfm_schema, parse_libfm, read_libfm
 from sharkrec.data.formats.movielens import movielens_schema, read_movielens
-from sharkrec.data.formats.tabular import HeaderLine, read_delimited, read_header_line, read_parquet
-from sharkrec.data.formats.text import BadLines, OnBadLine, RawTable
+from sharkrec.data.formats.tabular import HeaderLine, parse_delimited, read_delimited, read_header_line, read_parquet
+from sharkrec.data.formats.text import BadLines, OnBadLine, RawTable, text_bytes
 from sharkrec.data.schema import Schema
 from sharkrec.data.sources import find_sources
 from sharkrec.errors import ConfigError
@@ -38,11 +39,14 @@ __all__ = [
     "header_line",
     "libfm_schema",
     "movielens_schema",
+    "parse_raw",
     "read_raw",
     "schema_for",
 ]
 
 GENERATED_FORMATS = ("synthetic",)
+# formats whose input is one text file, so a part of it held in memory can be parsed (parse_raw)
+TEXT_FORMATS = ("criteo", "libfm", "csv", "tsv")
 
 
 class DataFormat(str, enum.Enum):
@@ -106,9 +110,24 @@ def read_raw(fmt: str | DataFormat, path: str | Path, schema: Schema, header: He
     if data_format is DataFormat.CRITEO:
         return read_criteo(path)
     if data_format is DataFormat.LIBFM:
-        return read_libfm(path)
+        return read_libfm(path, libfm_pair_count(schema))
     if data_format is DataFormat.MOVIELENS:
         return read_movielens(path)
     if data_format is DataFormat.PARQUET:
         return read_parquet(path, schema)
     return read_delimited(path, schema, data_format.value, header)
+
+
+def parse_raw(fmt: str | DataFormat, data: bytes, source: str, schema: Schema) -> RawTable:
+    """Raw cells of text in a :data:`TEXT_FORMATS` format held in memory (uncompressed), as :func:`read_raw`
+    reads them from a file; errors and bad lines name ``source``."""
+    data_format = DataFormat.parse(fmt)
+    if data_format.value not in TEXT_FORMATS:
+        known = ", ".join(TEXT_FORMATS)
+        raise ConfigError(f"format {data_format.value!r} is not parsed from memory; use one of {known}")
+    data = text_bytes(data, source)
+    if data_format is DataFormat.CRITEO:
+        return parse_criteo(data, source)
+    if data_format is DataFormat.LIBFM:
+        return parse_libfm(data, source, libfm_pair_count(schema))
+    return parse_delimited(data, source, schema, data_format.value)

@@ -8,7 +8,8 @@ artifacts so a model can check that it is given data of the shape it was trained
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,7 @@ class Schema:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        names = [f.name for f in self.fields]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = duplicate_names(f.name for f in self.fields)
         if duplicates:
             raise SchemaError(f"schema names fields more than once: {duplicates}; rename them")
         if not self.labels:
@@ -187,6 +187,11 @@ class Schema:
         from sharkrec.io import read_json
 
         return cls.from_dict(read_json(path, "schema file", SchemaError, "pass an existing JSON file to --schema"))
+
+
+def duplicate_names(names: Iterable[str]) -> list[str]:
+    """The names that occur more than once, sorted; one pass over ``names`` (linear, not pairwise)."""
+    return sorted(name for name, count in Counter(names).items() if count > 1)
 
 
 def describe_names(names: Any, limit: int = 12) -> str:

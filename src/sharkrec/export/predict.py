@@ -11,14 +11,17 @@ the label columns). Output is tab-separated with a header::
 ``line`` is the 1-based physical input line, so rows stay identifiable when malformed lines are
 skipped (``on_bad_line="skip"``, counted in the report) or the run stops at the first one
 (``"error"``). The output file appears only when the whole input was scored (atomic write).
+Chunks are parsed in memory: no temporary file is written, so a killed run leaves nothing behind
+but the output's own temporary file next to it. The paths are checked before anything is read:
+the output must not be the input (by any alias, symlink or hard link) nor a folder.
 Limitation: CSV cells with quoted newlines are not supported (chunks are cut at line ends).
 """
 
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -28,14 +31,22 @@ from typing import IO, Any
 import numpy as np
 
 from sharkrec.data.encode import parse_rows
-from sharkrec.data.formats.text import GZIP_MAGIC, MAX_LINE_NUMBERS, BadLines, OnBadLine, RawTable
-from sharkrec.data.readers import read_raw
+from sharkrec.data.formats.text import (
+    GZIP_ERRORS,
+    GZIP_MAGIC,
+    MAX_LINE_NUMBERS,
+    BadLines,
+    OnBadLine,
+    RawTable,
+    bad_gzip,
+)
+from sharkrec.data.readers import TEXT_FORMATS, parse_raw
 from sharkrec.data.schema import Schema
 from sharkrec.errors import ConfigError, DataError
 from sharkrec.export.engine import ServingModel
-from sharkrec.io import atomic_open
+from sharkrec.io import atomic_open, check_file_path
 
-PREDICT_FORMATS = ("criteo", "libfm", "csv", "tsv")
+PREDICT_FORMATS = TEXT_FORMATS
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,7 @@ def predict_file(artifact: str | os.PathLike[str] | ServingModel, input_path: st
     from sharkrec.export.artifact import load_artifact
 
     started = time.perf_counter()
+    source = check_paths(input_path, output_path)
     model = artifact if isinstance(artifact, ServingModel) else load_artifact(artifact)
     schema = schema or model.schema
     fmt = fmt or input_format(schema)
@@ -73,7 +85,6 @@ def predict_file(artifact: str | os.PathLike[str] | ServingModel, input_path: st
     if chunk_rows < 1:
         raise ConfigError(f"chunk_rows is {chunk_rows}; use 1 or more")
     policy = OnBadLine.parse(on_bad_line)
-    source = Path(input_path)
     rows, bad = 0, BadLines(str(source))
     with atomic_open(output_path, "w") as out:
         out.write("\t".join(["line", *model.task_names]) + "\n")
@@ -95,6 +106,30 @@ def predict_file(artifact: str | os.PathLike[str] | ServingModel, input_path: st
                          time.perf_counter() - started, model.task_names)
 
 
+def check_paths(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str]) -> Path:
+    """The input as a Path, after checking that it is a file and that the output can be written without
+    touching it: a ConfigError when the output is a folder or names the input (an alias such as
+    ``dir/../dir/F``, a symlink either way, a hard link)."""
+    source = Path(input_path)
+    if source.is_dir():
+        raise DataError(f"input {source} is a folder; pass the path of one file to --input")
+    if not source.is_file():
+        raise DataError(f"input file {source} does not exist; pass an existing file to --input")
+    target = check_file_path(output_path)
+    if _same_file(source, target):
+        raise ConfigError(
+            f"output {target} is the input file {source}; the scores would overwrite it, so pass another --output path"
+        )
+    return source
+
+
+def _same_file(source: Path, target: Path) -> bool:
+    """Whether writing ``target`` would replace ``source`` (an existing file): same resolved path or same inode."""
+    if source.resolve() == target.resolve():
+        return True
+    return target.exists() and os.path.samefile(source, target)
+
+
 def input_format(schema: Schema) -> str:
     """The raw format a training schema came from: criteo, libfm (frappe), else csv or tsv by delimiter."""
     if schema.name == "criteo":
@@ -105,8 +140,6 @@ def input_format(schema: Schema) -> str:
 
 
 def _open(path: Path) -> IO[bytes]:
-    if not path.is_file():
-        raise DataError(f"input file {path} does not exist; pass an existing file to --input")
     with open(path, "rb") as probe:
         magic = probe.read(2)
     if magic == GZIP_MAGIC:
@@ -114,34 +147,41 @@ def _open(path: Path) -> IO[bytes]:
     return open(path, "rb")
 
 
+def _lines(handle: IO[bytes], source: str) -> Iterator[bytes]:
+    """The lines of ``handle``; a damaged gzip stream raises the DataError that reading the whole file does."""
+    try:
+        yield from handle
+    except GZIP_ERRORS as exc:
+        raise bad_gzip(source, exc) from None
+
+
 def _chunks(fmt: str, path: Path, schema: Schema, chunk_rows: int) -> Iterator[RawTable]:
-    """Raw tables of ``chunk_rows`` lines each, with physical line numbers of the whole file."""
+    """Raw tables of ``chunk_rows`` lines each, parsed in memory, with physical line numbers of the whole file."""
     header_lines = 1 if fmt in ("csv", "tsv") and schema.has_header else 0
-    with _open(path) as handle, tempfile.TemporaryDirectory(prefix="sharkrec-predict-") as scratch:
-        chunk_file = Path(scratch) / ("chunk" + path.suffix if path.suffix not in (".gz",) else "chunk")
+    source = str(path)
+    with _open(path) as handle:
+        lines = _lines(handle, source)
         header = b""
         first_line = 1
         if header_lines:
-            header = handle.readline()
+            header = next(lines, b"")
             while header and not header.strip():
-                header, first_line = handle.readline(), first_line + 1
+                header, first_line = next(lines, b""), first_line + 1
             first_line += 1
         fill: bytes | None = None  # prefix / suffix that adds placeholder labels, decided on the first line
         while True:
-            lines = [line for _, line in zip(range(chunk_rows), handle, strict=False)]
-            if not lines:
+            chunk = list(itertools.islice(lines, chunk_rows))
+            if not chunk:
                 return
             if fill is None:
-                header, fill = _label_fill(fmt, schema, header, lines)
-            body = [_fill_line(fmt, line, fill) if fill and line.strip() else line for line in lines]
+                header, fill = _label_fill(fmt, schema, header, chunk)
+            body = [_fill_line(fmt, line, fill) if fill and line.strip() else line for line in chunk]
             if not any(line.strip() for line in body):
-                first_line += len(lines)
+                first_line += len(chunk)
                 continue
-            chunk_file.write_bytes(header + b"".join(body))
-            table = read_raw(fmt, chunk_file, schema)
-            shift = first_line - 1 - header_lines
-            yield _relabel(table, shift, str(path))
-            first_line += len(lines)
+            table = parse_raw(fmt, header + b"".join(body), source, schema)
+            yield _relabel(table, first_line - 1 - header_lines)
+            first_line += len(chunk)
 
 
 def _fill_line(fmt: str, line: bytes, fill: bytes) -> bytes:
@@ -172,8 +212,8 @@ def _label_fill(fmt: str, schema: Schema, header: bytes, lines: list[bytes]) -> 
     return header, b""
 
 
-def _relabel(table: RawTable, shift: int, source: str) -> RawTable:
-    """``table`` with line numbers of the whole input (``shift`` added) and the input's name."""
-    records = tuple(replace(record, source=source, first_line_numbers=tuple(
+def _relabel(table: RawTable, shift: int) -> RawTable:
+    """``table`` with line numbers of the whole input (``shift`` added to those of its chunk)."""
+    records = tuple(replace(record, first_line_numbers=tuple(
         n + shift for n in record.first_line_numbers)[:MAX_LINE_NUMBERS]) for record in table.bad_lines)
-    return RawTable(table.frame, table.line_numbers + shift, source, records)
+    return RawTable(table.frame, table.line_numbers + shift, table.source, records)

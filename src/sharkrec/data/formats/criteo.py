@@ -35,8 +35,11 @@ def read_criteo(path: Path) -> RawTable:
     The label and dense columns come back as float64 (NaN = missing) when every cell is a number,
     else as strings for the schema check to find the bad cells.
     """
-    table = split_delimited(
-        read_bytes(path), str(path), "\t", n_columns=len(COLUMNS), float_columns=range(1 + len(DENSE_FIELDS))
-    )
+    return parse_criteo(read_bytes(path), str(path))
+
+
+def parse_criteo(data: bytes, source: str) -> RawTable:
+    """Cells of Criteo text held in memory (as :func:`read_bytes` returns it), named ``source`` in errors."""
+    table = split_delimited(data, source, "\t", n_columns=len(COLUMNS), float_columns=range(1 + len(DENSE_FIELDS)))
     table.frame.columns = list(COLUMNS)
     return table

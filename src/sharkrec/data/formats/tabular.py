@@ -65,19 +65,24 @@ def read_delimited(path: Path, schema: Schema, fmt: str = "csv", header: HeaderL
     ``header``: the header line of the split's first file; this file may repeat it or start with
     data (its columns then take those names), see the module docstring.
     """
+    return parse_delimited(read_bytes(path), str(path), schema, fmt, header)
+
+
+def parse_delimited(data: bytes, source: str, schema: Schema, fmt: str = "csv",
+                    header: HeaderLine | None = None) -> RawTable:
+    """Cells of CSV/TSV text held in memory (as :func:`read_bytes` returns it), named ``source`` in errors."""
     delimiter = schema.delimiter or DEFAULT_DELIMITERS[fmt]
-    data = read_bytes(path)
     has_header = schema.has_header
     names: tuple[str, ...] | None = None  # the names of a file without its own header line
-    if has_header and header is not None and not _starts_with_header(data, delimiter, header, schema, str(path)):
+    if has_header and header is not None and not _starts_with_header(data, delimiter, header, schema, source):
         has_header, names = False, header.names
     if b'"' in data:
-        table = _split_quoted(data, str(path), delimiter, has_header, names)
+        table = _split_quoted(data, source, delimiter, has_header, names)
     else:
         float_columns = [spec.source for spec in schema.fields if _is_numeric(spec)]
         if names is not None:
-            float_columns = [_position(source, names) for source in float_columns]
-        table = split_delimited(data, str(path), delimiter, has_header=has_header, float_columns=float_columns,
+            float_columns = [_position(source_column, names) for source_column in float_columns]
+        table = split_delimited(data, source, delimiter, has_header=has_header, float_columns=float_columns,
                                 n_columns=None if names is None else len(names))
         if names is not None:
             table.frame.columns = list(names)
@@ -210,5 +215,6 @@ def _split_quoted(
         lambda k: f"expected {width} {delimiter_name(delimiter)}-separated columns, found {bad_widths[k]}",
     )
     kept = [row for row, ok in zip(rows, ~bad, strict=True) if ok]
-    frame = pd.DataFrame(kept, columns=names, dtype=object) if kept else pd.DataFrame(columns=names, dtype=object)
+    columns = pd.Index(names, dtype=object)  # names may hold undecodable bytes (surrogates): no str inference
+    frame = pd.DataFrame(kept, columns=columns, dtype=object) if kept else pd.DataFrame(columns=columns, dtype=object)
     return RawTable(frame, lines[~bad], source, (log.summary(),))

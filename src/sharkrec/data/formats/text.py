@@ -20,9 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sharkrec.data.schema import duplicate_names
 from sharkrec.errors import ConfigError, DataError, SchemaError
 
 GZIP_MAGIC = b"\x1f\x8b"
+# what reading a damaged gzip stream raises: a bad header or CRC, a truncated stream, corrupt deflate data
+GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 MAX_LINE_NUMBERS = 20
 # cells that mean "no value": a missing sparse value gets its own row, a missing dense value is 0
 MISSING_MARKERS = ("", "?")
@@ -140,19 +143,24 @@ def resolve_column(frame: pd.DataFrame, source: str | int) -> Hashable | None:
 
 
 def read_bytes(path: Path) -> bytes:
-    """The content of ``path``, gunzipped when it starts with the gzip magic bytes."""
+    """The content of ``path``, gunzipped when it starts with the gzip magic bytes (see :func:`text_bytes`)."""
     if not path.is_file():
         raise DataError(f"data file {path} does not exist; pass an existing file or folder as the data path")
     raw = path.read_bytes()
     if raw.startswith(GZIP_MAGIC):
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"data file {path} is not a valid gzip file ({exc}); re-download or re-gzip it") from None
+        except GZIP_ERRORS as exc:
+            raise bad_gzip(path, exc) from None
+    return text_bytes(raw, str(path))
+
+
+def text_bytes(raw: bytes, source: str) -> bytes:
+    """``raw`` (the text of ``source``) with CRLF line ends made LF; a DataError when it holds no data."""
     if b"\r\n" in raw:
         raw = raw.replace(b"\r\n", b"\n")
     if not raw or raw.isspace():
-        raise DataError(f"data file {path} is empty; pass a file that holds data rows")
+        raise DataError(f"data file {source} is empty; pass a file that holds data rows")
     return raw
 
 
@@ -165,13 +173,18 @@ def read_head(path: Path, max_lines: int) -> bytes:
     try:
         with gzip.open(path, "rb") if compressed else open(path, "rb") as handle:
             raw = b"".join(line for _, line in zip(range(max_lines), handle, strict=False))
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"data file {path} is not a valid gzip file ({exc}); re-download or re-gzip it") from None
+    except GZIP_ERRORS as exc:
+        raise bad_gzip(path, exc) from None
     if b"\r\n" in raw:
         raw = raw.replace(b"\r\n", b"\n")
     if not raw or raw.isspace():
         raise DataError(f"data file {path} is empty; pass a file that holds data rows")
     return raw
+
+
+def bad_gzip(source: str | Path, exc: BaseException) -> DataError:
+    """The one-line error for a gzip file that cannot be decompressed (``exc``: one of :data:`GZIP_ERRORS`)."""
+    return DataError(f"data file {source} is not a valid gzip file ({exc}); re-download or re-gzip it")
 
 
 def delimiter_name(delimiter: str) -> str:
@@ -210,7 +223,7 @@ def split_delimited(
         header_end = data.find(b"\n")
         header = data if header_end < 0 else data[:header_end]
         names = [name.strip() for name in header.decode(encoding, errors="replace").split(delimiter)]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
+        duplicates = duplicate_names(names)
         if duplicates:
             raise DataError(f"the header of data file {source} names columns {duplicates} twice; rename them")
         n_columns = len(names)
