@@ -253,3 +253,15 @@ def test_field_vectors_written_in_place_equal_the_network_concat(toy_model, tmp_
                                          for ids in batch.sparse), batch.labels[:3])
     with pytest.raises(DataError, match="dense rows but sparse fields"):
         served.predict_proba(short)
+
+
+def test_the_folder_compress_wrote_is_accepted_as_the_artifact(toy_model, tmp_path):
+    model, data = toy_model
+    run = tmp_path / "comp"  # what `sharkrec compress --out comp` writes: comp/artifact/ beside model.pt
+    save_artifact(model, data.schema, data.vocabularies, run / "artifact")
+    by_artifact, by_run = sharkrec.load(run / "artifact"), sharkrec.load(run)
+    batch = next(data.test.batches(64))
+    assert torch.equal(by_artifact.predict_proba(serving_batch(by_artifact, batch, data.vocabularies)),
+                       by_run.predict_proba(serving_batch(by_run, batch, data.vocabularies)))
+    with pytest.raises(CheckpointError, match="has no manifest.json"):
+        sharkrec.load(tmp_path)  # a folder without an artifact in it

@@ -225,9 +225,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def artifact_dir(path: str | os.PathLike[str]) -> Path:
+    """``path``, or ``path/artifact`` when ``path`` is the folder ``sharkrec compress`` wrote (it holds the artifact)."""
+    root = Path(path)
+    if root.is_dir() and not (root / MANIFEST).exists() and (root / "artifact" / MANIFEST).is_file():
+        return root / "artifact"
+    return root
+
+
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The checked manifest of artifact ``path`` (format, version, files present with the right size and sha256)."""
-    root = Path(path)
+    root = artifact_dir(path)
     if not root.is_dir():
         what = "is a file, not an artifact directory" if root.exists() else "does not exist"
         raise CheckpointError(f"artifact {str(root)!r} {what}; pass the directory written by save_artifact")
@@ -293,7 +301,7 @@ def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fused") -> Ser
     from sharkrec.model.dlrm import DLRM, DLRMConfig
 
     manifest = read_manifest(path)
-    root = Path(path)
+    root = artifact_dir(path)
     try:
         config = DLRMConfig.from_dict(manifest["model"]["config"])  # bounded values (no 10^9 experts)
         schema = Schema.from_dict(manifest["schema"])
