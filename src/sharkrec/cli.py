@@ -582,7 +582,7 @@ def predict(
 
 @app.command()
 def serve(
-    model: Annotated[Path, typer.Option("--model", help="Artifact directory (or the folder 'sharkrec compress' wrote).")],
+    model: Annotated[Path, typer.Option("--model", help="Artifact directory (or the folder compress wrote).")],
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
     max_wait_ms: Annotated[float, typer.Option(help="How long a request may wait to be batched with others.")] = 2.0,

@@ -263,5 +263,5 @@ def test_the_folder_compress_wrote_is_accepted_as_the_artifact(toy_model, tmp_pa
     batch = next(data.test.batches(64))
     assert torch.equal(by_artifact.predict_proba(serving_batch(by_artifact, batch, data.vocabularies)),
                        by_run.predict_proba(serving_batch(by_run, batch, data.vocabularies)))
-    with pytest.raises(CheckpointError, match="has no manifest.json"):
+    with pytest.raises(CheckpointError, match=r"has no manifest\.json"):
         sharkrec.load(tmp_path)  # a folder without an artifact in it

@@ -226,7 +226,7 @@ def _sha256(path: Path) -> str:
 
 
 def artifact_dir(path: str | os.PathLike[str]) -> Path:
-    """``path``, or ``path/artifact`` when ``path`` is the folder ``sharkrec compress`` wrote (it holds the artifact)."""
+    """``path``, or ``path/artifact`` when ``path`` is the folder ``sharkrec compress`` wrote (holding the artifact)."""
     root = Path(path)
     if root.is_dir() and not (root / MANIFEST).exists() and (root / "artifact" / MANIFEST).is_file():
         return root / "artifact"
