@@ -1,4 +1,4 @@
-"""The install path: `make setup` leaves the TorchRec extra out; `make setup-torchrec` installs it without a conflict."""
+"""The install path: `make setup` leaves the TorchRec extra out; `make setup-torchrec` adds it without a conflict."""
 
 from __future__ import annotations
 

@@ -7,8 +7,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared machines 20x
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +14,13 @@ from typing import Annotated, Any
 import typer
 
 from sharkrec.errors import SharkrecError
+
+
+def hold_output(out: Path | None, command: str) -> Any:
+    """Lock ``--out`` for this command: a second run into it fails with the holder's PID (see distributed)."""
+    from sharkrec.distributed import hold_output as hold
+
+    return hold(out, command)
 
 app = typer.Typer(
     add_completion=False,
@@ -118,19 +123,6 @@ def _load_with_model(model: Path, fmt: Format, data: str | None, schema: Path | 
     return bundle, _load(fmt, data, schema, on_bad_line, split, None, vocabularies=bundle.vocabularies)
 
 
-@contextmanager
-def _holding(out: Path | None, command: str) -> Iterator[None]:
-    """Lock ``--out`` for this command (rank 0 under torchrun): a second run into it fails with the holder's PID."""
-    from sharkrec.distributed import is_main
-    from sharkrec.io import output_lock
-
-    if out is None or not is_main():
-        yield
-        return
-    with output_lock(out, command):
-        yield
-
-
 def _threads(threads: int | None) -> None:
     import torch
 
@@ -167,7 +159,7 @@ def prepare(
     """Parse and encode a dataset; write the schema, vocabulary sizes and a data report."""
     from sharkrec.data.export import write_prepared
 
-    with _holding(out, "prepare"):
+    with hold_output(out, "prepare"):
         prepared = _load(fmt, data, schema, on_bad_line, split, cache_dir=out / "cache", min_count=min_count)
         report = write_prepared(prepared, out)
     typer.echo(
@@ -347,7 +339,7 @@ def evaluate(
 
     _threads(threads)
     bundle, prepared = _load_with_model(model, fmt, data, schema, on_bad_line, split)
-    with _holding(out, "evaluate"):
+    with hold_output(out, "evaluate"):
         report = evaluate_bundle(bundle, prepared, out)
     print_metrics(report)
 
@@ -396,7 +388,7 @@ def importance(
 
     _threads(threads)
     bundle, prepared = _load_with_model(model, fmt, data, schema, on_bad_line, split)
-    with _holding(out, "importance"):
+    with hold_output(out, "importance"):
         report = run_importance(bundle, prepared, method, out, split=score_split, batch_size=batch_size,
                                 max_samples=max_samples, repeats=repeats, fields=_names(fields), seed=seed)
     print_importance(report)
@@ -447,7 +439,7 @@ def prune(
         keep=tuple(_names(keep) or ()),
         seed=seed,
     )
-    with _holding(out, "prune"):
+    with hold_output(out, "prune"):
         result, report = run_prune(bundle, prepared, method, out, config=config, order=_names(order),
                                    on_step=print_step)
     print_metrics(report)
@@ -493,7 +485,7 @@ def compress(
                             importance_method=method, fine_tune=fine_tune, allow_int4=not no_int4,
                             keep=tuple(_names(keep) or ()), batch_size=batch_size, max_samples=max_samples, seed=seed,
                             cluster_rows_ratio=cluster_rows_ratio, cluster_method=cluster_method)
-    with _holding(out, "compress"):
+    with hold_output(out, "compress"):
         result = run_compress(bundle, prepared, config, out, on_event=print_event, resume=resume)
     print_summary(result.report)
     typer.echo(f"wrote {out / 'model.pt'}, {out / 'artifact'} and {out / 'report.json'}")
@@ -529,7 +521,7 @@ def cluster(
     bundle, prepared = _load_with_model(model, fmt, data, schema, on_bad_line, split)
     tune = None if fine_tune_steps == 0 else fine_tune_config(bundle, max_steps=fine_tune_steps, lr=fine_tune_lr)
     field_names = _names(fields)
-    with _holding(out, "cluster"):
+    with hold_output(out, "cluster"):
         _, report = run_cluster(bundle, prepared, out, rows_ratio=rows_ratio, target_bytes=target_bytes,
                                 method=method, metric=metric, head_share=head_share,
                                 fields=None if field_names is None else tuple(field_names), seed=seed,

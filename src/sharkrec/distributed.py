@@ -19,6 +19,9 @@ How the library uses them (and how another stage, e.g. ``compress``, should):
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -194,3 +197,16 @@ def summary() -> dict[str, Any]:
     if not is_distributed():
         return {"world_size": 1, "backend": None}
     return {"world_size": world_size(), "backend": str(dist.get_backend())}
+
+
+@contextmanager
+def hold_output(out_dir: str | os.PathLike[str] | None, what: str) -> Iterator[None]:
+    """Lock ``out_dir`` (:func:`sharkrec.io.output_lock`) on the rank that writes files; elsewhere, or without
+    a folder, nothing."""
+    from sharkrec.io import output_lock
+
+    if out_dir is None or not is_main():
+        yield
+        return
+    with output_lock(Path(out_dir), what):
+        yield

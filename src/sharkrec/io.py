@@ -128,7 +128,7 @@ def parse_json(raw: bytes, path: str | os.PathLike[str], what: str, error: type[
 
 # ------------------------------------------------------------------------------------------- output folders
 LOCK_FILE = ".sharkrec.lock"
-_held_locks: dict[Path, tuple[int, int]] = {}  # resolved folder -> (fd, depth): re-entrant within a process
+_held_locks: set[Path] = set()  # resolved folders this process holds: a nested lock on one is a no-op
 
 
 @contextmanager
@@ -142,20 +142,12 @@ def output_lock(folder: str | os.PathLike[str], what: str = "run") -> Iterator[P
     """
     import fcntl
 
-    from sharkrec.errors import ConfigError
-
     root = Path(folder)
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     key = root.resolve()
-    if key in _held_locks:
-        fd, depth = _held_locks[key]
-        _held_locks[key] = (fd, depth + 1)
-        try:
-            yield root
-        finally:
-            fd, depth = _held_locks[key]
-            _held_locks[key] = (fd, depth - 1)
+    if key in _held_locks:  # the outer holder releases it
+        yield root
         return
     path = key / LOCK_FILE
     while True:
@@ -174,12 +166,12 @@ def output_lock(folder: str | os.PathLike[str], what: str = "run") -> Iterator[P
         os.close(fd)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{what} (PID {os.getpid()})\n".encode(), 0)
-    _held_locks[key] = (fd, 1)
+    _held_locks.add(key)
     try:
         remove_stale_temporaries(key)
         yield root
     finally:
-        _held_locks.pop(key, None)
+        _held_locks.discard(key)
         with suppress(FileNotFoundError):
             os.unlink(path)  # while still holding it: a waiting opener sees the inode change and retries
         os.close(fd)

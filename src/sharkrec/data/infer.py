@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sharkrec.data.formats.text import MISSING_MARKERS, delimiter_name, read_head
-from sharkrec.data.schema import FieldKind, FieldSpec, Schema, describe_names
+from sharkrec.data.schema import FieldKind, FieldSpec, Schema, describe_names, duplicate_names
 from sharkrec.data.sources import find_sources, split_of
 from sharkrec.errors import ConfigError, DataError, SchemaError
 
@@ -218,7 +218,7 @@ def _is_header(first: list[str], body: Sequence[list[str]]) -> bool:
 
 
 def _header_names(cells: list[str], file: Path) -> list[str]:
-    duplicates = sorted({name for name in cells if cells.count(name) > 1})
+    duplicates = duplicate_names(cells)
     if duplicates:
         raise DataError(f"the header of data file {file} names columns {duplicates} twice; rename them")
     return cells

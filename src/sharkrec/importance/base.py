@@ -43,8 +43,7 @@ class FieldImportance:
             ``BOOTSTRAP_RESAMPLES`` bootstrap resamples of the rows of ``raw`` (blocks of samples), so it
             shrinks as more samples are scored. NaN where a method has no estimate (see ``std_method``).
         raw: (R, F) mean scores of R blocks of samples (at least ``MIN_BLOCKS`` when there are enough
-            samples; one block per batch on large splits), or one row per epoch / repeat where a method
-            says so.
+            samples; one block per batch on large splits); lasso keeps one row per epoch instead.
         samples: samples the scores average over.
         seconds: wall-clock time of the whole computation.
         passes: forward-equivalent passes over the scored samples (see each method's docstring).
@@ -189,9 +188,14 @@ def block_size(samples: int, batch_size: int) -> int:
 
 def block_means(values: Tensor, block: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample scores (B, F) of one batch → (rows (⌈B/block⌉, F) block means, (rows,) block sizes)."""
-    chunks = values.double().split(block)
-    return (np.stack([chunk.mean(0).numpy() for chunk in chunks]),
-            np.asarray([len(chunk) for chunk in chunks], dtype=np.float64))
+    values = values.double()
+    full = len(values) // block * block
+    means = [values[:full].reshape(-1, block, values.shape[1]).mean(1)]  # (full / block, F) in one op
+    sizes = [np.full(full // block, float(block))]
+    if full < len(values):  # the batch's last, shorter block
+        means.append(values[full:].mean(0, keepdim=True))
+        sizes.append(np.array([float(len(values) - full)]))
+    return torch.cat(means).numpy(), np.concatenate(sizes)
 
 
 def bootstrap_std(raw: np.ndarray, weights: np.ndarray, seed: int = 0) -> np.ndarray:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from sharkrec import distributed
 from sharkrec.data.dataset import PreparedData
 from sharkrec.data.schema import Schema
 from sharkrec.errors import ConfigError
-from sharkrec.io import output_lock, write_json
+from sharkrec.io import write_json
 from sharkrec.model.dlrm import DLRM, DLRMConfig
 from sharkrec.train.checkpoint import MODEL_FILE, ModelBundle, save_model
 from sharkrec.train.trainer import TrainConfig, Trainer, TrainResult, evaluate
@@ -88,15 +87,14 @@ def train_model(
     lists every trial. ``out_dir`` is locked for the run (:func:`sharkrec.io.output_lock`).
     """
     started = time.perf_counter()
-    holding = output_lock(out_dir, "train") if out_dir is not None and distributed.is_main() else nullcontext()
-    with holding:
+    with distributed.hold_output(out_dir, "train"):
         build = _builder(data, model, model_options or {}, precision, precision_options or {})
         tuning = None
         if tune:
             tuning = tune_search(data, train_config, build, out_dir, resume=resume, on_trial=on_trial)
             trained, train_config, result = tuning.model, tuning.config, tuning.train_result
         else:
-            trained = build(train_config, False)  # the caller's model itself when one was given
+            trained = build(train_config, copy_model=False)  # the caller's model itself when one was given
             trainer = Trainer(trained, train_config, data.schema.label_names, out_dir)
             result = trainer.fit(data.train, data.valid, resume=resume)
         report = training_report(trained, data, train_config, result)

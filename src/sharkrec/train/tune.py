@@ -90,7 +90,15 @@ class TuneResult:
         return {"grid": {key: sorted({t["settings"][key] for t in self.trials}) for key in keys},
                 "selected_by": f"validation {self.config.stop_metric.value}", "chosen": self.chosen,
                 "chosen_settings": self.trials[self.chosen]["settings"],
-                "trials": [{k: v for k, v in t.items() if k != "result"} for t in self.trials]}
+                "trials": [_summary(t) for t in self.trials]}
+
+
+def _summary(record: dict[str, Any]) -> dict[str, Any]:
+    """A trial for report.json: settings, score, and the training's outcome without its history."""
+    result = record["result"]
+    return {"trial": record["trial"], "settings": record["settings"], "value": record["value"],
+            "valid": result["best_metrics"], "best_step": result["best_step"], "steps": result["steps"],
+            "seconds": result["seconds"]}
 
 
 def tune(data: PreparedData, base: TrainConfig, build: Callable[[TrainConfig], DLRM],
@@ -121,14 +129,15 @@ def tune(data: PreparedData, base: TrainConfig, build: Callable[[TrainConfig], D
     trials = _finished_trials(folder, grid) if resume and folder is not None else []
     if not resume and folder is not None and folder.exists() and distributed.is_main():
         shutil.rmtree(folder)
-    lower_is_better = base.stop_metric is StopMetric.LOGLOSS
-    sign = 1.0 if lower_is_better else -1.0
+    sign = 1.0 if base.stop_metric is StopMetric.LOGLOSS else -1.0  # lower is better for log loss
+
+    def best() -> int:
+        return min(range(len(trials)), key=lambda i: sign * trials[i]["value"])
+
     best_model: DLRM | None = None
     if trials and folder is not None:  # resumed: the best finished trial's weights
-        chosen = min(range(len(trials)), key=lambda i: sign * trials[i]["value"])
-        best_model = build(replace(base, **grid[chosen]))
+        best_model = build(replace(base, **grid[best()]))
         best_model.load_state_dict(_load_best(folder))
-    best_value = min((sign * t["value"] for t in trials), default=None)
     for k in range(len(trials), len(grid)):
         config = replace(base, **grid[k])
         model = build(config)
@@ -136,14 +145,12 @@ def tune(data: PreparedData, base: TrainConfig, build: Callable[[TrainConfig], D
         trainer = Trainer(model, config, data.schema.label_names, trial_dir)
         can_resume = resume and trial_dir is not None and (trial_dir / "checkpoints" / "last.pt").is_file()
         result = trainer.fit(data.train, data.valid, resume=can_resume)
-        value = trainer.score(result.best_metrics)
-        record = {"trial": k, "settings": dict(grid[k]), "value": value, "valid": result.best_metrics,
-                  "best_step": result.best_step, "steps": result.steps, "seconds": result.seconds,
+        record = {"trial": k, "settings": dict(grid[k]), "value": trainer.score(result.best_metrics),
                   "result": asdict(result)}
         trials.append(record)
-        better = best_value is None or sign * value < best_value
+        better = best() == k
         if better:
-            best_value, best_model = sign * value, model
+            best_model = model
         if folder is not None and distributed.is_main():
             if better:
                 state = model.state_dict()
@@ -153,10 +160,9 @@ def tune(data: PreparedData, base: TrainConfig, build: Callable[[TrainConfig], D
         distributed.barrier()
         if on_trial is not None:
             on_trial(record)
-    chosen = min(range(len(trials)), key=lambda i: sign * trials[i]["value"])
     assert best_model is not None
     best_model.eval()
-    return TuneResult(replace(base, **grid[chosen]), best_model, trials, chosen)
+    return TuneResult(replace(base, **grid[best()]), best_model, trials, best())
 
 
 def _finished_trials(folder: Path, grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -183,5 +189,6 @@ def describe_trial(record: dict[str, Any], metric: StopMetric | str = StopMetric
     """One progress line for a finished trial."""
     metric = parse_choice(StopMetric, metric, "stop metric")
     settings = ", ".join(f"{k} {v:g}" for k, v in record["settings"].items())
+    result = record["result"]
     return (f"tune trial {record['trial'] + 1}: {settings} -> validation {metric.value} {record['value']:.4f} "
-            f"(best step {record['best_step']}, {record['seconds']:.1f} s)")
+            f"(best step {result['best_step']}, {result['seconds']:.1f} s)")
