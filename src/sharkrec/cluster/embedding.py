@@ -101,7 +101,7 @@ class ClusteredEmbedding(FieldEmbedding):
                     raise DataError(f"field {name!r} has ids from {low} to {high} but its vocabulary has "
                                     f"{self._value_rows[position]} rows; encode the data with the model's vocabulary")
             row_map: Tensor = getattr(self, f"map_{position}")
-            mapped.append(FieldIds(row_map.index_select(0, values).to(torch.int64), ids.offsets))
+            mapped.append(FieldIds(row_map.index_select(0, values).to(torch.int64), ids.offsets, ids.weights))
         return mapped
 
     # ----------------------------------------------------------------- lookups

@@ -14,18 +14,21 @@ class FieldIds:
 
     ``values`` holds row ids (int64). With ``offsets is None`` there is exactly one id per sample,
     so ``values`` has shape (B,). Otherwise ``offsets`` has shape (B + 1,) and sample ``b`` uses
-    ``values[offsets[b]:offsets[b + 1]]`` (sum-pooled; an empty bag pools to zeros).
+    ``values[offsets[b]:offsets[b + 1]]`` (sum-pooled; an empty bag pools to zeros). ``weights`` (same
+    shape as ``values``, float32), when given, weighs each id of a bag in the sum (``per_sample_weights``).
     """
 
     values: Tensor
     offsets: Tensor | None = None
+    weights: Tensor | None = None
 
     def batch_size(self) -> int:
         return int(self.values.shape[0]) if self.offsets is None else int(self.offsets.shape[0]) - 1
 
     def to(self, device: torch.device | str) -> FieldIds:
         offsets = None if self.offsets is None else self.offsets.to(device)
-        return FieldIds(self.values.to(device), offsets)
+        weights = None if self.weights is None else self.weights.to(device)
+        return FieldIds(self.values.to(device), offsets, weights)
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,13 @@ class SparseColumn:
     """Row ids of one sparse field for N samples.
 
     Single-hot: ``values`` (N,) and ``offsets is None``. Multi-hot: ``values`` (nnz,) and
-    ``offsets`` (N + 1,), sample ``n`` owning ``values[offsets[n]:offsets[n + 1]]``.
+    ``offsets`` (N + 1,), sample ``n`` owning ``values[offsets[n]:offsets[n + 1]]``; ``weights`` (nnz,)
+    float32, when given, weigh each id in its bag's sum (``per_sample_weights``).
     """
 
     values: np.ndarray
     offsets: np.ndarray | None = None
+    weights: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.values) if self.offsets is None else len(self.offsets) - 1
@@ -70,6 +72,8 @@ class EncodedSplit:
             for i, c in enumerate(sparse)
             if c.offsets is not None
         }
+        self._bag_weights = {i: torch.from_numpy(np.asarray(c.weights, dtype=np.float32))
+                             for i, c in enumerate(sparse) if c.offsets is not None and c.weights is not None}
         # single-hot ids stacked field-major, (S, N): index_select(1, idx) gives contiguous rows
         if self._single_fields:
             self._single = torch.from_numpy(
@@ -89,7 +93,8 @@ class EncodedSplit:
         """The ids of one sparse field as numpy arrays."""
         if field_index in self._multi_fields:
             values, offsets = self._multi_fields[field_index]
-            return SparseColumn(values.numpy(), offsets.numpy())
+            weights = self._bag_weights.get(field_index)
+            return SparseColumn(values.numpy(), offsets.numpy(), None if weights is None else weights.numpy())
         return SparseColumn(self._single[self._single_fields.index(field_index)].numpy())
 
     def batch(self, index: Tensor) -> Batch:
@@ -100,7 +105,7 @@ class EncodedSplit:
             for row, field_index in enumerate(self._single_fields):
                 fields[field_index] = FieldIds(picked[row])
         for field_index, (values, offsets) in self._multi_fields.items():
-            fields[field_index] = _gather_bags(values, offsets, index)
+            fields[field_index] = _gather_bags(values, offsets, index, self._bag_weights.get(field_index))
         return Batch(
             dense=self.dense.index_select(0, index),
             sparse=tuple(f for f in fields if f is not None),
@@ -115,7 +120,9 @@ class EncodedSplit:
         idx = torch.as_tensor(np.asarray(index), dtype=torch.int64)
         batch = self.batch(idx)
         columns = [
-            SparseColumn(f.values.numpy(), None if f.offsets is None else f.offsets.numpy()) for f in batch.sparse
+            SparseColumn(f.values.numpy(), None if f.offsets is None else f.offsets.numpy(),
+                         None if f.weights is None else f.weights.numpy())
+            for f in batch.sparse
         ]
         return EncodedSplit(batch.dense.numpy(), columns, batch.labels.numpy())
 
@@ -150,7 +157,7 @@ class EncodedSplit:
         return len(self) // batch_size if drop_last else -(-len(self) // batch_size)
 
 
-def _gather_bags(values: Tensor, offsets: Tensor, index: Tensor) -> FieldIds:
+def _gather_bags(values: Tensor, offsets: Tensor, index: Tensor, weights: Tensor | None = None) -> FieldIds:
     starts = offsets.index_select(0, index)
     lengths = offsets.index_select(0, index + 1) - starts
     new_offsets = torch.zeros(len(index) + 1, dtype=torch.int64)
@@ -161,7 +168,8 @@ def _gather_bags(values: Tensor, offsets: Tensor, index: Tensor) -> FieldIds:
         new_offsets[:-1], lengths, output_size=total
     )
     source = torch.repeat_interleave(starts, lengths, output_size=total) + within
-    return FieldIds(values.index_select(0, source), new_offsets)
+    return FieldIds(values.index_select(0, source), new_offsets,
+                    None if weights is None else weights.index_select(0, source))
 
 
 @dataclass

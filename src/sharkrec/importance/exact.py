@@ -53,7 +53,8 @@ class Exact(ImportanceMethod):
         for start in range(0, n, chunk):
             vectors, y = pool[start:start + chunk], labels[start:start + chunk]  # (b, F, D), (b, T)
             b = len(vectors)
-            base = self.loss_per_sample(model.logits_from_fields(vectors), y)  # (b,)
+            inputs = split.slice(start, start + chunk)  # what the network needs besides the field vectors
+            base = self.loss_per_sample(model.logits_from_fields(vectors, inputs), y)  # (b,)
             repeated = vectors.repeat(draws, 1, 1)  # (draws·b, F, D), draw-major
             y_rep = y.repeat(draws, 1)
             per_sample = torch.zeros(b, len(positions), dtype=torch.float64)  # (b, F)
@@ -61,7 +62,7 @@ class Exact(ImportanceMethod):
                 picks = torch.randint(0, n, (draws * b,), generator=generator)
                 replaced = repeated.clone()
                 replaced[:, i] = pool[picks, i]
-                loss = self.loss_per_sample(model.logits_from_fields(replaced), y_rep).view(draws, b)
+                loss = self.loss_per_sample(model.logits_from_fields(replaced, inputs), y_rep).view(draws, b)
                 per_sample[:, k] = loss.double().mean(0) - base.double()
             block_rows, counts = block_means(per_sample, block)
             rows.append(block_rows)

@@ -58,7 +58,7 @@ class GroupLasso(ImportanceMethod):
         if options:
             raise ConfigError(f"unknown options {sorted(options)} for method 'lasso'")
         model = self.model
-        dim = model.config.embedding_dim
+        dim = model.embedding_dim
         gates = torch.ones(model.num_fields, dim, requires_grad=True)  # (F, D)
         trainable = torch.zeros(model.num_fields, 1)
         trainable[positions] = 1.0  # fields not scored keep gate 1

@@ -124,7 +124,7 @@ class TorchRecFields(nn.Module):
         dense = self.model.dense_arch(batch.dense).unsqueeze(1)  # (B, 1, D)
         return torch.cat([dense, self.model.sparse_arch(self.kjt(batch.sparse))], dim=1)
 
-    def logits_from_fields(self, vectors: Tensor) -> Tensor:
+    def logits_from_fields(self, vectors: Tensor, batch: Any = None) -> Tensor:
         """(B, F, D) field vectors → (B, T) logits (interaction and over arch of the torchrec model)."""
         interaction = self.model.inter_arch(dense_features=vectors[:, 0], sparse_features=vectors[:, 1:])
         return self.model.over_arch(interaction)

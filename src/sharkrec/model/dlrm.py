@@ -282,6 +282,22 @@ class DLRM(nn.Module):
         return self.config.tasks
 
     @property
+    def sparse_names(self) -> tuple[str, ...]:
+        return self.config.sparse_names
+
+    @property
+    def num_dense(self) -> int:
+        return self.config.num_dense
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.config.embedding_dim
+
+    def field_rows(self) -> dict[str, int]:
+        """Rows per sparse field of the tables the model was built with (a pruned field keeps its original rows)."""
+        return dict(self.config.field_rows)
+
+    @property
     def num_tasks(self) -> int:
         return len(self.config.tasks)
 
@@ -316,8 +332,8 @@ class DLRM(nn.Module):
             return torch.cat([vectors[:, 0], pairs], dim=1)  # the dense field's vector, then the dots
         return pairs
 
-    def logits_from_fields(self, vectors: Tensor) -> Tensor:
-        """(B, F, D) field vectors → (B, T) logits."""
+    def logits_from_fields(self, vectors: Tensor, batch: Batch | None = None) -> Tensor:
+        """(B, F, D) field vectors → (B, T) logits (the head sees nothing else, so ``batch`` is not read)."""
         return self.head(self.interact(vectors))
 
     def forward(self, batch: Batch) -> Tensor:

@@ -200,7 +200,8 @@ class FloatEmbedding(FieldEmbedding):
             else:
                 vectors.append(
                     F.embedding_bag(
-                        ids.values, table, ids.offsets, mode="sum", sparse=True, include_last_offset=True
+                        ids.values, table, ids.offsets, mode="sum", sparse=True, include_last_offset=True,
+                        per_sample_weights=ids.weights,
                     )
                 )  # (B, D)
         return torch.stack(vectors, dim=1)  # (B, F, D)

@@ -106,21 +106,21 @@ class PruneResult:
 
 def check_model_matches(model: DLRM, data: PreparedData) -> None:
     """One-line error when ``data`` does not have the model's fields, dense inputs, tasks or rows."""
-    config = model.config
-    if tuple(config.sparse_names) != tuple(data.schema.sparse_names):
+    if tuple(model.sparse_names) != tuple(data.schema.sparse_names):
         raise ConfigError(
-            f"the data does not match the model's schema (model sparse fields {list(config.sparse_names)}, data "
+            f"the data does not match the model's schema (model sparse fields {list(model.sparse_names)}, data "
             f"{list(data.schema.sparse_names)}); use the format and schema the model was trained with"
         )
-    if config.num_dense != len(data.schema.dense) or tuple(config.tasks) != tuple(data.schema.label_names):
+    if model.num_dense != len(data.schema.dense) or tuple(model.task_names) != tuple(data.schema.label_names):
         raise ConfigError(
-            f"the data does not match the model's schema (model: {config.num_dense} dense features, tasks "
-            f"{list(config.tasks)}; data: {len(data.schema.dense)}, {list(data.schema.label_names)}); "
+            f"the data does not match the model's schema (model: {model.num_dense} dense features, tasks "
+            f"{list(model.task_names)}; data: {len(data.schema.dense)}, {list(data.schema.label_names)}); "
             "use the data the model was trained with"
         )
-    removed = set(removable_fields(model)) ^ set(config.sparse_names)
+    removed = set(removable_fields(model)) ^ set(model.sparse_names)
+    model_field_rows = model.field_rows()
     for name, rows in data.cardinalities.items():
-        model_rows = dict(config.field_rows)[name]
+        model_rows = model_field_rows[name]
         if name not in removed and model_rows != rows:
             raise ConfigError(
                 f"field {name!r} has {rows} rows in the data but {model_rows} in the model; "

@@ -63,7 +63,7 @@ def removable_fields(model: DLRM) -> tuple[str, ...]:
     """Fields that own an embedding table and are not pruned yet (never ``"dense"``)."""
     embedding = model.embedding
     removed = set(embedding.removed) if isinstance(embedding, PrunedEmbedding) else set()
-    return tuple(name for name in model.config.sparse_names if name not in removed)
+    return tuple(name for name in model.sparse_names if name not in removed)
 
 
 def check_removable(model: DLRM, names: Sequence[str]) -> None:
@@ -93,7 +93,7 @@ def field_means(model: DLRM, split: EncodedSplit, names: Sequence[str], batch_si
     was_training = model.training
     model.eval()
     try:
-        total = torch.zeros(len(positions), model.config.embedding_dim, dtype=torch.float64)
+        total = torch.zeros(len(positions), model.embedding_dim, dtype=torch.float64)
         for batch in split.batches(batch_size):
             total += model.field_vectors(batch)[:, positions].double().sum(0)  # (P, D)
     finally:

@@ -411,8 +411,8 @@ class MixedPrecisionEmbedding(FieldEmbedding):
             if ids.offsets is None:
                 vectors.append(leaf.index_select(0, inverse))  # (B, D)
             else:
-                vectors.append(F.embedding_bag(inverse, leaf, ids.offsets, mode="sum",
-                                               include_last_offset=True))  # (B, D)
+                vectors.append(F.embedding_bag(inverse, leaf, ids.offsets, mode="sum", include_last_offset=True,
+                                               per_sample_weights=ids.weights))  # (B, D)
         return torch.stack(vectors, dim=1)  # (B, F, D)
 
     def _check_inputs(self, sparse: Sequence[FieldIds]) -> None:
