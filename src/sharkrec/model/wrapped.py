@@ -118,10 +118,14 @@ class FieldModel(nn.Module):
         embedding: the tables of every field of ``fields``, in field order.
         tasks: task (label) names, one logit each.
         output: maps the network's output to (B, T) logits (default :func:`default_logits`).
+        loss: ``loss(output, labels (B, T)) -> scalar`` to fine-tune with (pruning, Saec, compress); default
+            the task-weighted binary cross-entropy of the logits. Importance always scores with the
+            cross-entropy of the logits (SHARK Eq. 1), whatever the training loss.
     """
 
     def __init__(self, network: nn.Module, fields: FieldMap, embedding: FieldEmbedding, tape: _Tape, *,
-                 tasks: Sequence[str] = ("label",), output: Callable[[Any], Tensor] | None = None) -> None:
+                 tasks: Sequence[str] = ("label",), output: Callable[[Any], Tensor] | None = None,
+                 loss: Callable[[Any, Tensor], Tensor] | None = None) -> None:
         super().__init__()
         if tuple(embedding.field_names) != fields.names:
             raise ConfigError(f"embedding fields {list(embedding.field_names)} differ from the field map's "
@@ -134,13 +138,15 @@ class FieldModel(nn.Module):
         if not self.tasks or len(set(self.tasks)) != len(self.tasks):
             raise ConfigError(f"tasks {list(self.tasks)} must be distinct names, at least one")
         self.output = output
+        self.loss = loss
         self._inputs: Any = None
         self._batch_size = -1
 
     # ------------------------------------------------------------------ build
     @classmethod
     def wrap(cls, model: nn.Module, fields: FieldMap, *, tasks: Sequence[str] = ("label",),
-             output: Callable[[Any], Tensor] | None = None) -> FieldModel:
+             output: Callable[[Any], Tensor] | None = None,
+             loss: Callable[[Any, Tensor], Tensor] | None = None) -> FieldModel:
         """Copy ``model`` with every lookup of ``fields`` replaced by a slot, its rows moved into one fp32
         :class:`FloatEmbedding`. The caller's model is not changed; its tables are read, never copied twice."""
         lookups = lookup_modules(model)
@@ -164,7 +170,7 @@ class FieldModel(nn.Module):
             memo[id(module)] = LookupSlot(kind, owned, [position[f.name] for f in owned], tape)
         network = copy.deepcopy(model, memo)
         embedding = FloatEmbedding.from_tables({name: tables[name] for name in fields.names})
-        return cls(network, fields, embedding, tape, tasks=tasks, output=output).train(model.training)
+        return cls(network, fields, embedding, tape, tasks=tasks, output=output, loss=loss).train(model.training)
 
     # ------------------------------------------------------------------ the field path
     @property
@@ -262,6 +268,21 @@ class FieldModel(nn.Module):
         sparse = self.record(args)
         vectors = self.embedding(sparse)
         return self._replay(vectors, args)
+
+    def training_loss(self, vectors: Tensor, batch: Batch) -> Tensor | None:
+        """The user's ``loss(output, labels)`` of the batch whose field vectors are ``vectors`` (None without one).
+
+        One-line :class:`ConfigError` when it is not a finite scalar.
+        """
+        if self.loss is None:
+            return None
+        value = self.loss(self._replay(vectors, self._inputs), batch.labels)
+        if not isinstance(value, Tensor) or value.ndim != 0:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ConfigError(f"the loss returned {shape}, not a scalar; reduce it (e.g. .mean()) before returning")
+        if not torch.isfinite(value):
+            raise ConfigError(f"the loss is {float(value.detach())}; check the labels and lower the learning rate")
+        return value
 
     def _replay(self, vectors: Tensor, inputs: Any) -> Any:
         tape = self.tape

@@ -181,8 +181,15 @@ def fit_unless_worse(model: DLRM, config: TrainConfig, task_names: tuple[str, ..
 def batch_loss(
     model: DLRM, batch: Batch, task_weights: torch.Tensor, embedding_l2: float = 0.0, reduction: str = "mean"
 ) -> torch.Tensor:
-    """Task-weighted binary cross-entropy of a batch (+ L2 on its looked-up vectors)."""
+    """Task-weighted binary cross-entropy of a batch (+ L2 on its looked-up vectors), or the model's own
+    training loss when it has one (a wrapped user model given ``loss=``)."""
     vectors = model.field_vectors(batch)  # (B, F, D)
+    own = getattr(model, "training_loss", None)
+    custom = own(vectors, batch) if own is not None else None
+    if custom is not None:
+        if embedding_l2 > 0:
+            custom = custom + embedding_l2 * vectors.pow(2).sum(dim=(1, 2)).mean()
+        return custom
     logits = model.logits_from_fields(vectors)  # (B, T)
     return loss_from_outputs(vectors, logits, batch, task_weights, embedding_l2, reduction)
 
