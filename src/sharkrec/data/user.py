@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from sharkrec.data.dataset import EncodedSplit, SparseColumn
+from sharkrec.data.dataset import EncodedSplit, SparseColumn, _gather_bags
 from sharkrec.data.schema import FieldKind, FieldSpec, Schema
 from sharkrec.data.vocab import Vocabulary
 from sharkrec.errors import DataError
@@ -54,9 +55,14 @@ def _leaf(value: Any) -> Leaf | None:
     return next((leaf for leaf in LEAVES if leaf.matches(value)), None)
 
 
+Path = tuple[Any, ...]
+
+
 def tree_cat(trees: Sequence[Any], path: str = "inputs") -> Any:
-    """Join batches of one structure along the sample axis."""
+    """Join batches of one structure along the sample axis (``None`` placeholders stay ``None``)."""
     first = trees[0]
+    if first is None:
+        return None
     if isinstance(first, Tensor):
         return torch.cat(list(trees), dim=0)
     if isinstance(first, Mapping):
@@ -73,6 +79,8 @@ def tree_cat(trees: Sequence[Any], path: str = "inputs") -> Any:
 
 def tree_take(tree: Any, index: Tensor) -> Any:
     """The samples at ``index`` of a collated tree."""
+    if tree is None:
+        return None
     if isinstance(tree, Tensor):
         return tree.index_select(0, index)
     if isinstance(tree, Mapping):
@@ -85,18 +93,111 @@ def tree_take(tree: Any, index: Tensor) -> Any:
     return leaf.take(tree, index)
 
 
-def tree_lengths(tree: Any, path: str = "inputs") -> list[tuple[str, int]]:
-    if isinstance(tree, Tensor):
-        return [(path, int(tree.shape[0]) if tree.ndim else -1)]
+def tree_leaves(tree: Any, path: Path = ()) -> list[tuple[Path, Any]]:
+    """``(path, leaf)`` of every leaf (a path is the keys / positions from the root)."""
     if isinstance(tree, Mapping):
-        return [x for k, v in tree.items() for x in tree_lengths(v, f"{path}[{k!r}]")]
+        return [x for k, v in tree.items() for x in tree_leaves(v, (*path, k))]
     if isinstance(tree, (tuple, list)):
-        return [x for i, v in enumerate(tree) for x in tree_lengths(v, f"{path}[{i}]")]
-    leaf = _leaf(tree)
-    if leaf is None:
-        raise DataError(f"{path} is a {type(tree).__name__}; batches may hold tensors (sample axis first), dicts, "
-                        "lists and tuples of them")
-    return [(path, leaf.length(tree))]
+        return [x for i, v in enumerate(tree) for x in tree_leaves(v, (*path, i))]
+    return [(path, tree)]
+
+
+def tree_set(tree: Any, path: Path, value: Any) -> Any:
+    """A copy of ``tree`` (containers only) with the leaf at ``path`` replaced by ``value``."""
+    if not path:
+        return value
+    key, rest = path[0], path[1:]
+    if isinstance(tree, Mapping):
+        return {k: (tree_set(v, rest, value) if k == key else v) for k, v in tree.items()}
+    items = [tree_set(v, rest, value) if i == key else v for i, v in enumerate(tree)]
+    return tuple(items) if isinstance(tree, tuple) else items
+
+
+def _describe(path: Path) -> str:
+    return "inputs" + "".join(f"[{k!r}]" for k in path)
+
+
+def tree_lengths(tree: Any) -> list[tuple[str, int]]:
+    """``(path, samples)`` of every leaf that has a sample axis."""
+    out = []
+    for path, value in tree_leaves(tree):
+        if value is None:
+            continue
+        if isinstance(value, Tensor):
+            out.append((_describe(path), int(value.shape[0]) if value.ndim else -1))
+            continue
+        leaf = _leaf(value)
+        if leaf is None:
+            raise DataError(f"{_describe(path)} is a {type(value).__name__}; batches may hold tensors (sample axis "
+                            "first), dicts, lists and tuples of them")
+        out.append((_describe(path), leaf.length(value)))
+    return out
+
+
+@dataclass(frozen=True)
+class Jagged:
+    """Ragged ids of a bag lookup inside a user's inputs: where the values, offsets and weights sit, and the
+    samples' bags joined (``offsets`` (N + 1,) always end with the total)."""
+
+    values_path: Path
+    offsets_path: Path
+    weights_path: Path | None
+    last_offset: bool
+    values: Tensor
+    offsets: Tensor
+    weights: Tensor | None
+
+    def take(self, index: Tensor) -> Jagged:
+        bags = _gather_bags(self.values, self.offsets, index, self.weights)
+        assert bags.offsets is not None
+        return Jagged(self.values_path, self.offsets_path, self.weights_path, self.last_offset, bags.values,
+                      bags.offsets, bags.weights)
+
+    def place(self, tree: Any) -> Any:
+        """``tree`` with these bags put back at their paths, offsets in the lookup's own convention."""
+        tree = tree_set(tree, self.values_path, self.values)
+        tree = tree_set(tree, self.offsets_path, self.offsets if self.last_offset else self.offsets[:-1])
+        return tree if self.weights_path is None else tree_set(tree, self.weights_path, self.weights)
+
+    @staticmethod
+    def join(parts: Sequence[Jagged]) -> Jagged:
+        first = parts[0]
+        offsets, base = [torch.zeros(1, dtype=torch.int64)], 0
+        for p in parts:
+            offsets.append(p.offsets[1:] + base)
+            base += int(p.offsets[-1])
+        weights = None if first.weights is None else torch.cat([p.weights for p in parts if p.weights is not None])
+        return Jagged(first.values_path, first.offsets_path, first.weights_path, first.last_offset,
+                      torch.cat([p.values for p in parts]), torch.cat(offsets), weights)
+
+    def layout(self) -> tuple[Any, ...]:
+        return (self.values_path, self.offsets_path, self.weights_path, self.last_offset)
+
+
+def split_jagged(model: FieldModel, inputs: Any, calls: Sequence[Any], samples: int) -> tuple[Any, list[Jagged]]:
+    """Take the ragged bag inputs out of one batch's ``inputs`` (found by identity among the lookups' calls)."""
+    leaves = tree_leaves(inputs)
+    path_of = {id(v): p for p, v in leaves if isinstance(v, Tensor)}
+    found: list[Jagged] = []
+    for slot, args, kwargs in calls:
+        for values, offsets, weights, last in slot.kind.jagged_inputs(slot.fields, args, kwargs):
+            if id(values) not in path_of or id(offsets) not in path_of:
+                continue  # computed inside forward: the inputs that made it have the sample axis (or fail below)
+            full = offsets.to(torch.int64)
+            if not last:
+                full = torch.cat([full, full.new_tensor([values.numel()])])
+            if full.numel() != samples + 1:
+                raise DataError(f"{_describe(path_of[id(offsets)])} has {full.numel() - (1 if not last else 0)} bag "
+                                f"offsets but the batch has {samples} samples; give one bag per sample")
+            weights_path = path_of.get(id(weights)) if weights is not None else None
+            found.append(Jagged(path_of[id(values)], path_of[id(offsets)], weights_path, last,
+                                values.to(torch.int64), full, None if weights is None else weights.float()))
+    for jagged in found:
+        inputs = tree_set(inputs, jagged.values_path, None)
+        inputs = tree_set(inputs, jagged.offsets_path, None)
+        if jagged.weights_path is not None:
+            inputs = tree_set(inputs, jagged.weights_path, None)
+    return inputs, found
 
 
 def labels_tensor(labels: Any, tasks: Sequence[str]) -> Tensor:
@@ -117,28 +218,37 @@ def labels_tensor(labels: Any, tasks: Sequence[str]) -> Tensor:
 
 
 class UserSplit(EncodedSplit):
-    """N samples of a user's data: the collated inputs, the ids each field's lookup sees, labels (N, T)."""
+    """N samples of a user's data: the collated inputs, the ids each field's lookup sees, labels (N, T).
 
-    def __init__(self, inputs: Any, sparse: Sequence[SparseColumn], labels: np.ndarray) -> None:
-        n = len(np.asarray(labels).reshape(len(labels), -1))
+    ``inputs`` holds every input with a sample axis; ragged bag inputs (1-D ids + offsets of an
+    ``nn.EmbeddingBag`` call) are kept apart in ``jagged`` and put back, re-based, in every batch.
+    """
+
+    def __init__(self, inputs: Any, sparse: Sequence[SparseColumn], labels: np.ndarray,
+                 jagged: Sequence[Jagged] = ()) -> None:
+        n = int(np.asarray(labels).shape[0])
         super().__init__(np.zeros((n, 0), dtype=np.float32), sparse, labels)
-        lengths = tree_lengths(inputs)
-        bad = [(p, k) for p, k in lengths if k != n]
+        bad = [(p, k) for p, k in tree_lengths(inputs) if k != n]
         if bad:
-            raise DataError(f"{bad[0][0]} has {bad[0][1]} samples but the labels have {n}; every input tensor needs "
-                            "the sample axis first")
+            raise DataError(f"{bad[0][0]} has {bad[0][1]} rows but the batch has {n} samples; every input needs the "
+                            "sample axis first (ragged ids: pass them with their offsets to the nn.EmbeddingBag call)")
         self.inputs = inputs
+        self.jagged = tuple(jagged)
 
     def batch(self, index: Tensor) -> InputBatch:
         from sharkrec.model.wrapped import InputBatch
 
         plain = super().batch(index)
-        return InputBatch(plain.dense, plain.sparse, plain.labels, inputs=tree_take(self.inputs, index))
+        inputs = tree_take(self.inputs, index)
+        for jagged in self.jagged:
+            inputs = jagged.take(index).place(inputs)
+        return InputBatch(plain.dense, plain.sparse, plain.labels, inputs=inputs)
 
     def subset(self, index: np.ndarray | Tensor) -> UserSplit:
         idx = torch.as_tensor(np.asarray(index), dtype=torch.int64)
-        batch = self.batch(idx)
-        return UserSplit(batch.inputs, _columns(batch.sparse), batch.labels.numpy())
+        plain = EncodedSplit.batch(self, idx)
+        return UserSplit(tree_take(self.inputs, idx), _columns(plain.sparse), plain.labels.numpy(),
+                         [j.take(idx) for j in self.jagged])
 
 
 def _columns(sparse: Sequence[Any]) -> list[SparseColumn]:
@@ -153,7 +263,7 @@ def from_batches(model: FieldModel, batches: Iterable[Any], *,
     the last lookup)."""
     from sharkrec.data.batch import FieldIds
 
-    taken_inputs, taken_labels, recorded = [], [], []
+    taken_inputs, taken_labels, recorded, jagged = [], [], [], []
     for number, item in enumerate(batches):
         if inputs is None or labels is None:
             if not (isinstance(item, (tuple, list)) and len(item) == 2):
@@ -161,10 +271,16 @@ def from_batches(model: FieldModel, batches: Iterable[Any], *,
                                 "and labels=... to take them from each batch")
         x = inputs(item) if inputs is not None else item[0]
         y = labels_tensor(labels(item) if labels is not None else item[1], model.task_names)
-        ids = model.record(x)
+        calls: list[Any] = []
+        ids = model.record(x, calls)
         if any(f.batch_size() != len(y) for f in ids):
             raise DataError(f"batch {number} has {len(y)} labels but its lookups saw "
                             f"{ids[0].batch_size()} samples; give one label row per sample")
+        x, ragged = split_jagged(model, x, calls, len(y))
+        if jagged and [j.layout() for j in ragged] != [j.layout() for j in jagged[0]]:
+            raise DataError(f"batch {number} passes its ragged ids differently from batch 0; give every batch the "
+                            "same structure")
+        jagged.append(ragged)
         taken_inputs.append(x)
         taken_labels.append(y)
         recorded.append(ids)
@@ -174,7 +290,8 @@ def from_batches(model: FieldModel, batches: Iterable[Any], *,
     for position in range(model.num_fields):
         parts: list[FieldIds] = [ids[position] for ids in recorded]
         columns.append(_join_ids(parts))
-    return UserSplit(tree_cat(taken_inputs), columns, torch.cat(taken_labels).numpy())
+    joined = [Jagged.join([batch[k] for batch in jagged]) for k in range(len(jagged[0]))]
+    return UserSplit(tree_cat(taken_inputs), columns, torch.cat(taken_labels).numpy(), joined)
 
 
 def _join_ids(parts: Sequence[Any]) -> SparseColumn:

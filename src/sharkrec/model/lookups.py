@@ -41,6 +41,7 @@ class Field:
             column of a shared table indexed with per-field offsets, or ``None`` for a one-field module.
         row_start: first row of the field in the module's table (shared tables: the field's offset).
         pooling: ``"none"`` (one id per sample), ``"sum"`` or ``"mean"`` (bags).
+        last_offset: bag offsets end with the total id count (``nn.EmbeddingBag(include_last_offset=True)``).
     """
 
     name: str
@@ -50,6 +51,7 @@ class Field:
     key: str | int | None = None
     row_start: int = 0
     pooling: str = "none"
+    last_offset: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -82,6 +84,12 @@ class LookupKind(abc.ABC):
     @abc.abstractmethod
     def table(self, module: nn.Module, field: Field) -> Tensor:
         """The (rows, D) fp32 rows of ``field`` held by ``module``."""
+
+    def jagged_inputs(self, fields: Sequence[Field], args: tuple[Any, ...],
+                      kwargs: dict[str, Any]) -> list[tuple[Tensor, Tensor, Tensor | None, bool]]:
+        """Ragged arguments of a call: ``(values, offsets, weights or None, offsets end with the total)`` per bag
+        input whose first axis is not the sample axis (so a user's batches can be indexed by sample)."""
+        return []
 
     def offsets_of(self, module: nn.Module, parent: nn.Module | None) -> list[int] | None:
         """Per-field offsets a module (or its parent) keeps for a shared table, if any (pytorch-fm style)."""
@@ -201,7 +209,7 @@ class EmbeddingBagKind(LookupKind):
         if module.padding_idx is not None:
             raise ConfigError(f"nn.EmbeddingBag {path!r} has padding_idx; drop it (empty bags pool to zeros)")
         return [Field(path or "embedding_bag", path, int(module.num_embeddings), int(module.embedding_dim),
-                      pooling=str(module.mode))]
+                      pooling=str(module.mode), last_offset=bool(module.include_last_offset))]
 
     @staticmethod
     def _call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, Any]:
@@ -223,7 +231,7 @@ class EmbeddingBagKind(LookupKind):
             if offsets is None:
                 raise DataError(f"lookup {field.module!r} got 1-D ids without offsets; pass offsets")
             offsets = offsets.to(torch.int64)
-            if int(offsets[-1]) != ids.numel():  # include_last_offset=False: B starts, append the end
+            if not field.last_offset:  # B starts: append the end
                 offsets = torch.cat([offsets, offsets.new_tensor([ids.numel()])])
         if field.pooling == "mean":  # a mean is a weighted sum: each id weighs 1 / its bag's length
             lengths = (offsets[1:] - offsets[:-1]).clamp(min=1)
@@ -233,6 +241,13 @@ class EmbeddingBagKind(LookupKind):
 
     def output(self, fields: Sequence[Field], vectors: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return vectors[:, 0]  # (B, D)
+
+    def jagged_inputs(self, fields: Sequence[Field], args: tuple[Any, ...],
+                      kwargs: dict[str, Any]) -> list[tuple[Tensor, Tensor, Tensor | None, bool]]:
+        ids, offsets, weights = self._call(args, kwargs)
+        if isinstance(ids, Tensor) and ids.ndim == 1 and isinstance(offsets, Tensor):
+            return [(ids, offsets, weights if isinstance(weights, Tensor) else None, fields[0].last_offset)]
+        return []
 
     def table(self, module: nn.Module, field: Field) -> Tensor:
         return module.weight.detach().float()  # type: ignore[union-attr]

@@ -57,6 +57,7 @@ class _Tape:
         self.ids: list[FieldIds | None] = [None] * fields
         self.vectors: Tensor | None = None
         self.stop_early = True
+        self.calls: list[tuple[LookupSlot, tuple[Any, ...], dict[str, Any]]] | None = None  # raw calls, when kept
 
 
 class LookupSlot(nn.Module):
@@ -73,6 +74,8 @@ class LookupSlot(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         tape = self.tape
         if tape.mode == "record":
+            if tape.calls is not None:
+                tape.calls.append((self, args, kwargs))
             ids = self.kind.field_ids(self.fields, args, kwargs)
             for position, field_ids in zip(self.positions, ids, strict=True):
                 tape.ids[position] = field_ids
@@ -201,10 +204,12 @@ class FieldModel(nn.Module):
     def embedding_dim(self) -> int:
         return self.fields.embedding_dim
 
-    def record(self, inputs: Any) -> list[FieldIds]:
-        """The ids (one :class:`FieldIds` per field, local rows) the lookups see for ``inputs``."""
+    def record(self, inputs: Any, calls: list[Any] | None = None) -> list[FieldIds]:
+        """The ids (one :class:`FieldIds` per field, local rows) the lookups see for ``inputs``; ``calls``, when
+        given, receives each slot call as ``(slot, args, kwargs)``."""
         tape = self.tape
         tape.ids = [None] * self.num_fields
+        tape.calls = calls
         tape.mode, tape.stop_early = "record", True
         was_training = self.network.training
         self.network.eval()
@@ -219,7 +224,7 @@ class FieldModel(nn.Module):
             raise DataError(f"the model rejected the batch ({type(error).__name__}: {error}); pass the inputs "
                             "its forward takes") from None
         finally:
-            tape.mode = None
+            tape.mode, tape.calls = None, None
             self.network.train(was_training)
         missing = [f.name for f, ids in zip(self.fields.fields, tape.ids, strict=True) if ids is None]
         if missing:
