@@ -205,7 +205,8 @@ def labels_tensor(labels: Any, tasks: Sequence[str]) -> Tensor:
     if isinstance(labels, Mapping):
         missing = [t for t in tasks if t not in labels]
         if missing:
-            raise DataError(f"the labels have keys {sorted(labels)} but not the tasks {missing}; give one label per task")
+            raise DataError(f"the labels have keys {sorted(labels)} but not the tasks {missing}; "
+                            "give one label per task")
         labels = torch.stack([torch.as_tensor(labels[t]).reshape(-1) for t in tasks], dim=1)
     labels = torch.as_tensor(labels).float()
     labels = labels.reshape(-1, 1) if labels.ndim <= 1 else labels
@@ -265,10 +266,9 @@ def from_batches(model: FieldModel, batches: Iterable[Any], *,
 
     taken_inputs, taken_labels, recorded, jagged = [], [], [], []
     for number, item in enumerate(batches):
-        if inputs is None or labels is None:
-            if not (isinstance(item, (tuple, list)) and len(item) == 2):
-                raise DataError(f"batch {number} is a {type(item).__name__}, not (inputs, labels); pass inputs=... "
-                                "and labels=... to take them from each batch")
+        if (inputs is None or labels is None) and not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise DataError(f"batch {number} is a {type(item).__name__}, not (inputs, labels); pass inputs=... "
+                            "and labels=... to take them from each batch")
         x = inputs(item) if inputs is not None else item[0]
         y = labels_tensor(labels(item) if labels is not None else item[1], model.task_names)
         calls: list[Any] = []

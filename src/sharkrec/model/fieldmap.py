@@ -86,7 +86,8 @@ class FieldMap:
         try:
             return cls(tuple(Field(**dict(f)) for f in payload["fields"]))
         except (KeyError, TypeError) as error:
-            raise ConfigError(f"a field map must be {{'fields': [{{name, module, rows, dim, ...}}]}}: {error}") from None
+            raise ConfigError(f"a field map must be {{'fields': [{{name, module, rows, dim, ...}}]}}: "
+                              f"{error}") from None
 
     def __str__(self) -> str:
         lines = [f"{len(self.fields)} fields, dim {self.embedding_dim}:"]

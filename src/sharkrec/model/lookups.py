@@ -16,12 +16,12 @@ Adding a lookup kind is one subclass (see ``sharkrec.interop.torchrec`` for Torc
 from __future__ import annotations
 
 import abc
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sharkrec.data.batch import FieldIds
@@ -101,7 +101,7 @@ class LookupKind(abc.ABC):
                 found = [int(v) for v in torch.as_tensor(value).reshape(-1).tolist()]
             except (TypeError, ValueError, RuntimeError):
                 continue
-            if found and found[0] == 0 and all(b >= a for a, b in zip(found, found[1:], strict=False)):
+            if found and found[0] == 0 and all(b >= a for a, b in itertools.pairwise(found)):
                 return found
         return None
 
