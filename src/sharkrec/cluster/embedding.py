@@ -113,6 +113,16 @@ class ClusteredEmbedding(FieldEmbedding):
         """Cluster rows per field (distinct vectors a field can produce)."""
         return self.inner.num_rows()
 
+    def inner_layer(self) -> FieldEmbedding:
+        return self.inner
+
+    def with_inner(self, inner: FieldEmbedding) -> ClusteredEmbedding:
+        return ClusteredEmbedding({name: self.row_map(name).clone() for name in inner.field_names}, inner)
+
+    def fixed_bytes(self) -> dict[str, int]:
+        """The value → row maps (int32 per value): quantizing the cluster rows does not shrink them."""
+        return {name: int(self.row_map(name).numel() * self.row_map(name).element_size()) for name in self.field_names}
+
     def map_bytes(self) -> int:
         """Bytes of the value → row maps when stored as an extra index per value (int32 tensors)."""
         return sum(int(self.row_map(n).numel() * self.row_map(n).element_size()) for n in self.field_names)

@@ -62,6 +62,28 @@ class FieldEmbedding(nn.Module, abc.ABC):
         """
         return None
 
+    # -- the wrapper stack. A layer either stores rows (fp32, tiers, ALPT: a *store*) or wraps one inner
+    # layer and changes which rows answer (pruned: constants for removed fields; clustered: value → row
+    # maps). Stages walk the stack through these methods (and :func:`storage` / :func:`replace_storage`),
+    # never through concrete classes, so a new kind is one file.
+    def inner_layer(self) -> FieldEmbedding | None:
+        """The layer this one wraps; ``None`` for a store."""
+        return None
+
+    def with_inner(self, inner: FieldEmbedding) -> FieldEmbedding:
+        """A copy of this wrapper around ``inner`` (whose fields are the ones this wrapper passes on)."""
+        raise ConfigError(f"a {type(self).__name__} stores rows itself: it wraps no inner layer")
+
+    def removed_fields(self) -> tuple[str, ...]:
+        """Fields answered by a constant vector (pruned), at any depth of the stack."""
+        inner = self.inner_layer()
+        return () if inner is None else inner.removed_fields()
+
+    def fixed_bytes(self) -> dict[str, int]:
+        """Bytes per field that re-storing the rows cannot shrink (e.g. a value → row map), at any depth."""
+        inner = self.inner_layer()
+        return {} if inner is None else inner.fixed_bytes()
+
     @abc.abstractmethod
     def forward(self, sparse: Sequence[FieldIds]) -> Tensor:
         """Field vectors (B, F, D) for one :class:`FieldIds` per field, in ``field_names`` order.
@@ -85,6 +107,33 @@ class FieldEmbedding(nn.Module, abc.ABC):
     @property
     def num_fields(self) -> int:
         return len(self.field_names)
+
+
+def layers(embedding: FieldEmbedding) -> list[FieldEmbedding]:
+    """The stack from ``embedding`` (outermost) down to its store (innermost)."""
+    stack = [embedding]
+    while (inner := stack[-1].inner_layer()) is not None:
+        stack.append(inner)
+    return stack
+
+
+def storage(embedding: FieldEmbedding) -> FieldEmbedding:
+    """The layer of the stack that holds the rows."""
+    return layers(embedding)[-1]
+
+
+def find_layer(embedding: FieldEmbedding, kind: str) -> FieldEmbedding | None:
+    """The first layer of the stack registered as ``kind`` (e.g. ``"clustered"``), or ``None``."""
+    return next((layer for layer in layers(embedding) if layer.kind == kind), None)
+
+
+def replace_storage(embedding: FieldEmbedding, store: FieldEmbedding) -> FieldEmbedding:
+    """The same stack of wrappers (copied) around a new store, e.g. quantized rows under the same maps."""
+    stack = layers(embedding)
+    out = store
+    for wrapper in reversed(stack[:-1]):
+        out = wrapper.with_inner(out)
+    return out
 
 
 EMBEDDING_KINDS: dict[str, type[FieldEmbedding]] = {}

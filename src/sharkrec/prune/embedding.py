@@ -121,6 +121,15 @@ class PrunedEmbedding(FieldEmbedding):
             parts.insert(0, self.kept(self.kept_ids(sparse)))  # (B, K, D)
         return torch.cat(parts, dim=1).index_select(1, self._source)  # (B, F, D)
 
+    def inner_layer(self) -> FieldEmbedding:
+        return self.kept
+
+    def with_inner(self, inner: FieldEmbedding) -> PrunedEmbedding:
+        return PrunedEmbedding(self.field_names, inner, dict(zip(self.removed, self.constants.clone(), strict=True)))
+
+    def removed_fields(self) -> tuple[str, ...]:
+        return (*self.removed, *self.kept.removed_fields())
+
     def kept_ids(self, sparse: Sequence[FieldIds]) -> list[FieldIds]:
         return [sparse[i] for i in self._kept_positions]
 

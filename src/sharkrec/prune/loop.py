@@ -32,7 +32,6 @@ from sharkrec.data.dataset import EncodedSplit, PreparedData
 from sharkrec.errors import ConfigError
 from sharkrec.importance.base import field_importance, get_method
 from sharkrec.model.dlrm import DENSE_FIELD, DLRM
-from sharkrec.prune.embedding import PrunedEmbedding
 from sharkrec.prune.plan import PruningPlan, check_removable, removable_fields, remove_fields
 from sharkrec.train.optim import OptimizerKind
 from sharkrec.train.trainer import TrainConfig, evaluate, fit_unless_worse, mean_logloss
@@ -247,7 +246,7 @@ def _entry(step: int, model: DLRM, data: PreparedData, task_names: tuple[str, ..
            chosen: Sequence[str], scores: Mapping[str, float], *, accepted: bool, started: float) -> dict[str, Any]:
     """One history entry: fields, bytes and test / valid metrics of ``model`` after ``step``."""
     embedding = model.embedding
-    removed = list(embedding.removed) if isinstance(embedding, PrunedEmbedding) else []
+    removed = list(embedding.removed_fields())
     size = embedding.embedding_bytes()
     metrics = {name: evaluate(model, data.split(name), task_names) for name in ("test", "valid")
                if len(data.split(name)) > 0}

@@ -61,8 +61,7 @@ class PruningPlan:
 
 def removable_fields(model: DLRM) -> tuple[str, ...]:
     """Fields that own an embedding table and are not pruned yet (never ``"dense"``)."""
-    embedding = model.embedding
-    removed = set(embedding.removed) if isinstance(embedding, PrunedEmbedding) else set()
+    removed = set(model.embedding.removed_fields())
     return tuple(name for name in model.sparse_names if name not in removed)
 
 
