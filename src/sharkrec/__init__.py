@@ -17,8 +17,10 @@ __all__ = ["SharkrecError", "__version__", "fields", "load", "wrap"]
 __version__ = "0.1.0"
 
 
-def load(path: Any, **options: Any) -> ServingModel:
-    """The inference model of an artifact directory (see :func:`sharkrec.export.load_artifact`).
+def load(path: Any, **options: Any) -> ServingModel | Any:
+    """The inference model of an artifact directory (see :func:`sharkrec.export.load_artifact`): a
+    :class:`ServingModel` for sharkrec's DLRM, a ``UserServingModel`` (called like the user's model) for a
+    user model's artifact (``sharkrec.export.save_user_artifact``).
 
     Imported lazily so ``import sharkrec`` stays light (no torch until a model is loaded).
     """

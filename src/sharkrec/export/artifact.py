@@ -14,6 +14,10 @@ Layout of ``ART/`` (written to a temporary sibling directory, then renamed into 
                              a clustered field (keys sharing slots) keeps its keys in vocabulary
                              order and adds vocab.k.key_slots int32, the slot of every key
 
+Kinds: a manifest without ``"kind"`` holds sharkrec's DLRM (this layout); ``"kind": "user-model"``
+holds a user's own network as torch.export programs (:mod:`sharkrec.export.user_artifact`); both
+share the manifest, digest, file checks and table layout.
+
 Versions: 1 has one key per slot in every field; 2 adds ``vocab.k.key_slots`` (written only when a
 field has shared slots, so artifacts without clustering stay version 1). Both load.
 
@@ -71,6 +75,11 @@ MANIFEST = "manifest.json"
 DIGEST = "manifest.sha256"
 MAX_MANIFEST_BYTES = 64 << 20
 FILES = ("dense.safetensors", "embedding.safetensors", "vocabulary.safetensors")
+USER_KIND = "user-model"  # a user's own network (sharkrec.export.user_artifact)
+USER_FILES = ("program.ids.json", "program.dense.json", "program.safetensors", "embedding.safetensors",
+              "vocabulary.safetensors")
+#: manifest kind → (highest version read, files); a manifest without a kind is sharkrec's DLRM
+KINDS = {"dlrm": (ARTIFACT_VERSION, FILES), USER_KIND: (1, USER_FILES)}
 #: Table 1 of the paper: the words a packed row would carry, and where this layout keeps each
 ROW_HEADER = [
     {"word": "precision", "bytes": 1, "kept_as": "the tier's slot range (fields[].tiers[].slots)"},
@@ -134,15 +143,20 @@ def save_artifact(model_or_bundle: Any, schema: Schema | None, vocabularies: Map
     with _atomic_dir(Path(path)) as tmp:
         contents = {"dense.safetensors": dense, "embedding.safetensors": tensors,
                     "vocabulary.safetensors": vocab_tensors}
-        files = {}
         for file_name, payload in contents.items():
             save_file(payload, str(tmp / file_name))
-            files[file_name] = {"sha256": _sha256(tmp / file_name), "bytes": (tmp / file_name).stat().st_size}
-        manifest["files"] = files
-        raw = (json.dumps(manifest, indent=1) + "\n").encode("utf-8")
-        (tmp / MANIFEST).write_bytes(raw)
-        (tmp / DIGEST).write_text(_digest_line(raw), encoding="ascii")
+        write_manifest(tmp, manifest, FILES)
     return manifest
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any], files: tuple[str, ...]) -> None:
+    """Add the size and sha256 of ``files`` (written in ``folder``) to ``manifest``; write it and its digest."""
+    manifest["manifest_digest"] = DIGEST
+    manifest["files"] = {name: {"sha256": _sha256(folder / name), "bytes": (folder / name).stat().st_size}
+                         for name in files}
+    raw = (json.dumps(manifest, indent=1) + "\n").encode("utf-8")
+    (folder / MANIFEST).write_bytes(raw)
+    (folder / DIGEST).write_text(_digest_line(raw), encoding="ascii")
 
 
 def _field_entry(k: int, table: FieldTables, tensors: dict[str, Tensor], vocab_tensors: dict[str, Tensor]
@@ -248,15 +262,20 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
         raise CheckpointError(f"{str(root)!r} is not a {ARTIFACT_FORMAT} directory; pass an artifact written by "
                               "sharkrec")
+    kind = manifest.get("kind", "dlrm")
+    if kind not in KINDS:
+        raise CheckpointError(f"artifact {str(root)!r} is of kind {kind!r}; this sharkrec serves kinds "
+                              f"{', '.join(KINDS)}: upgrade sharkrec or re-export the model")
+    highest, expected = KINDS[kind]
     version = manifest.get("version")
-    if not isinstance(version, int) or not 1 <= version <= ARTIFACT_VERSION:
+    if not isinstance(version, int) or not 1 <= version <= highest:
         raise CheckpointError(f"artifact {str(root)!r} has format version {version!r}; this sharkrec reads versions "
-                              f"1..{ARTIFACT_VERSION}: upgrade sharkrec or re-export the model")
+                              f"1..{highest}: upgrade sharkrec or re-export the model")
     _check_digest(root, manifest, raw)
     files = manifest.get("files")
-    if not isinstance(files, dict) or sorted(files) != sorted(FILES):
-        raise CheckpointError(f"artifact {str(root)!r} lists files {sorted(files or {})}, expected {list(FILES)}; "
-                              f"{_FIX}")
+    if not isinstance(files, dict) or sorted(files) != sorted(expected):
+        raise CheckpointError(f"artifact {str(root)!r} lists files {sorted(files or {})}, expected "
+                              f"{list(expected)}; {_FIX}")
     for name, entry in files.items():
         file = root / name
         if not isinstance(entry, dict):
@@ -296,12 +315,16 @@ def _check_digest(root: Path, manifest: Mapping[str, Any], raw: bytes) -> None:
                               f"{DIGEST} (edited or damaged after export); {_FIX}")
 
 
-def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fused") -> ServingModel:
-    """The :class:`ServingModel` of artifact ``path``; ``kernel`` picks the lookup path (see the engine)."""
+def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fused") -> Any:
+    """The inference model of artifact ``path``: a :class:`ServingModel` (sharkrec's DLRM) or, for a
+    ``"user-model"`` artifact, a :class:`~sharkrec.export.user_artifact.UserServingModel`; ``kernel`` picks
+    the lookup path (see the engine)."""
     from sharkrec.model.dlrm import DLRM, DLRMConfig
 
     manifest = read_manifest(path)
     root = artifact_dir(path)
+    if manifest.get("kind") == USER_KIND:
+        return _load_user(root, manifest, kernel)
     try:
         config = DLRMConfig.from_dict(manifest["model"]["config"])  # bounded values (no 10^9 experts)
         schema = Schema.from_dict(manifest["schema"])
@@ -326,6 +349,19 @@ def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fused") -> Ser
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise CheckpointError(f"artifact {str(root)!r} is inconsistent ({reason}); {_FIX}") from None
     return ServingModel(network, schema, {t.name: t.vocabulary for t in tables}, manifest)
+
+
+def _load_user(root: Path, manifest: dict[str, Any], kernel: str) -> Any:
+    from sharkrec.export.user_artifact import load_user_artifact
+
+    fix = "re-export it with save_user_artifact"
+    try:
+        return load_user_artifact(root, manifest, kernel=kernel)
+    except SharkrecError as exc:
+        raise CheckpointError(f"artifact {str(root)!r} is inconsistent ({exc}); {fix}") from None
+    except (KeyError, IndexError, AttributeError, TypeError, ValueError, RuntimeError, SafetensorError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"artifact {str(root)!r} is inconsistent ({reason}); {fix}") from None
 
 
 def serving_model(model: Any, schema: Schema, vocabularies: Mapping[str, Vocabulary], *, kernel: str = "fused"

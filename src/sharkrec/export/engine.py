@@ -25,7 +25,8 @@ Routing, single-hot field: the tier with most training traffic (usually fp32, th
 looked up densely for the whole batch with clamped local ids; the minority of ids outside its
 range is found with one mask + ``nonzero`` and patched with ``index_copy_`` (each other tier
 looked up with clamped ids on that small subset, selected with ``torch.where``). Multi-hot
-field: each tier's bag is computed with clamped ids and a 0/1 per-sample weight, and summed.
+field: each tier's bag is computed with clamped ids and a 0/1 per-sample weight, and summed; a
+batch's per-id bag weights (``FieldIds.weights``, e.g. 1 / length for mean bags) multiply those.
 ``kernel="reference"`` dequantizes every pool into one fp32 table and gathers from it (pure
 PyTorch; the tests check both agree).
 """
@@ -152,14 +153,15 @@ class _FieldLookup:
             out.index_copy_(0, outside, patch)
         return out
 
-    def bags(self, slots: Tensor, offsets: Tensor) -> Tensor:
-        """(B, D) sums of the bags of (nnz,) slots cut by (B + 1,) offsets."""
+    def bags(self, slots: Tensor, offsets: Tensor, weights: Tensor | None = None) -> Tensor:
+        """(B, D) sums of the bags of (nnz,) slots cut by (B + 1,) offsets, each id weighed by ``weights``
+        (nnz,) when given."""
         if len(self.tiers) == 1:
-            return self.tiers[0].bag(slots, offsets, None).float()
+            return self.tiers[0].bag(slots, offsets, None if weights is None else weights.float()).float()
         total: Tensor | None = None
         for tier in self.tiers:
-            weights = ((slots >= tier.start) & (slots < tier.end)).float()
-            part = tier.bag(slots, offsets, weights).float()
+            selected = ((slots >= tier.start) & (slots < tier.end)).float()
+            part = tier.bag(slots, offsets, selected if weights is None else selected * weights.float()).float()
             total = part if total is None else total + part
         assert total is not None
         return total
@@ -249,7 +251,8 @@ class ServingEmbedding(FieldEmbedding):
                 if ids.offsets is None:
                     raise DataError(f"field {name!r} takes bags of values in this artifact but the batch has one "
                                     "value per sample without offsets; encode raw values with ServingModel.encode")
-                self._pools.bag(ids.values, ids.offsets, self._pools.names.index(name), out=out[:, k])
+                self._pools.bag(ids.values, ids.offsets, self._pools.names.index(name), out=out[:, k],
+                                weights=ids.weights)
                 continue
             slots = ids.values.long()
             if self.check_ids and slots.numel():
@@ -257,7 +260,7 @@ class ServingEmbedding(FieldEmbedding):
                 if int(low) < 0 or int(high) >= self._rows[name]:
                     raise DataError(f"field {name!r} has slots outside 0..{self._rows[name] - 1}; "
                                     "encode raw values with the artifact's vocabularies (ServingModel.encode)")
-            out[:, k] = self._vectors(name, slots, ids.offsets)
+            out[:, k] = self._vectors(name, slots, ids.offsets, ids.weights)
         return out
 
     @property
@@ -279,15 +282,16 @@ class ServingEmbedding(FieldEmbedding):
             columns.append(ids.values)
         return torch.stack(columns, dim=1).long()  # (B, K)
 
-    def _vectors(self, name: str, slots: Tensor, offsets: Tensor | None) -> Tensor:
-        """(B, D) vectors of one field."""
+    def _vectors(self, name: str, slots: Tensor, offsets: Tensor | None, weights: Tensor | None = None) -> Tensor:
+        """(B, D) vectors of one field (bags weighed by ``weights`` when given)."""
         if self.kernel == "reference":
             table = self._reference[name]
             if offsets is None:
                 return F.embedding(slots, table)
-            return F.embedding_bag(slots, table, offsets, mode="sum", include_last_offset=True)
+            return F.embedding_bag(slots, table, offsets, mode="sum", include_last_offset=True,
+                                   per_sample_weights=None if weights is None else weights.float())
         lookup = self._lookups[name]
-        return lookup.single(slots) if offsets is None else lookup.bags(slots, offsets.long())
+        return lookup.single(slots) if offsets is None else lookup.bags(slots, offsets.long(), weights)
 
     def num_rows(self) -> dict[str, int]:
         return {name: self._rows.get(name, 1) for name in self.field_names}

@@ -158,9 +158,13 @@ class PackedPools:
                        shift=self.shift.index_select(0, rows).contiguous())
 
     def bag(self, values: Tensor, offsets: Tensor, field: int, out: Tensor | None = None, *,
-            use_extension: bool = True) -> Tensor:
-        """(B, D) sums of the bags of field ``field``: (nnz,) local slots cut by (B + 1,) ``offsets``."""
+            weights: Tensor | None = None, use_extension: bool = True) -> Tensor:
+        """(B, D) sums of the bags of field ``field``: (nnz,) local slots cut by (B + 1,) ``offsets``, each
+        row times its (nnz,) ``weights`` when given (read as a one-column gather, weighed, then summed)."""
         values, offsets = values.long().contiguous(), offsets.long().contiguous()
+        if weights is not None:
+            sums = self._weighted_bag(values, offsets, weights, field, use_extension)
+            return sums if out is None else out.copy_(sums)
         module = extension() if use_extension else None
         if module is None:
             sums = self.bag_torch(values, offsets, field)
@@ -172,6 +176,20 @@ class PackedPools:
         if bad >= 0:
             self._raise_bad(field)
         return out
+
+    def _weighted_bag(self, values: Tensor, offsets: Tensor, weights: Tensor, field: int, use_extension: bool
+                      ) -> Tensor:
+        if weights.shape != values.shape:
+            raise DataError(f"field {self.names[field]!r} has {weights.numel()} bag weights for {values.numel()} ids; "
+                            "give one weight per id")
+        single = self.select([self.names[field]])
+        rows = single.gather(values.unsqueeze(1), use_extension=use_extension).squeeze(1)  # (nnz, D)
+        lengths = (offsets[1:] - offsets[:-1]).clamp(min=0)
+        owner = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+        start = int(offsets[0]) if offsets.numel() else 0
+        picked = slice(start, start + len(owner))
+        weighed = rows[picked] * weights[picked].float().unsqueeze(1)
+        return torch.zeros(len(lengths), self.dim).index_add_(0, owner, weighed)
 
     def bag_torch(self, values: Tensor, offsets: Tensor, field: int) -> Tensor:
         """:meth:`bag` with PyTorch ops: the field's rows read as a one-column gather, then summed per bag."""

@@ -78,6 +78,9 @@ def predict_file(artifact: str | os.PathLike[str] | ServingModel, input_path: st
     started = time.perf_counter()
     source = check_paths(input_path, output_path)
     model = artifact if isinstance(artifact, ServingModel) else load_artifact(artifact)
+    if not isinstance(model, ServingModel):
+        raise ConfigError("predict scores raw rows with sharkrec's own artifacts; a user model's artifact takes "
+                          "its own inputs: call sharkrec.load(path)(*inputs) or serve it with 'sharkrec serve'")
     schema = schema or model.schema
     fmt = fmt or input_format(schema)
     if fmt not in PREDICT_FORMATS:

@@ -15,6 +15,11 @@ handler, then queued; one worker takes every waiting request, gathers more for u
 the training cell rules (:class:`~sharkrec.export.records.RecordEncoder`, no pandas) and scores
 them as one batch. If the merged rows do not encode, each request is encoded alone: a bad one gets
 its 400, the others their scores.
+
+A user-model artifact (:mod:`sharkrec.export.user_artifact`) is served by :func:`create_user_app`:
+``{"inputs": [arg_1, ...]}`` (one JSON value per positional argument of the model's forward, tensors
+as nested lists) → ``{"output": ...}`` (the model's output, tensors as nested lists); a value that
+does not fit the exported inputs gets a 400 naming it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
+from torch import nn
 
 from sharkrec.data.batch import Batch
 from sharkrec.errors import ConfigError, DataError, SharkrecError
@@ -156,12 +162,15 @@ class Batcher:
 
 def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_rows: int = 4096,
                max_wait_ms: float = 2.0, max_request_rows: int = 10000) -> FastAPI:
-    """A FastAPI app serving ``artifact`` (a path or a loaded :class:`ServingModel`)."""
+    """A FastAPI app serving ``artifact`` (a path, a loaded :class:`ServingModel` or a user model's
+    :class:`~sharkrec.export.user_artifact.UserServingModel`)."""
     from sharkrec.export.artifact import load_artifact
 
     if max_batch_rows < 1 or max_request_rows < 1 or not max_wait_ms >= 0:
         raise ConfigError("max_batch_rows and max_request_rows must be >= 1 and max_wait_ms >= 0")
-    model = artifact if isinstance(artifact, ServingModel) else load_artifact(artifact)
+    model = artifact if isinstance(artifact, nn.Module) else load_artifact(artifact)
+    if not isinstance(model, ServingModel):
+        return create_user_app(model)
     batcher = Batcher(model, max_batch_rows, max_wait_ms)
 
     @asynccontextmanager
@@ -203,6 +212,61 @@ def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_row
         scores = await batcher.predict(rows)  # a bad row fails this request alone
         return Response(pydantic_core.to_json({"tasks": tasks, "scores": scores.tolist()}),
                         media_type="application/json")
+
+    return app
+
+
+class UserPredictRequest(BaseModel):
+    """A user model's inputs: one JSON value per positional argument of its forward (tensors as nested lists)."""
+
+    model_config = ConfigDict(extra="forbid")
+    inputs: list[Any] = Field(min_length=1)
+
+
+def create_user_app(model: Any) -> FastAPI:
+    """The app of a user-model artifact (:class:`~sharkrec.export.user_artifact.UserServingModel`):
+    ``POST /predict`` takes ``{"inputs": [...]}`` and answers ``{"output": ...}``; each request is scored as
+    its own batch on one model thread."""
+    from sharkrec.export.user_artifact import output_json
+
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sharkrec-model")
+    counts = {"requests": 0}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        executor.shutdown(wait=False)
+
+    app = FastAPI(title="sharkrec", lifespan=lifespan)
+    app.state.model = model
+
+    @app.exception_handler(SharkrecError)
+    async def bad_data(request: Request, exc: SharkrecError) -> JSONResponse:
+        return JSONResponse(status_code=400, content={"error": str(exc)})
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "kind": model.manifest.get("kind"), "format_version": model.manifest.get("version"),
+                "tasks": list(model.task_names), "fields": list(model.fields.names),
+                "inputs": model.input_tensors, "requests": counts["requests"], "lookup": model.embedding.backend,
+                "embedding_bytes": model.embedding.embedding_bytes()}
+
+    def score(arguments: list[Any]) -> bytes:
+        output = model(*model.parse_inputs(arguments))
+        return pydantic_core.to_json({"output": output_json(output)})
+
+    body_schema = {"content": {"application/json": {"schema": UserPredictRequest.model_json_schema()}},
+                   "required": True}
+
+    @app.post("/predict", openapi_extra={"requestBody": body_schema})
+    async def predict(request: Request) -> Response:
+        try:
+            arguments = UserPredictRequest.model_validate_json(await request.body()).inputs
+        except ValidationError as exc:
+            return invalid([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()])
+        body = await asyncio.get_running_loop().run_in_executor(executor, score, arguments)
+        counts["requests"] += 1
+        return Response(body, media_type="application/json")
 
     return app
 

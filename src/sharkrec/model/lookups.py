@@ -91,6 +91,11 @@ class LookupKind(abc.ABC):
         input whose first axis is not the sample axis (so a user's batches can be indexed by sample)."""
         return []
 
+    def batch_size(self, fields: Sequence[Field], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """B of one call, read from shapes only (an int, or a symbolic size while torch.export traces)."""
+        ids = self.field_ids(fields, args, kwargs)[0]
+        return ids.values.shape[0] if ids.offsets is None else ids.offsets.shape[0] - 1
+
     def offsets_of(self, module: nn.Module, parent: nn.Module | None) -> list[int] | None:
         """Per-field offsets a module (or its parent) keeps for a shared table, if any (pytorch-fm style)."""
         for owner in (module, parent):
@@ -238,6 +243,15 @@ class EmbeddingBagKind(LookupKind):
             weights = torch.repeat_interleave(1.0 / lengths.float(), offsets[1:] - offsets[:-1],
                                               output_size=ids.numel())
         return [FieldIds(ids, offsets, None if weights is None else weights.float())]
+
+    def batch_size(self, fields: Sequence[Field], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """B from shapes: (B, L) bags, or 1-D ids with B offsets (B + 1 with ``include_last_offset=True``)."""
+        ids, offsets, _ = self._call(args, kwargs)
+        if isinstance(ids, Tensor) and ids.ndim == 2:
+            return ids.shape[0]
+        if not isinstance(offsets, Tensor):
+            raise DataError(f"lookup {fields[0].module!r} got 1-D ids without offsets; pass offsets")
+        return offsets.shape[0] - 1 if fields[0].last_offset else offsets.shape[0]
 
     def output(self, fields: Sequence[Field], vectors: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return vectors[:, 0]  # (B, D)

@@ -9,6 +9,9 @@ user's model (``wrapped(*inputs)``), it returns what the user's model returns.
 How: each lookup module of the field map is replaced (in a copy of the network; the caller's model is never
 touched) by a :class:`LookupSlot` with no weights. A forward pass runs the network twice in two modes:
 
+(``sharkrec.export.user_artifact`` traces the network with torch.export in a third mode, *export*: slots
+keep the arguments of their call and answer zeros without stopping the pass.)
+
 1. *record*: slots store the ids of their call (the ids the module itself would have seen, offsets already
    added) and answer zeros; the pass stops as soon as the last field is recorded (usually right after the
    lookups, before the dense network runs), in eval mode so no batch statistics move;
@@ -58,6 +61,8 @@ class _Tape:
         self.vectors: Tensor | None = None
         self.stop_early = True
         self.calls: list[tuple[LookupSlot, tuple[Any, ...], dict[str, Any]]] | None = None  # raw calls, when kept
+        #: "export" mode: the (args, kwargs) of each slot's call, by the slot's first field position
+        self.export_calls: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
 
 
 class LookupSlot(nn.Module):
@@ -83,6 +88,10 @@ class LookupSlot(nn.Module):
                 raise _Recorded
             vectors = dummy_vectors(ids[0].batch_size(), len(self.fields), self.fields[0].dim)
             return self.kind.output(self.fields, vectors, args, kwargs)
+        if tape.mode == "export":  # traced by torch.export: keep the call, answer zeros, never stop early
+            tape.export_calls[self.positions[0]] = (args, kwargs)
+            size = self.kind.batch_size(self.fields, args, kwargs)
+            return self.kind.output(self.fields, torch.zeros(size, len(self.fields), self.fields[0].dim), args, kwargs)
         if tape.mode == "replay":
             assert tape.vectors is not None
             vectors = tape.vectors.index_select(1, self._index)  # (B, k, D)
