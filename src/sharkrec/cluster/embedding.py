@@ -119,6 +119,9 @@ class ClusteredEmbedding(FieldEmbedding):
     def with_inner(self, inner: FieldEmbedding) -> ClusteredEmbedding:
         return ClusteredEmbedding({name: self.row_map(name).clone() for name in inner.field_names}, inner)
 
+    def value_map(self, field_name: str) -> Tensor:
+        return self.row_map(field_name).long()
+
     def fixed_bytes(self) -> dict[str, int]:
         """The value → row maps (int32 per value): quantizing the cluster rows does not shrink them."""
         return {name: int(self.row_map(name).numel() * self.row_map(name).element_size()) for name in self.field_names}

@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 
 from sharkrec.data.vocab import Vocabulary
-from sharkrec.errors import CheckpointError
-from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding
+from sharkrec.errors import CheckpointError, ConfigError
+from sharkrec.model.embedding import FieldEmbedding, layers
 from sharkrec.quant.codec import Precision
 
 TIERS = tuple(Precision)  # slot order of the tiers: fp32, fp16, int8, int4
@@ -139,42 +139,25 @@ class FieldTables:
         return out
 
 
-def _row_storage(embedding: FieldEmbedding, field: int, name: str) -> tuple[Tensor, dict[Precision, tuple]]:
-    """(R,) tier codes and, per tier, (pool payload, pool scale or None, (R,) pool position of each row)."""
-    if isinstance(embedding, FloatEmbedding):
-        table = embedding.table(name).detach().float()
-        rows = table.shape[0]
-        return torch.zeros(rows, dtype=torch.int8), {Precision.FP32: (table, None, torch.arange(rows))}
-    from sharkrec.quant.embedding import MixedPrecisionEmbedding
-
-    if isinstance(embedding, MixedPrecisionEmbedding):
-        buffers = dict(embedding.named_buffers())
-        codes = buffers[f"tier_{field}"].clone()
-        slots = buffers[f"slot_{field}"].long()
-        pools = {}
-        for tier in TIERS:
-            scale = buffers.get(f"{tier.value}_scale_{field}")
-            pools[tier] = (buffers[f"{tier.value}_{field}"], scale, slots)
-        return codes, pools
-    raise CheckpointError(
-        f"cannot export an embedding of kind {type(embedding).kind or type(embedding).__name__!r}; "
-        "export a model with fp32, mixed-precision (fp16/int8/f-quant/mpe/alpt), pruned or clustered tables"
-    )
-
-
 def _value_map(embedding: FieldEmbedding, name: str) -> tuple[FieldEmbedding, np.ndarray | None]:
-    """(the layer holding the rows, (V,) int64 row of each vocabulary row or ``None`` for one row per value)."""
-    from sharkrec.cluster.embedding import ClusteredEmbedding
+    """(the store holding the rows, (V,) int64 row of each incoming id through every map of the stack, or
+    ``None`` when ids are rows)."""
+    stack = layers(embedding)
+    row_of_value: Tensor | None = None
+    for layer in stack[:-1]:
+        mapped = layer.value_map(name)
+        if mapped is not None:
+            row_of_value = mapped if row_of_value is None else mapped.index_select(0, row_of_value)
+    return stack[-1], None if row_of_value is None else row_of_value.numpy().astype(np.int64)
 
-    if isinstance(embedding, ClusteredEmbedding):
-        return embedding.inner, embedding.row_map(name).numpy().astype(np.int64)
-    return embedding, None
 
-
-def field_tables(embedding: FieldEmbedding, field: int, name: str, vocabulary: Vocabulary) -> FieldTables:
-    """Tier-ordered, hottest-first tables of field ``field`` (named ``name``) and its folded vocabulary."""
-    inner, row_of_value = _value_map(embedding, name)
-    codes, pools = _row_storage(inner, field, name)
+def field_tables(embedding: FieldEmbedding, name: str, vocabulary: Vocabulary) -> FieldTables:
+    """Tier-ordered, hottest-first tables of field ``name`` and its folded vocabulary."""
+    store, row_of_value = _value_map(embedding, name)
+    try:
+        codes, pools = store.row_storage(name)
+    except ConfigError as error:
+        raise CheckpointError(str(error)) from None
     rows = int(codes.shape[0])
     values = rows if row_of_value is None else len(row_of_value)
     if vocabulary.num_rows != values:
@@ -221,13 +204,13 @@ def field_tables(embedding: FieldEmbedding, field: int, name: str, vocabulary: V
 
 
 def split_pruned(embedding: FieldEmbedding) -> tuple[FieldEmbedding, dict[str, Tensor]]:
-    """(the embedding of the kept fields, {removed field: (D,) constant}) of any embedding."""
-    from sharkrec.prune.embedding import PrunedEmbedding
-
-    if isinstance(embedding, PrunedEmbedding):
-        return embedding.kept, {name: embedding.constants[r].detach().float().clone()
-                                for r, name in enumerate(embedding.removed)}
-    return embedding, {}
+    """(the layers below the pruned one(s), {removed field: (D,) constant}) of any embedding."""
+    constants: dict[str, Tensor] = {}
+    kept = embedding
+    while (found := kept.constant_vectors()) and (inner := kept.inner_layer()) is not None:
+        constants.update(found)
+        kept = inner
+    return kept, constants
 
 
 def export_fields(embedding: FieldEmbedding, vocabularies: Mapping[str, Vocabulary]
@@ -238,5 +221,5 @@ def export_fields(embedding: FieldEmbedding, vocabularies: Mapping[str, Vocabula
     if missing:
         raise CheckpointError(f"no vocabulary for fields {missing}; export with the vocabularies the model was "
                               "trained with (the ModelBundle of load_model)")
-    tables = [field_tables(kept, i, name, vocabularies[name]) for i, name in enumerate(kept.field_names)]
+    tables = [field_tables(kept, name, vocabularies[name]) for name in kept.field_names]
     return tables, constants

@@ -84,6 +84,22 @@ class FieldEmbedding(nn.Module, abc.ABC):
         inner = self.inner_layer()
         return {} if inner is None else inner.fixed_bytes()
 
+    # -- how export reads a layer (sharkrec.export.tables): a store gives its rows per tier, a wrapper its
+    # value → row map or its constants; export walks the stack and never reads a kind's buffers itself.
+    def row_storage(self, field_name: str) -> tuple[Tensor, dict[Any, tuple[Tensor, Tensor | None, Tensor]]]:
+        """A store's rows of one field: (R,) tier codes and per tier ``(pool payload, pool scale or None,
+        (R,) position of each row in the pool)`` (tiers are :class:`~sharkrec.quant.codec.Precision`)."""
+        raise ConfigError(f"a {type(self).__name__} cannot be exported: it does not define row_storage(); export "
+                          "fp32, mixed-precision, pruned or clustered tables")
+
+    def value_map(self, field_name: str) -> Tensor | None:
+        """(V,) row of the inner layer each incoming id maps to (a clustered layer), or ``None``: ids are rows."""
+        return None
+
+    def constant_vectors(self) -> dict[str, Tensor]:
+        """``{removed field: (D,) vector}`` of this layer (a pruned layer), empty otherwise."""
+        return {}
+
     @abc.abstractmethod
     def forward(self, sparse: Sequence[FieldIds]) -> Tensor:
         """Field vectors (B, F, D) for one :class:`FieldIds` per field, in ``field_names`` order.
@@ -263,6 +279,13 @@ class FloatEmbedding(FieldEmbedding):
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         return list(self.tables)
+
+    def row_storage(self, field_name: str) -> tuple[Tensor, dict[Any, tuple[Tensor, Tensor | None, Tensor]]]:
+        from sharkrec.quant.codec import Precision
+
+        table = self.table(field_name).detach().float()
+        rows = table.shape[0]
+        return torch.zeros(rows, dtype=torch.int8), {Precision.FP32: (table, None, torch.arange(rows))}
 
     def subset(self, field_names: Sequence[str]) -> FloatEmbedding:
         """A new embedding with copies of the tables of ``field_names``, in that order."""

@@ -130,6 +130,9 @@ class PrunedEmbedding(FieldEmbedding):
     def removed_fields(self) -> tuple[str, ...]:
         return (*self.removed, *self.kept.removed_fields())
 
+    def constant_vectors(self) -> dict[str, Tensor]:
+        return {name: self.constants[r].detach().float().clone() for r, name in enumerate(self.removed)}
+
     def kept_ids(self, sparse: Sequence[FieldIds]) -> list[FieldIds]:
         return [sparse[i] for i in self._kept_positions]
 

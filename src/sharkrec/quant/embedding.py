@@ -177,6 +177,17 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         module.rows_moved = 0
         return module
 
+    def row_storage(self, field_name: str) -> tuple[Tensor, dict[Any, tuple[Tensor, Tensor | None, Tensor]]]:
+        """(R,) tier codes and per tier (pool, scale or None, (R,) slot of each row) of one field (for export)."""
+        if field_name not in self.field_names:
+            raise ConfigError(f"field {field_name!r} has no tables; known fields: {', '.join(self.field_names)}")
+        field = self.field_names.index(field_name)
+        buffers = dict(self.named_buffers())
+        slots = buffers[f"slot_{field}"].long()
+        pools = {tier: (buffers[f"{tier.value}_{field}"], buffers.get(f"{tier.value}_scale_{field}"), slots)
+                 for tier in Precision}
+        return buffers[f"tier_{field}"].clone(), pools
+
     def to_float(self) -> FloatEmbedding:
         """An fp32 :class:`FloatEmbedding` holding the dequantized rows (for comparison)."""
         return FloatEmbedding.from_tables({name: self.read_rows(i, torch.arange(rows))
