@@ -8,7 +8,10 @@ model's fields are then ``("dense", *features)`` and
 - :func:`field_scores`: SHARK F-Permutation (any sharkrec importance method) through
   :class:`TorchRecFields`, which exposes the field vectors (B, F, D) and logits of the torchrec model;
 - :func:`prune_tables` / :func:`prune_to_memory`: a copy of the model whose EBC holds only the kept
-  tables; removed features are answered by their mean field vector (the constant SHARK prunes to);
+  tables; removed features are answered by their mean field vector (the constant SHARK prunes to).
+  Both run on the model's :class:`~sharkrec.model.wrapped.FieldModel` (:func:`field_model`): the removal is
+  :func:`sharkrec.prune.plan.remove_fields` and the search is Algorithm 1, :func:`sharkrec.prune.loop.prune`
+  (fine-tune and T_accuracy stop included); :func:`from_field_model` turns the result back into a torchrec DLRM;
 - :func:`to_sharkrec` / :func:`export_artifact`: the same network as a sharkrec DLRM (identical logits),
   tables in F-Quantization tiers, written as a sharkrec serving artifact.
 
@@ -19,6 +22,7 @@ Data is given as torchrec batches (``dense_features``, ``sparse_features`` KJT, 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
@@ -31,6 +35,9 @@ from sharkrec.data.batch import Batch, FieldIds
 from sharkrec.data.dataset import EncodedSplit, SparseColumn
 from sharkrec.errors import ConfigError, DataError
 from sharkrec.importance.base import FieldImportance, field_importance
+
+with contextlib.suppress(ImportError):  # registers TorchRec's lookup kinds and input leaves (KJT, Batch)
+    from sharkrec.interop import torchrec_lookups as _lookups  # noqa: F401
 
 INSTALL = ("pip install --no-deps fbgemm-gpu-cpu==1.8.0 torchrec==1.8.0 && pip install 'sharkrec[torchrec]' "
            "(see README, TorchRec)")
@@ -116,8 +123,12 @@ class TorchRecFields(nn.Module):
                             f"features ({', '.join(self.features)}); give one per feature, in that order")
         lengths = [torch.ones(ids.values.shape[0], dtype=torch.int64) if ids.offsets is None
                    else ids.offsets[1:] - ids.offsets[:-1] for ids in sparse]
+        weights = None
+        if any(ids.weights is not None for ids in sparse):  # a weighted EBC: ids without weights weigh 1
+            weights = torch.cat([torch.ones(ids.values.shape[0]) if ids.weights is None else ids.weights.float()
+                                 for ids in sparse])
         return torchrec.KeyedJaggedTensor(keys=list(self.features), values=torch.cat([ids.values for ids in sparse]),
-                                          lengths=torch.cat(lengths))
+                                          lengths=torch.cat(lengths), weights=weights)
 
     def field_vectors(self, batch: Batch) -> Tensor:
         """(B, F, D): the dense arch's output, then the pooled vector of every feature."""
@@ -202,83 +213,117 @@ class PrunedSparseArch(nn.Module):
         return torch.stack([pooled[name] for name in self._sparse_feature_names], dim=1)  # (B, F, D)
 
 
-@torch.no_grad()
-def _field_means(model: Any, split: EncodedSplit, batch_size: int) -> dict[str, Tensor]:
-    fields = TorchRecFields(model)
-    total: Tensor | None = None
-    for start in range(0, len(split), batch_size):
-        vectors = fields.field_vectors(split.slice(start, start + batch_size)).double().sum(0)  # (F, D)
-        total = vectors if total is None else total + vectors
-    assert total is not None
-    mean = (total / len(split)).float()
-    return {name: mean[i] for i, name in enumerate(fields.field_names)}
+def from_torchrec_batches(model: Any, batches: Iterable[Any]) -> Any:
+    """A :class:`~sharkrec.data.user.UserSplit` for a :class:`~sharkrec.model.wrapped.FieldModel` whose network is
+    called ``network(dense_features, sparse_features)`` (torchrec's DLRM family), from torchrec ``Batch`` objects."""
+    from sharkrec.data.user import from_batches
+
+    return from_batches(model, batches, inputs=lambda b: (b.dense_features, b.sparse_features),
+                        labels=lambda b: b.labels)
+
+
+def _items(model: Any, data: EncodedSplit | Iterable[Any], batch_size: int) -> list[tuple[Any, Any]]:
+    """``((dense (B, n), KJT), labels)`` per batch of torchrec batches or of an :class:`EncodedSplit` (whose
+    columns follow the sparse arch's features)."""
+    if isinstance(data, EncodedSplit):
+        view = TorchRecFields(model)
+        return [((b.dense, view.kjt(b.sparse)), b.labels) for b in data.batches(batch_size)]
+    return [((b.dense_features, b.sparse_features), b.labels) for b in data]
+
+
+def field_model(model: Any, data: EncodedSplit | Iterable[Any], *, batch_size: int = 4096) -> tuple[Any, Any]:
+    """(a :class:`~sharkrec.model.wrapped.FieldModel` of the torchrec DLRM, a
+    :class:`~sharkrec.data.user.UserSplit` of ``data``): the DLRM on sharkrec's field path, one field per EBC
+    feature (the dense arch is no field: it owns no table)."""
+    from sharkrec.data.user import from_batches
+    from sharkrec.model.fieldmap import find_fields
+    from sharkrec.model.wrapped import FieldModel
+
+    items = _items(model, data, batch_size)
+    if not items:
+        raise DataError("no batches given; pass at least one torchrec Batch")
+    wrapped = FieldModel.wrap(model, find_fields(model, items[0][0]), tasks=TorchRecFields(model).task_names)
+    return wrapped, from_batches(wrapped, items)
+
+
+def _user_split(model: Any, wrapped: Any, data: EncodedSplit | Iterable[Any], batch_size: int) -> Any:
+    from sharkrec.data.user import from_batches
+
+    return from_batches(wrapped, _items(model, data, batch_size))
+
+
+def from_field_model(model: Any, pruned: Any) -> Any:
+    """The torchrec DLRM ``model`` rebuilt from its (pruned, fine-tuned) FieldModel ``pruned``: the network's
+    weights, an EBC of the kept tables and a :class:`PrunedSparseArch` answering removed features with their
+    constants E[v_i]. ``model`` is not changed."""
+    from sharkrec.prune.embedding import PrunedEmbedding
+
+    torchrec = _torchrec()
+    sparse_arch = model.sparse_arch
+    already = tuple(getattr(sparse_arch, "removed", ()))
+    constants = dict(zip(already, sparse_arch.constants, strict=True)) if already else {}
+    embedding = pruned.embedding
+    kept = embedding.kept if isinstance(embedding, PrunedEmbedding) else embedding
+    if isinstance(embedding, PrunedEmbedding):
+        constants.update(zip(embedding.removed, embedding.constants, strict=True))
+    old = sparse_arch.embedding_bag_collection
+    configs = [copy.deepcopy(c) for c in old.embedding_bag_configs() if c.feature_names[0] not in constants]
+    ebc = torchrec.EmbeddingBagCollection(tables=configs, is_weighted=old.is_weighted(), device=torch.device("cpu"))
+    with torch.no_grad():
+        for config in configs:
+            ebc.embedding_bags[config.name].weight.copy_(cast(Any, kept).table(config.feature_names[0]))
+    network = copy.deepcopy(pruned.network)  # the dense weights (fine-tuned by Algorithm 1)
+    network.sparse_arch = PrunedSparseArch(list(sparse_arch.sparse_feature_names), ebc, constants)
+    return network.train(model.training)
 
 
 def prune_tables(model: Any, remove: Sequence[str], data: EncodedSplit | Iterable[Any],
                  batch_size: int = 4096) -> Any:
-    """A copy of ``model`` without the tables of the ``remove`` features (each answered by its mean vector).
+    """A copy of ``model`` without the tables of the ``remove`` features, each answered by its mean vector
+    E[v_i] over ``data`` (:func:`sharkrec.prune.plan.remove_fields` on the model's FieldModel)."""
+    from sharkrec.prune.plan import remove_fields
 
-    A table shared by several features goes only when all of them are removed.
-    """
-    split = _as_split(data)
-    if len(split) == 0:
-        raise DataError("no samples to compute the removed features' mean vectors; give data")
-    sparse_arch = model.sparse_arch
-    features = list(sparse_arch.sparse_feature_names)
-    already = tuple(getattr(sparse_arch, "removed", ()))
+    features = list(model.sparse_arch.sparse_feature_names)
+    already = tuple(getattr(model.sparse_arch, "removed", ()))
     unknown = [name for name in remove if name not in features or name in already]
     if unknown:
         raise ConfigError(f"cannot remove {unknown}: not a kept feature; kept features: "
                           f"{', '.join(f for f in features if f not in already)}")
-    removed = set(remove) | set(already)
-    configs = _tables(model)
-    kept_configs = []
-    for config in configs:
-        gone = [f for f in config.feature_names if f in removed]
-        if gone and len(gone) != len(config.feature_names):
-            raise ConfigError(f"table {config.name!r} also serves {sorted(set(config.feature_names) - removed)}; "
-                              f"remove all of {list(config.feature_names)} or none")
-        if not gone:
-            kept_configs.append(config)
-    means = _field_means(model, split, batch_size)
-    old_constants = dict(zip(already, sparse_arch.constants, strict=True)) if already else {}
-    constants = {name: old_constants.get(name, means[name]) for name in (*already, *remove)}
-    torchrec = _torchrec()
-    old_bags = sparse_arch.embedding_bag_collection.embedding_bags
-    ebc = torchrec.EmbeddingBagCollection(tables=[copy.deepcopy(c) for c in kept_configs], device=torch.device("cpu"))
-    with torch.no_grad():
-        for config in kept_configs:
-            ebc.embedding_bags[config.name].weight.copy_(old_bags[config.name].weight)
-    pruned = copy.deepcopy(model)
-    pruned.sparse_arch = PrunedSparseArch(features, ebc, constants)
-    return pruned
+    wrapped, split = field_model(model, data, batch_size=batch_size)
+    if len(split) == 0:
+        raise DataError("no samples to compute the removed features' mean vectors; give data")
+    return from_field_model(model, remove_fields(wrapped, list(remove), split, batch_size))
 
 
 def prune_to_memory(model: Any, data: EncodedSplit | Iterable[Any], target_memory: float, *,
-                    method: str = "default", keep: Sequence[str] = (), batch_size: int = 4096,
-                    seed: int = 0) -> tuple[Any, list[dict[str, Any]]]:
-    """Remove the lowest-scored feature's table, re-score, repeat until table bytes ≤ ``target_memory`` x before.
+                    method: str = "default", keep: Sequence[str] = (), batch_size: int = 4096, seed: int = 0,
+                    train: EncodedSplit | Iterable[Any] | None = None, test: EncodedSplit | Iterable[Any] | None = None,
+                    **settings: Any) -> tuple[Any, Any]:
+    """SHARK Algorithm 1 (:func:`sharkrec.prune.loop.prune`) on a torchrec DLRM: score, remove the weakest
+    table, fine-tune on a support sample, stop at ``target_memory`` or T_accuracy.
 
-    SHARK Algorithm 1 without the fine-tune between steps (fine-tune with your torchrec trainer).
-    Returns the pruned model and one entry per removal (feature, its score, bytes left).
+    Args:
+        data: batches the fields are scored on and E[v_i] measured on (the loop's valid split).
+        target_memory: share of table bytes (constants included) to keep at least, in (0, 1).
+        train: the fine-tune's support samples are drawn from it (default ``data``).
+        test: the T_accuracy stop reads its AUC (default ``data``).
+        settings: more :class:`~sharkrec.prune.loop.PruneConfig` fields (``t_accuracy``,
+            ``fine_tune_fraction`` (0: no fine-tune), ``fields_per_step`` ...).
+
+    Returns:
+        the pruned torchrec model (see :func:`from_field_model`) and the loop's
+        :class:`~sharkrec.prune.loop.PruneResult` (plan, history, why it stopped).
     """
-    if not 0 < target_memory < 1:
-        raise ConfigError(f"target memory {target_memory} must be in (0, 1): the share of table bytes to keep")
-    split = _as_split(data)
-    base = table_bytes(model)
-    history: list[dict[str, Any]] = []
-    while table_bytes(model) > target_memory * base:
-        removed = set(getattr(model.sparse_arch, "removed", ()))
-        scores = field_scores(model, split, method, batch_size=batch_size, seed=seed)
-        candidates = [name for name in scores.ranking()[::-1]
-                      if name != "dense" and name not in removed and name not in keep]
-        if not candidates:
-            break
-        weakest = candidates[0]
-        model = prune_tables(model, [weakest], split, batch_size)
-        history.append({"removed": weakest, "score": scores.score(weakest), "table_bytes": table_bytes(model),
-                        "share_kept": table_bytes(model) / base})
-    return model, history
+    from sharkrec.data.user import UserData
+    from sharkrec.prune.loop import PruneConfig, prune
+
+    config = PruneConfig(target_memory=target_memory, keep=tuple(keep), batch_size=batch_size, seed=seed, **settings)
+    wrapped, valid = field_model(model, data, batch_size=batch_size)
+    splits = {name: valid if given is None else _user_split(model, wrapped, given, batch_size)
+              for name, given in (("train", train), ("test", test))}
+    user = UserData(wrapped, splits["train"], valid, splits["test"])
+    result = prune(wrapped, cast(Any, user), method, config=config)
+    return from_field_model(model, result.model), result
 
 
 def to_sharkrec(model: Any, data: EncodedSplit | Iterable[Any]) -> tuple[Any, Any, dict[str, Any]]:
