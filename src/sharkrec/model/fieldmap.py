@@ -103,7 +103,7 @@ def lookup_modules(model: nn.Module) -> dict[str, tuple[nn.Module, LookupKind]]:
     _import_optional_kinds()
     found: dict[str, tuple[nn.Module, LookupKind]] = {}
     for path, module in model.named_modules():
-        if any(path.startswith(p + ".") for p in found):
+        if any((p == "" and path) or path.startswith(p + ".") for p in found):
             continue  # inside a lookup already found (e.g. the tables of a TorchRec collection)
         kind = kind_of(module)
         if kind is not None:

@@ -40,7 +40,8 @@ class Field:
         key: where the field sits in the module's call: the feature name of a TorchRec collection, the
             column of a shared table indexed with per-field offsets, or ``None`` for a one-field module.
         row_start: first row of the field in the module's table (shared tables: the field's offset).
-        pooling: ``"none"`` (one id per sample), ``"sum"`` or ``"mean"`` (bags).
+        pooling: ``"none"`` (one id per sample), ``"sum"``, ``"mean"`` or ``"weighted-sum"`` (bags; a mean and
+            a weighted sum look up with per-id ``FieldIds.weights``).
         last_offset: bag offsets end with the total id count (``nn.EmbeddingBag(include_last_offset=True)``).
     """
 
