@@ -48,7 +48,7 @@ from sharkrec.data.dataset import PreparedData
 from sharkrec.errors import ConfigError
 from sharkrec.importance.base import field_importance
 from sharkrec.model.dlrm import DLRM
-from sharkrec.model.embedding import FloatEmbedding
+from sharkrec.model.embedding import storage
 from sharkrec.prune.loop import check_model_matches
 from sharkrec.prune.plan import field_means, removable_fields
 from sharkrec.train.optim import OptimizerKind
@@ -253,9 +253,10 @@ def compress(model: DLRM, data: PreparedData, config: CompressConfig | None = No
 
 
 def _check_model(model: DLRM, data: PreparedData, config: CompressConfig) -> None:
-    if not isinstance(model, DLRM):
-        raise ConfigError(f"cannot compress a {type(model).__name__}; sharkrec compresses DLRM models")
-    if not isinstance(model.embedding, FloatEmbedding):
+    if not callable(getattr(model, "field_vectors", None)) or not hasattr(model, "embedding"):
+        raise ConfigError(f"cannot compress a {type(model).__name__}; give sharkrec's DLRM or a user model wrapped "
+                          "with sharkrec.wrap(model, example=...)")
+    if storage(model.embedding).kind != "float" or model.embedding.removed_fields():
         raise ConfigError(
             f"compress starts from an fp32 model; this one has a {type(model.embedding).__name__} embedding "
             "(compress the model 'sharkrec train' wrote, before pruning or quantizing it)"

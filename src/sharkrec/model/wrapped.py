@@ -151,6 +151,7 @@ class FieldModel(nn.Module):
             raise ConfigError(f"tasks {list(self.tasks)} must be distinct names, at least one")
         self.output = output
         self.loss = loss
+        self._pending_labels: Tensor | None = None
         self._inputs: Any = None
         self._batch_size = -1
 
@@ -280,8 +281,21 @@ class FieldModel(nn.Module):
             return self.logits_from_fields(self.field_vectors(inputs[0]))
         args = inputs if len(inputs) != 1 else inputs[0]
         sparse = self.record(args)
+        if self._pending_labels is not None:
+            labels, self._pending_labels = self._pending_labels, None
+            if len(labels) != sparse[0].batch_size():
+                raise DataError(f"observe() got {len(labels)} labels but the batch has {sparse[0].batch_size()} "
+                                "samples; call observe(labels) with this batch's labels right before its forward")
+            self.embedding.observe_batch(sparse, labels)
         vectors = self.embedding(sparse)
         return self._replay(vectors, args)
+
+    def observe(self, labels: Any) -> None:
+        """Hand the next forward's labels ((B,), (B, T) or ``{task: (B,)}``) to the embedding with the ids that
+        forward records: the one call per batch of a user's own loop that feeds F-Quantization's Eq. 7."""
+        from sharkrec.data.user import labels_tensor
+
+        self._pending_labels = labels_tensor(labels, self.tasks)
 
     def training_loss(self, vectors: Tensor, batch: Batch) -> Tensor | None:
         """The user's ``loss(output, labels)`` of the batch whose field vectors are ``vectors`` (None without one).

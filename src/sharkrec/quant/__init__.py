@@ -3,6 +3,7 @@
 from sharkrec.quant.alpt import ALPTEmbedding, ALPTOptimizer
 from sharkrec.quant.build import PRECISIONS, build_embedding, expected_priorities
 from sharkrec.quant.codec import Precision
+from sharkrec.quant.dropin import from_float, post_training, quantize
 from sharkrec.quant.embedding import MemoryReport, MixedPrecisionEmbedding, TierOptimizer
 from sharkrec.quant.priority import FQuantPolicy
 
@@ -17,4 +18,7 @@ __all__ = [
     "TierOptimizer",
     "build_embedding",
     "expected_priorities",
+    "from_float",
+    "post_training",
+    "quantize",
 ]
