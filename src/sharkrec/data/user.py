@@ -264,7 +264,10 @@ def from_batches(model: FieldModel, batches: Iterable[Any], *,
     the last lookup)."""
     from sharkrec.data.batch import FieldIds
 
-    taken_inputs, taken_labels, recorded, jagged = [], [], [], []
+    taken_inputs: list[Any] = []
+    taken_labels: list[Tensor] = []
+    recorded: list[list[FieldIds]] = []
+    jagged: list[list[Jagged]] = []
     for number, item in enumerate(batches):
         if (inputs is None or labels is None) and not (isinstance(item, (tuple, list)) and len(item) == 2):
             raise DataError(f"batch {number} is a {type(item).__name__}, not (inputs, labels); pass inputs=... "

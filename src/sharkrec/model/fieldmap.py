@@ -184,13 +184,12 @@ def find_fields(model: nn.Module, example: Any, *, modules: Sequence[str] | None
 def _import_optional_kinds() -> None:
     """Register TorchRec's kinds once torchrec itself is imported (a TorchRec model exists): plain users never
     pay torchrec's import time."""
+    import contextlib
     import importlib
     import sys
 
     if "torchrec" not in sys.modules:
         return
     for name in _OPTIONAL_KINDS:
-        try:
+        with contextlib.suppress(ImportError):
             importlib.import_module(name)
-        except ImportError:
-            pass

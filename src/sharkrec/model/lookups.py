@@ -191,7 +191,7 @@ class EmbeddingKind(LookupKind):
         return vectors[:, 0] if isinstance(ids, Tensor) and ids.ndim == 1 else vectors  # (B, D) | (B, F, D)
 
     def table(self, module: nn.Module, field: Field) -> Tensor:
-        weight = module.weight  # type: ignore[union-attr]
+        weight: Tensor = module.weight  # type: ignore[assignment]
         return weight.detach()[field.row_start: field.row_start + field.rows].float()
 
 
@@ -265,7 +265,8 @@ class EmbeddingBagKind(LookupKind):
         return []
 
     def table(self, module: nn.Module, field: Field) -> Tensor:
-        return module.weight.detach().float()  # type: ignore[union-attr]
+        weight: Tensor = module.weight  # type: ignore[assignment]
+        return weight.detach().float()
 
 
 def dummy_vectors(batch: int, count: int, dim: int) -> Tensor:

@@ -74,6 +74,7 @@ class LookupSlot(nn.Module):
         self.fields = tuple(fields)
         self.positions = tuple(int(p) for p in positions)
         self.tape = tape
+        self._index: Tensor
         self.register_buffer("_index", torch.tensor(self.positions, dtype=torch.int64), persistent=False)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
