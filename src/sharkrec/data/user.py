@@ -276,9 +276,11 @@ def from_batches(model: FieldModel, batches: Iterable[Any], *,
         y = labels_tensor(labels(item) if labels is not None else item[1], model.task_names)
         calls: list[Any] = []
         ids = model.record(x, calls)
-        if any(f.batch_size() != len(y) for f in ids):
-            raise DataError(f"batch {number} has {len(y)} labels but its lookups saw "
-                            f"{ids[0].batch_size()} samples; give one label row per sample")
+        wrong = [(f.name, i.batch_size()) for f, i in zip(model.fields.fields, ids, strict=True)
+                 if i.batch_size() != len(y)]
+        if wrong:
+            raise DataError(f"batch {number} has {len(y)} labels but field {wrong[0][0]!r}'s lookup saw "
+                            f"{wrong[0][1]} samples; give one label row (and one bag) per sample")
         x, ragged = split_jagged(model, x, calls, len(y))
         if jagged and [j.layout() for j in ragged] != [j.layout() for j in jagged[0]]:
             raise DataError(f"batch {number} passes its ragged ids differently from batch 0; give every batch the "

@@ -236,7 +236,7 @@ class EmbeddingBagKind(LookupKind):
         else:
             if offsets is None:
                 raise DataError(f"lookup {field.module!r} got 1-D ids without offsets; pass offsets")
-            offsets = offsets.to(torch.int64)
+            offsets = _ids_tensor(offsets, f"lookup {field.module!r} (its offsets)")
             if not field.last_offset:  # B starts: append the end
                 offsets = torch.cat([offsets, offsets.new_tensor([ids.numel()])])
         if field.pooling == "mean":  # a mean is a weighted sum: each id weighs 1 / its bag's length

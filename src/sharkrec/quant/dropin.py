@@ -81,8 +81,8 @@ def post_training(model: FieldModel, data: Any, *, memory_budget: float, alpha: 
     if rows.kind != "float":
         raise ConfigError(f"post-training tiers start from fp32 tables; this model's rows are {rows.kind!r}")
     kept = list(rows.field_names)
-    quantized: Any = build_embedding("f-quant", rows, None,  # type: ignore[arg-type]  # its kind is "float" memory_budget=memory_budget, use_int4=use_int4,
-                                     alpha=alpha)
+    quantized: Any = build_embedding("f-quant", rows, None, memory_budget=memory_budget,  # type: ignore[arg-type]
+                                     use_int4=use_int4, alpha=alpha)
     quantized.set_priorities(expected_priorities(data, alpha, batch_size, kept))
     quantized.retier()
     quantized.rows_moved = 0
