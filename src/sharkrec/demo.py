@@ -60,11 +60,11 @@ def run_demo(out: str | Path, rows: int = 300_000, seed: int = 0, console: Conso
 
 def _compress(model: DLRM, data: PreparedData, out: Path, seed: int, console: Console) -> dict[str, Any]:
     """``compress`` to 30% of the embedding bytes (one candidate trained), written as a serving artifact."""
-    from sharkrec.compress import DEFAULT_FINE_TUNE, CompressConfig, compress
+    from sharkrec.compress import CANDIDATE_FINE_TUNE, CompressConfig, compress
     from sharkrec.compress.run import ADAM_FALLBACK_LR, print_summary
     from sharkrec.export import save_artifact
 
-    fine_tune = dataclasses.replace(DEFAULT_FINE_TUNE, lr=ADAM_FALLBACK_LR, epochs=1, seed=seed)
+    fine_tune = dataclasses.replace(CANDIDATE_FINE_TUNE, lr=ADAM_FALLBACK_LR, epochs=1, seed=seed)
     result = compress(model, data, CompressConfig(target_memory=0.3, max_trainings=1, fine_tune=fine_tune, seed=seed))
     manifest = save_artifact(result.model, data.schema, data.vocabularies, out / COMPRESSED_DIR)
     console.print("[bold]compress[/] (F-Permutation + F-Quantization, target 30% of the embedding bytes):")

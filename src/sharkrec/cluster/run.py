@@ -17,6 +17,7 @@ from sharkrec.errors import ConfigError
 from sharkrec.io import write_json
 from sharkrec.model.dlrm import DLRM
 from sharkrec.model.embedding import FieldEmbedding
+from sharkrec.model.protocol import check_field_path
 from sharkrec.prune.embedding import PrunedEmbedding
 from sharkrec.train.checkpoint import MODEL_FILE, ModelBundle, save_model
 from sharkrec.train.run import memory_summary, split_metrics
@@ -33,14 +34,17 @@ def cluster_model(model: DLRM, data: PreparedData, *, rows_ratio: float | None =
                   ) -> tuple[DLRM, dict[str, Any]]:
     """Cluster ``model``'s fp32 tables to one global budget; returns (new model, report).
 
-    ``fine_tune`` (optional) trains the clustered model on ``data.train`` after mapping (the shared
-    rows and the dense network). ``quantize`` then stores the cluster rows in that precision
-    (``int8``, ``fp16``, ``f-quant``, ... with ``quantize_options``). The report holds the metrics
-    before and after, the clustering time, per-field clusters and weighted errors, and the bytes
-    counted two ways: ``memory.bytes_map_folded_into_vocabulary`` (rows only: the vocabulary that
+    ``model`` is sharkrec's DLRM or a user's :class:`~sharkrec.model.wrapped.FieldModel` (``data`` its
+    UserData). ``fine_tune`` (optional; pass :data:`sharkrec.train.fine_tune.DEFAULT_FINE_TUNE` or
+    :func:`~sharkrec.train.fine_tune.fine_tune_config` of the model's training settings) trains the clustered
+    model on ``data.train`` after mapping (the shared rows and the dense network). ``quantize`` then stores
+    the cluster rows in that precision (``int8``, ``fp16``, ``f-quant``, ... with ``quantize_options``).
+    The report holds the metrics before and after, the clustering time, per-field clusters and weighted
+    errors, and the bytes counted two ways: ``memory.bytes_map_folded_into_vocabulary`` (rows only: the vocabulary that
     maps raw values to rows exists anyway and stores the cluster row instead) and
     ``memory.bytes_map_as_index`` (rows plus an int32 index per vocabulary row).
     """
+    check_field_path(model, "cluster")
     started = time.perf_counter()
     config = SaecConfig(rows_ratio=rows_ratio, target_bytes=target_bytes, method=method, metric=metric,  # type: ignore[arg-type]
                         head_share=head_share, fields=fields, seed=seed)
@@ -113,7 +117,7 @@ def run_cluster(bundle: ModelBundle, data: PreparedData, out_dir: str | Path | N
                 **options: Any) -> tuple[DLRM, dict[str, Any]]:
     """:func:`cluster_model` on a saved model; with ``out_dir`` write model.pt, then report.json last."""
     model = bundle.model
-    if not isinstance(model, DLRM):
+    if not isinstance(model, DLRM):  # a saved model file holds sharkrec's DLRM; cluster_model takes any FieldModel
         raise ConfigError(f"cannot cluster a {type(model).__name__}; sharkrec clusters DLRM models")
     clustered, report = cluster_model(model, data, **options)
     if out_dir is not None:

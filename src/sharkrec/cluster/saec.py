@@ -39,6 +39,7 @@ from sharkrec.data.dataset import PreparedData
 from sharkrec.errors import ConfigError, parse_choice
 from sharkrec.model.dlrm import DLRM
 from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding
+from sharkrec.model.protocol import check_field_path
 from sharkrec.prune.embedding import PrunedEmbedding
 
 _HASH_PRIME = 2_147_483_647  # 2^31 − 1
@@ -139,7 +140,8 @@ def allocate_clusters(value_rows: dict[str, int], budget_rows: int, clustered: t
 
 
 def value_counts(data: PreparedData) -> dict[str, Tensor]:
-    """(V,) float64 occurrences of every vocabulary row in the training split, per sparse field."""
+    """(V,) float64 occurrences of every vocabulary row in the training split, per sparse field (PreparedData
+    or UserData: a bag's ids count once each)."""
     out = {}
     for i, (name, rows) in enumerate(data.cardinalities.items()):
         values = np.asarray(data.train.column(i).values, dtype=np.int64)
@@ -160,7 +162,11 @@ class Saec:
         self.progress = progress
 
     def fit(self, model: DLRM, data: PreparedData) -> Saec:
-        """Learn the value → row maps from ``model``'s fp32 rows and ``data``'s training frequencies."""
+        """Learn the value → row maps from ``model``'s fp32 rows and ``data``'s training frequencies.
+
+        ``model``: sharkrec's DLRM or a user's :class:`~sharkrec.model.wrapped.FieldModel`; ``data``: its
+        PreparedData or UserData (``cardinalities``, ``train.column(i)``)."""
+        check_field_path(model, "cluster")
         embedding, _ = float_tables(model)
         names = embedding.field_names
         clustered = self.config.fields if self.config.fields is not None else names

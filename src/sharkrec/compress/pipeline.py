@@ -3,7 +3,7 @@
 ::
 
     result = compress(model, data, CompressConfig(target_memory=0.3, max_auc_drop=0.0015))
-    result.model       # the compressed DLRM (pruned fields → constants, kept rows in fp32/fp16/int8/int4)
+    result.model       # the compressed model (pruned fields → constants, kept rows in fp32/fp16/int8/int4)
     result.report      # bytes per stage, metrics before/after, seconds per stage, the search
 
 Stages:
@@ -49,14 +49,16 @@ from sharkrec.errors import ConfigError
 from sharkrec.importance.base import field_importance
 from sharkrec.model.dlrm import DLRM
 from sharkrec.model.embedding import storage
+from sharkrec.model.protocol import check_field_path
 from sharkrec.prune.loop import check_model_matches
 from sharkrec.prune.plan import field_means, removable_fields
+from sharkrec.train.fine_tune import DEFAULT_FINE_TUNE
 from sharkrec.train.optim import OptimizerKind
 from sharkrec.train.run import memory_summary
 from sharkrec.train.trainer import TrainConfig, evaluate, fit_unless_worse
 
-#: quantization-aware fine-tune of a candidate: up to 2 epochs, best validation epoch kept
-DEFAULT_FINE_TUNE = TrainConfig(optimizer=OptimizerKind.ADAGRAD, lr=0.01, epochs=2, patience=1, progress=False)
+#: quantization-aware fine-tune of a candidate: the one fine-tune default for up to 2 epochs, best epoch kept
+CANDIDATE_FINE_TUNE = dataclasses.replace(DEFAULT_FINE_TUNE, epochs=2, patience=1)
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class CompressConfig:
     target_memory: float = 0.3
     max_auc_drop: float = 0.0015
     max_trainings: int = 3
-    fine_tune: TrainConfig = DEFAULT_FINE_TUNE
+    fine_tune: TrainConfig = CANDIDATE_FINE_TUNE
     importance_method: str = "default"
     fp32_shares: tuple[float, ...] = (0.25, 0.5)
     allow_int4: bool = True
@@ -253,9 +255,7 @@ def compress(model: DLRM, data: PreparedData, config: CompressConfig | None = No
 
 
 def _check_model(model: DLRM, data: PreparedData, config: CompressConfig) -> None:
-    if not callable(getattr(model, "field_vectors", None)) or not hasattr(model, "embedding"):
-        raise ConfigError(f"cannot compress a {type(model).__name__}; give sharkrec's DLRM or a user model wrapped "
-                          "with sharkrec.wrap(model, example=...)")
+    check_field_path(model, "compress")
     if storage(model.embedding).kind != "float" or model.embedding.removed_fields():
         raise ConfigError(
             f"compress starts from an fp32 model; this one has a {type(model.embedding).__name__} embedding "
@@ -269,7 +269,8 @@ def _check_model(model: DLRM, data: PreparedData, config: CompressConfig) -> Non
         raise ConfigError("the training split is empty; compress needs training data to fine-tune on")
 
 
-def _cluster_stage(model: DLRM, data: PreparedData, config: CompressConfig) -> tuple[DLRM, dict[str, Any]]:
+def _cluster_stage(model: DLRM, data: PreparedData,
+                   config: CompressConfig) -> tuple[DLRM, dict[str, Any]]:
     """Saec on every field to ``cluster_rows_ratio`` of its rows, fine-tuned like a candidate (kept only if it
     lowers the validation log loss); the map, clusters and seconds go to the report."""
     from sharkrec.cluster import cluster_model

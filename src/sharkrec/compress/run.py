@@ -21,6 +21,7 @@ from sharkrec.errors import ConfigError
 from sharkrec.io import write_json
 from sharkrec.model.dlrm import DLRM
 from sharkrec.train.checkpoint import MODEL_FILE, ModelBundle, save_model
+from sharkrec.train.fine_tune import fine_tune_config
 from sharkrec.train.optim import OptimizerKind
 from sharkrec.train.trainer import TrainConfig
 
@@ -28,22 +29,14 @@ ARTIFACT_DIR = "artifact"
 REPORT_FILE = "report.json"
 STATE_DIR = "compress_state"
 ADAM_FALLBACK_LR = 0.005
-LR_SCALE = 0.01  # fine-tune lr as a share of the model's training lr
 
 
 def fine_tune_for(bundle: ModelBundle, *, epochs: int = 2, lr: float | None = None, seed: int = 0) -> TrainConfig:
-    """The candidates' fine-tune: the model's optimizer, batch size and regularisation for ``epochs`` at
-    0.01 x its lr, patience 1. (On a converged model a fresh Adagrad state at 0.1 x lr raised the validation
-    log loss on every Frappe and MovieLens run, so the fine-tune was undone; 0.01 x was kept on MovieLens.)
-    Mixed-precision rows train with row-wise Adagrad or SGD, so a model trained with Adam fine-tunes with
-    Adagrad at lr 0.005 unless ``lr`` is given."""
-    from sharkrec.prune.run import fine_tune_config
-
-    saved = bundle.info.get("train_config") or {}
-    scaled = {key: LR_SCALE * float(saved[key]) for key in ("lr", "embedding_lr") if saved.get(key) is not None}
-    config = dataclasses.replace(fine_tune_config(bundle, epochs=epochs, seed=seed, **scaled), patience=1)
-    if lr is not None:
-        config = dataclasses.replace(config, lr=lr, embedding_lr=None)
+    """The candidates' fine-tune: the one fine-tune of :mod:`sharkrec.train.fine_tune` (the model's optimizer,
+    batch size and regularisation at ``LR_SCALE`` x its lr) for ``epochs``, patience 1. Mixed-precision rows
+    train with row-wise Adagrad or SGD, so a model trained with Adam fine-tunes with Adagrad at lr 0.005
+    unless ``lr`` is given."""
+    config = fine_tune_config(bundle.info.get("train_config"), epochs=epochs, patience=1, lr=lr, seed=seed)
     if config.optimizer not in (OptimizerKind.SGD, OptimizerKind.ADAGRAD):
         config = dataclasses.replace(config, optimizer=OptimizerKind.ADAGRAD, lr=lr or ADAM_FALLBACK_LR,
                                      embedding_lr=None)
@@ -63,7 +56,7 @@ def run_compress(bundle: ModelBundle, data: PreparedData, config: CompressConfig
     from sharkrec.export import save_artifact
 
     model = bundle.model
-    if not isinstance(model, DLRM):
+    if not isinstance(model, DLRM):  # a saved model file holds sharkrec's DLRM; compress() takes any FieldModel
         raise ConfigError(f"cannot compress a {type(model).__name__}; sharkrec compresses DLRM models")
     if out_dir is None:
         if resume:

@@ -33,14 +33,11 @@ from sharkrec.errors import ConfigError
 from sharkrec.importance.base import field_importance, get_method
 from sharkrec.model.dlrm import DENSE_FIELD, DLRM
 from sharkrec.prune.plan import PruningPlan, check_removable, removable_fields, remove_fields
-from sharkrec.train.optim import OptimizerKind
+from sharkrec.train.fine_tune import DEFAULT_FINE_TUNE
 from sharkrec.train.trainer import TrainConfig, evaluate, fit_unless_worse, mean_logloss
 
 RANDOM = "random"
 ORDER = "order"
-
-#: fine-tuning on the support sample: one gentle pass (the model is near a minimum already)
-DEFAULT_FINE_TUNE = TrainConfig(optimizer=OptimizerKind.ADAGRAD, lr=0.01, epochs=1, patience=0, progress=False)
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,8 @@ class PruneConfig:
         t_accuracy: a step must keep every task's test AUC ≥ t_accuracy × the base test AUC, in (0, 1].
         fields_per_step: f, tables removed per step.
         fine_tune_fraction: share of the training split sampled as support data each step (0: no fine-tune).
-        fine_tune: training settings of the fine-tune (its seed is offset by the step).
+        fine_tune: training settings of the fine-tune on the support sample (its seed is offset by the step);
+            default :data:`sharkrec.train.fine_tune.DEFAULT_FINE_TUNE`, one pass.
         batch_size: scoring batch size.
         max_samples: score (and measure E[v_i]) on at most this many samples of ``score_split``.
         score_split: split the scores and the constants E[v_i] come from.

@@ -15,7 +15,8 @@ from sharkrec.data.dataset import PreparedData
 from sharkrec.errors import ConfigError
 from sharkrec.io import atomic_save, write_json
 from sharkrec.model.dlrm import DLRM
-from sharkrec.prune.loop import DEFAULT_FINE_TUNE, PruneConfig, PruneResult, prune
+from sharkrec.prune.loop import PruneConfig, PruneResult, prune
+from sharkrec.train import fine_tune
 from sharkrec.train.checkpoint import MODEL_FILE, ModelBundle, save_model
 from sharkrec.train.run import memory_summary
 from sharkrec.train.trainer import TrainConfig
@@ -23,23 +24,12 @@ from sharkrec.train.trainer import TrainConfig
 PLAN_FILE = "plan.json"
 REPORT_FILE = "report.json"
 CURVE_FILE = "pruning_curve.png"
-LR_SCALE = 0.1  # fine-tune lr as a share of the training lr
 
 
 def fine_tune_config(bundle: ModelBundle, **overrides: Any) -> TrainConfig:
-    """One epoch with the model's own optimizer, batch size and regularisation (from its train config) at
-    0.1 x its lr: the optimizer state starts fresh on a converged model (on Frappe the full lr cost 2 AUC
-    points after one step, 0.1 x cost 0.4; see benchmarks/results/pruning_curves.md)."""
-    saved = bundle.info.get("train_config") or {}
-    inherited = {k: saved[k] for k in ("optimizer", "batch_size", "embedding_l2", "weight_decay", "task_weights")
-                 if saved.get(k) is not None}
-    for key in ("lr", "embedding_lr"):
-        if saved.get(key) is not None:
-            inherited[key] = LR_SCALE * float(saved[key])
-    settings = {**inherited, **{k: v for k, v in overrides.items() if v is not None}}
-    if "task_weights" in settings:
-        settings["task_weights"] = tuple(settings["task_weights"])
-    return dataclasses.replace(DEFAULT_FINE_TUNE, **settings)
+    """The one fine-tune (:func:`sharkrec.train.fine_tune.fine_tune_config`) for a saved model: its optimizer,
+    batch size and regularisation at ``LR_SCALE`` x its lr, one epoch, then ``overrides``."""
+    return fine_tune.fine_tune_config(bundle.info.get("train_config"), **overrides)
 
 
 def run_prune(bundle: ModelBundle, data: PreparedData, method: str = "default", out_dir: str | Path | None = None,

@@ -40,7 +40,8 @@ def build_embedding(precision: str, float_embedding: FloatEmbedding, data: Prepa
                     **policy: Any) -> FieldEmbedding:
     """The embedding of scheme ``precision`` built from ``float_embedding`` (see the module table).
 
-    ``data`` (optional) warm-starts the priorities of f-quant / mpe from the training split:
+    ``data`` (optional: PreparedData, or a user model's UserData) warm-starts the priorities of f-quant / mpe
+    from the training split:
     each row starts at the fixed point of Eq. 7's expectation, ``E[α·c⁺ + c⁻]`` per batch of
     ``batch_size`` samples (``batch_size`` option, default 512), so the first tiers already follow
     the data. ``policy`` holds :class:`FQuantPolicy` fields, rounding options, and for mpe
@@ -110,7 +111,8 @@ def expected_priorities(data: PreparedData, alpha: float, batch_size: int,
     """Per field (R,) ``(α·positives_r + negatives_r) · batch_size / N`` over the training split.
 
     This is the expectation of Eq. 7's bracket for one batch, the value Eq. 7 fluctuates around.
-    ``fields`` picks (and orders) the fields; default all sparse fields of ``data``.
+    ``fields`` picks (and orders) the fields; default all sparse fields of ``data`` (PreparedData or UserData:
+    anything with ``cardinalities`` and a ``train`` split of recorded ids).
     """
     train = data.train
     positive = (train.labels.numpy() > 0.5).any(axis=1)
