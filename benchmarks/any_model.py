@@ -41,12 +41,13 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from common import environment, write_results
+from common import environment
 from sharkrec.data.dataset import EncodedSplit, PreparedData
 from sharkrec.data.loading import load_data
 from sharkrec.data.user import UserData, from_batches
 from sharkrec.errors import ConfigError
 from sharkrec.importance.base import field_importance
+from sharkrec.io import atomic_open, write_json
 from sharkrec.model.dlrm import DLRM, DLRMConfig
 from sharkrec.model.fieldmap import find_fields
 from sharkrec.model.wrapped import FieldModel
@@ -326,8 +327,16 @@ def main() -> None:
         payload["overhead"] = overhead(args)
         print({k: v for k, v in payload["overhead"].items() if k != "seconds_all"}, flush=True)
     payload["seconds"] = time.perf_counter() - started
-    write_results(args.out, payload, markdown(payload))
+    write_outputs(Path(args.out), payload)
     print(markdown(payload))
+
+
+def write_outputs(out: Path, payload: dict[str, Any]) -> None:
+    """``out``: the list of records; ``<stem>_run.json``: environment, settings, overhead; ``.md``: the table."""
+    write_json(out, payload["records"])
+    write_json(out.with_name(out.stem + "_run.json"), {k: v for k, v in payload.items() if k != "records"})
+    with atomic_open(out.with_suffix(".md")) as handle:
+        handle.write(markdown(payload))
 
 
 if __name__ == "__main__":

@@ -254,7 +254,7 @@ def test_labels_must_be_0_or_1_and_one_per_sample():
     (x, y), = batches(model, logs()["valid"], 1500)[:1]
     with pytest.raises(DataError, match="labels must be 0 or 1"):
         from_batches(wrapped, [(x, 2 * y - 1)])  # -1 / 1 labels, as libFM writes them
-    with pytest.raises(DataError, match="batch 0 has 1499 labels but field 'embeddings.0''s lookup saw 1500 samples"):
+    with pytest.raises(DataError, match="batch 0 has 1499 labels but field 'embeddings\\.0''s lookup saw 1500"):
         from_batches(wrapped, [(x, y[:-1])])
     with pytest.raises(DataError, match=r"not \(inputs, labels\)"):
         from_batches(wrapped, [x])

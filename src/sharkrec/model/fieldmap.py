@@ -49,8 +49,9 @@ class FieldMap:
             raise ConfigError("the field map has no fields; a model needs at least one embedding lookup")
         dims = {f.dim for f in self.fields}
         if len(dims) > 1:
-            raise ConfigError(f"the model's fields have dims {sorted(dims)}; sharkrec's tables hold one dim per model "
-                              "(give every lookup the same embedding_dim)")
+            raise ConfigError(f"the model's fields have dims {sorted(dims)}; sharkrec's tables hold one dim per model: "
+                              "name the lookups to compress with modules=[...] (e.g. leave out (rows, 1) "
+                              "first-order weights) or give every lookup the same embedding_dim")
 
     @property
     def names(self) -> tuple[str, ...]:
