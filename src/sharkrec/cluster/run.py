@@ -16,9 +16,8 @@ from sharkrec.data.dataset import PreparedData
 from sharkrec.errors import ConfigError
 from sharkrec.io import write_json
 from sharkrec.model.dlrm import DLRM
-from sharkrec.model.embedding import FieldEmbedding
+from sharkrec.model.embedding import FieldEmbedding, find_layer, layers
 from sharkrec.model.protocol import check_field_path
-from sharkrec.prune.embedding import PrunedEmbedding
 from sharkrec.train.checkpoint import MODEL_FILE, ModelBundle, save_model
 from sharkrec.train.run import memory_summary, split_metrics
 from sharkrec.train.trainer import TrainConfig, Trainer
@@ -79,16 +78,17 @@ def saec_quantized(model: DLRM, precision: str, options: dict[str, Any]) -> DLRM
     if clustered is None:
         raise ConfigError("only a clustered model's rows can be quantized here; cluster it first")
     quantized: FieldEmbedding = quantize_clusters(clustered, precision, **options)
-    if isinstance(embedding, PrunedEmbedding):
-        quantized = PrunedEmbedding(embedding.field_names, quantized,
-                                    dict(zip(embedding.removed, embedding.constants.clone(), strict=True)))
+    stack = layers(embedding)
+    above = stack[:stack.index(clustered)]  # the wrappers over the clustered layer (pruning), copied around it
+    for wrapper in reversed(above):
+        quantized = wrapper.with_inner(quantized)
     return model.with_embedding(quantized)
 
 
 def clustered_part(embedding: FieldEmbedding) -> ClusteredEmbedding | None:
-    """The :class:`ClusteredEmbedding` of a layer: itself, or the kept tables of a pruned layer."""
-    inner = embedding.kept if isinstance(embedding, PrunedEmbedding) else embedding
-    return inner if isinstance(inner, ClusteredEmbedding) else None
+    """The :class:`ClusteredEmbedding` of a layer stack (itself, or under pruning), or ``None``."""
+    found = find_layer(embedding, "clustered")
+    return found if isinstance(found, ClusteredEmbedding) else None  # narrows the type for callers
 
 
 def cluster_memory(model: DLRM, before_rows: int, before_bytes: int) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -38,9 +38,8 @@ from sharkrec.cluster.kmeans import Metric, kmeans, weighted_error, weighted_mea
 from sharkrec.data.dataset import PreparedData
 from sharkrec.errors import ConfigError, parse_choice
 from sharkrec.model.dlrm import DLRM
-from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding
+from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding, layers, replace_storage
 from sharkrec.model.protocol import check_field_path
-from sharkrec.prune.embedding import PrunedEmbedding
 
 _HASH_PRIME = 2_147_483_647  # 2^31 − 1
 
@@ -244,7 +243,7 @@ class Saec:
         precision (:func:`sharkrec.quant.build.build_embedding`): cluster first, then quantize.
         """
         self._check_fitted()
-        tables, pruned = float_tables(model)
+        tables, stack = float_tables(model)
         fields = tuple(tables.field_names)
         if fields != tuple(self.row_maps_):
             raise ConfigError(f"the model has fields {list(fields)} but Saec was fitted on {list(self.row_maps_)}; "
@@ -252,10 +251,8 @@ class Saec:
         clustered: FieldEmbedding = self.embedding()
         if quantize is not None:
             clustered = quantize_clusters(self.embedding(), quantize, **policy)
-        if pruned is not None:  # F-Permutation removed some tables: cluster the kept ones, keep the constants
-            constants = dict(zip(pruned.removed, pruned.constants.clone(), strict=True))
-            clustered = PrunedEmbedding(pruned.field_names, clustered, constants)
-        return model.with_embedding(clustered)
+        # F-Permutation removed some tables: the kept ones are clustered under the same (copied) wrappers
+        return model.with_embedding(replace_storage(stack, clustered))
 
     def report(self) -> dict[str, Any]:
         """Per-field clusters, head sizes and weighted errors, plus the config (JSON-able)."""
@@ -267,15 +264,17 @@ class Saec:
                 "cluster_seconds": self.seconds_}
 
 
-def float_tables(model: DLRM) -> tuple[FloatEmbedding, PrunedEmbedding | None]:
-    """The fp32 tables Saec clusters: the model's own, or the kept tables of a pruned model."""
-    embedding = model.embedding
-    pruned = embedding if isinstance(embedding, PrunedEmbedding) else None
-    tables = pruned.kept if pruned is not None else embedding
-    if not isinstance(tables, FloatEmbedding):
-        raise ConfigError(f"Saec clusters fp32 tables; this model has a {type(tables).__name__} "
+def float_tables(model: DLRM) -> tuple[FloatEmbedding, FieldEmbedding]:
+    """(the fp32 tables Saec clusters, the whole stack above them): the model's own tables, or the kept tables
+    under pruning wrappers."""
+    stack = layers(model.embedding)
+    tables = stack[-1]
+    mapped = [layer for layer in stack[:-1] if any(layer.value_map(n) is not None for n in layer.field_names)]
+    if tables.kind != "float" or mapped:
+        culprit = mapped[0] if mapped else tables
+        raise ConfigError(f"Saec clusters fp32 tables; this model has a {type(culprit).__name__} "
                           "(prune and cluster first, then quantize the clustered rows)")
-    return tables, pruned
+    return cast(FloatEmbedding, tables), model.embedding  # kind "float": the fp32 tables
 
 
 def quantize_clusters(embedding: ClusteredEmbedding, precision: str, **policy: Any) -> ClusteredEmbedding:
@@ -283,9 +282,9 @@ def quantize_clusters(embedding: ClusteredEmbedding, precision: str, **policy: A
     from sharkrec.quant.build import build_embedding
 
     inner: FieldEmbedding = embedding.inner
-    if not isinstance(inner, FloatEmbedding):
+    if inner.kind != "float":
         raise ConfigError(f"the cluster rows are already {type(inner).__name__}; quantize fp32 cluster rows once")
-    built = build_embedding(precision, inner, None, **policy)
+    built = build_embedding(precision, cast(FloatEmbedding, inner), None, **policy)
     return ClusteredEmbedding({n: embedding.row_map(n).clone() for n in embedding.field_names}, built)
 
 
