@@ -27,10 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sharkrec.cluster.embedding import ClusteredEmbedding
 from sharkrec.data.dataset import EncodedSplit, PreparedData
 from sharkrec.model.dlrm import DLRM
-from sharkrec.model.embedding import FloatEmbedding
+from sharkrec.model.embedding import layers, replace_storage, storage
 from sharkrec.prune.embedding import PrunedEmbedding
 from sharkrec.quant.build import build_embedding, expected_priorities
 from sharkrec.quant.codec import Precision
@@ -131,11 +130,9 @@ def enumerate_candidates(model: DLRM, order: Sequence[str], scores: Mapping[str,
 
 
 def field_overhead(embedding: Any) -> dict[str, int]:
-    """Bytes per field that quantization cannot shrink: a clustered field's value → row map (int32 per value)."""
-    if isinstance(embedding, ClusteredEmbedding):
-        return {name: int(embedding.row_map(name).numel() * embedding.row_map(name).element_size())
-                for name in embedding.field_names}
-    return {}
+    """Bytes per field that quantization cannot shrink (a clustered field's value → row map, int32 per value)."""
+    overhead: dict[str, int] = embedding.fixed_bytes()
+    return overhead
 
 
 def build_candidate(model: DLRM, data: PreparedData, candidate: Candidate, means: Mapping[str, Tensor],
@@ -156,9 +153,8 @@ def build_candidate(model: DLRM, data: PreparedData, candidate: Candidate, means
 def _build_candidate(model: DLRM, data: PreparedData, candidate: Candidate, means: Mapping[str, Tensor],
                      policy: Mapping[str, Any]) -> DLRM:
     source: Any = model.embedding
-    clustered = isinstance(source, ClusteredEmbedding)
-    if not isinstance(source.inner if clustered else source, FloatEmbedding):
-        raise TypeError("build_candidate takes an fp32 model (clustered or not)")
+    if storage(source).kind != "float" or source.removed_fields():
+        raise TypeError("build_candidate takes an unpruned fp32 model (clustered or not)")
     kept_names = [f for f in source.field_names if f not in candidate.removed]
     kept: Any = source.subset(kept_names)  # copies: the given model is never changed
     if candidate.quant_budget is not None:
@@ -166,15 +162,17 @@ def _build_candidate(model: DLRM, data: PreparedData, candidate: Candidate, mean
                    "fp32_share": candidate.fp32_share, **policy}
         alpha = float(options.get("alpha", 2.0))
         priorities = expected_priorities(data, alpha, int(policy.get("batch_size", 512)), kept_names)
-        rows = kept.inner if clustered else kept
+        stack = layers(kept)
+        rows: Any = stack[-1]
         quantized: Any = build_embedding("f-quant", rows, None, **options)
-        if clustered:  # a cluster row's priority is the sum of its values' priorities
-            priorities = [torch.zeros(n).index_add_(0, kept.row_map(name).long(), p)
-                          for (name, n), p in zip(rows.num_rows().items(), priorities, strict=True)]
+        for layer in stack[:-1]:  # a shared row's priority is the sum of the priorities of the values mapped to it
+            maps = [layer.value_map(name) for name in kept_names]
+            priorities = [p if m is None else torch.zeros(n).index_add_(0, m, p)
+                          for m, n, p in zip(maps, rows.num_rows().values(), priorities, strict=True)]
         quantized.set_priorities(priorities)
         quantized.retier()
         quantized.rows_moved = 0
-        kept = ClusteredEmbedding({n: kept.row_map(n) for n in kept_names}, quantized) if clustered else quantized
+        kept = replace_storage(kept, quantized)
     if candidate.removed:
         constants = {name: means[name] for name in candidate.removed}
         return model.with_embedding(PrunedEmbedding(source.field_names, kept, constants))
