@@ -35,6 +35,7 @@ from sharkrec.data.batch import Batch, FieldIds
 from sharkrec.data.dataset import EncodedSplit, SparseColumn
 from sharkrec.errors import ConfigError, DataError
 from sharkrec.importance.base import FieldImportance, field_importance
+from sharkrec.model.embedding import layers, replace_storage, storage
 
 with contextlib.suppress(ImportError):  # registers TorchRec's lookup kinds and input leaves (KJT, Batch)
     from sharkrec.interop import torchrec_lookups as _lookups  # noqa: F401
@@ -256,16 +257,15 @@ def from_field_model(model: Any, pruned: Any) -> Any:
     """The torchrec DLRM ``model`` rebuilt from its (pruned, fine-tuned) FieldModel ``pruned``: the network's
     weights, an EBC of the kept tables and a :class:`PrunedSparseArch` answering removed features with their
     constants E[v_i]. ``model`` is not changed."""
-    from sharkrec.prune.embedding import PrunedEmbedding
 
     torchrec = _torchrec()
     sparse_arch = model.sparse_arch
     already = tuple(getattr(sparse_arch, "removed", ()))
     constants = dict(zip(already, sparse_arch.constants, strict=True)) if already else {}
     embedding = pruned.embedding
-    kept = embedding.kept if isinstance(embedding, PrunedEmbedding) else embedding
-    if isinstance(embedding, PrunedEmbedding):
-        constants.update(zip(embedding.removed, embedding.constants, strict=True))
+    kept = storage(embedding)
+    for layer in layers(embedding):
+        constants.update(layer.constant_vectors())
     old = sparse_arch.embedding_bag_collection
     configs = [copy.deepcopy(c) for c in old.embedding_bag_configs() if c.feature_names[0] not in constants]
     ebc = torchrec.EmbeddingBagCollection(tables=configs, is_weighted=old.is_weighted(), device=torch.device("cpu"))
@@ -404,13 +404,12 @@ def export_artifact(model: Any, data: EncodedSplit | Iterable[Any], out: Any, *,
     """
     from sharkrec.export.artifact import save_artifact
     from sharkrec.model.embedding import FloatEmbedding
-    from sharkrec.prune.embedding import PrunedEmbedding
     from sharkrec.quant.embedding import MixedPrecisionEmbedding
     from sharkrec.quant.priority import FQuantPolicy, tier_counts_for_budget, tiers_by_rank
 
     network, schema, vocabularies = to_sharkrec(model, data)
     embedding = network.embedding
-    kept = embedding.kept if isinstance(embedding, PrunedEmbedding) else embedding
+    kept = storage(embedding)
     policy = FQuantPolicy(memory_budget=memory_budget, alpha=alpha, use_int4=use_int4)
     rows = kept.num_rows()
     priorities = [torch.from_numpy(alpha * vocabularies[name].positive_counts_
@@ -419,9 +418,5 @@ def export_artifact(model: Any, data: EncodedSplit | Iterable[Any], out: Any, *,
     counts = tier_counts_for_budget(sum(rows.values()), kept.embedding_dim, policy)
     plan = dict(zip(kept.field_names, tiers_by_rank(priorities, counts), strict=True))
     mixed = MixedPrecisionEmbedding.from_float(cast(FloatEmbedding, kept), plan)
-    if isinstance(embedding, PrunedEmbedding):
-        constants = {name: embedding.constants[r] for r, name in enumerate(embedding.removed)}
-        layer: Any = PrunedEmbedding(embedding.field_names, mixed, constants)
-    else:
-        layer = mixed
+    layer: Any = replace_storage(embedding, mixed)  # the same pruning around the quantized rows
     return save_artifact(network.with_embedding(layer), schema, vocabularies, out)
