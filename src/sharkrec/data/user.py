@@ -200,14 +200,18 @@ def split_jagged(model: FieldModel, inputs: Any, calls: Sequence[Any], samples: 
     return inputs, found
 
 
+def stack_tasks(per_task: Mapping[str, Any], tasks: Sequence[str], what: str, fix: str) -> Tensor:
+    """``{task: (B,) or (B, 1)}`` → (B, T) in ``tasks`` order; one-line error naming the missing tasks."""
+    missing = [t for t in tasks if t not in per_task]
+    if missing:
+        raise DataError(f"{what} has keys {sorted(per_task)} but not the tasks {missing}; {fix}")
+    return torch.stack([torch.as_tensor(per_task[t]).reshape(-1) for t in tasks], dim=1)
+
+
 def labels_tensor(labels: Any, tasks: Sequence[str]) -> Tensor:
     """(B,), (B, T) or ``{task: (B,)}`` 0/1 labels → (B, T) float32."""
     if isinstance(labels, Mapping):
-        missing = [t for t in tasks if t not in labels]
-        if missing:
-            raise DataError(f"the labels have keys {sorted(labels)} but not the tasks {missing}; "
-                            "give one label per task")
-        labels = torch.stack([torch.as_tensor(labels[t]).reshape(-1) for t in tasks], dim=1)
+        labels = stack_tasks(labels, tasks, "the labels", "give one label per task")
     labels = torch.as_tensor(labels).float()
     labels = labels.reshape(-1, 1) if labels.ndim <= 1 else labels
     if labels.ndim != 2 or labels.shape[1] != len(tasks):

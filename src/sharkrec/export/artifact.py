@@ -47,7 +47,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -114,22 +114,8 @@ def save_artifact(model_or_bundle: Any, schema: Schema | None, vocabularies: Map
     dim = int(embedding.embedding_dim)
     dense = {name: t.detach().contiguous() for name, t in model.state_dict().items()
              if not name.startswith("embedding.")}
-    try:  # an artifact that load_artifact would refuse is not written
-        for name, value in [*dense.items(), *((f"constant of {n}", c) for n, c in constants.items())]:
-            if value.is_floating_point():
-                integrity.check_finite(name, value)
-    except CheckpointError as exc:
-        raise CheckpointError(f"cannot export the model: {exc}; retrain it or restore a good checkpoint") from None
-    tensors: dict[str, Tensor] = {}
-    vocab_tensors: dict[str, Tensor] = {}
-    kept = {t.name: (k, t) for k, t in enumerate(tables)}
-    fields = []
-    for name in embedding.field_names:
-        if name in constants:
-            fields.append({"name": name, "status": "pruned", "constant": constants[name].tolist()})
-            continue
-        k, table = kept[name]
-        fields.append(_field_entry(k, table, tensors, vocab_tensors))
+    check_exportable(dense, constants)
+    fields, tensors, vocab_tensors = embedding_entries(embedding.field_names, tables, constants)
     manifest: dict[str, Any] = {
         "format": ARTIFACT_FORMAT,
         "version": _version(tables),
@@ -157,6 +143,32 @@ def write_manifest(folder: Path, manifest: dict[str, Any], files: tuple[str, ...
     raw = (json.dumps(manifest, indent=1) + "\n").encode("utf-8")
     (folder / MANIFEST).write_bytes(raw)
     (folder / DIGEST).write_text(_digest_line(raw), encoding="ascii")
+
+
+def check_exportable(dense: Mapping[str, Tensor], constants: Mapping[str, Tensor]) -> None:
+    """Refuse to write what :func:`load_artifact` would refuse: non-finite dense weights or constants."""
+    try:
+        for name, value in [*dense.items(), *((f"constant of {n}", c) for n, c in constants.items())]:
+            if value.is_floating_point():
+                integrity.check_finite(name, value)
+    except CheckpointError as exc:
+        raise CheckpointError(f"cannot export the model: {exc}; retrain it or restore a good checkpoint") from None
+
+
+def embedding_entries(field_names: Sequence[str], tables: Sequence[FieldTables], constants: Mapping[str, Tensor]
+                      ) -> tuple[list[dict[str, Any]], dict[str, Tensor], dict[str, Tensor]]:
+    """The manifest's field entries (model order) and the embedding / vocabulary tensors they name."""
+    tensors: dict[str, Tensor] = {}
+    vocab_tensors: dict[str, Tensor] = {}
+    kept = {t.name: (k, t) for k, t in enumerate(tables)}
+    fields = []
+    for name in field_names:
+        if name in constants:
+            fields.append({"name": name, "status": "pruned", "constant": constants[name].tolist()})
+        else:
+            k, table = kept[name]
+            fields.append(_field_entry(k, table, tensors, vocab_tensors))
+    return fields, tensors, vocab_tensors
 
 
 def _field_entry(k: int, table: FieldTables, tensors: dict[str, Tensor], vocab_tensors: dict[str, Tensor]

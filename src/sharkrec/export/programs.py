@@ -38,7 +38,7 @@ from torch.utils import _pytree as pytree
 
 from sharkrec.errors import CheckpointError, ConfigError
 from sharkrec.model.fieldmap import call_model
-from sharkrec.model.wrapped import FieldModel, _Tape
+from sharkrec.model.wrapped import FieldModel, _Tape, replay
 
 _ALLOWED_OP = re.compile(r"torch\.ops\.(aten|prims)\.[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?")
 
@@ -74,12 +74,7 @@ class _DenseProgram(nn.Module):
         self.tape = tape
 
     def forward(self, vectors: Tensor, inputs: tuple[Any, ...]) -> Any:
-        tape = self.tape
-        tape.mode, tape.vectors = "replay", vectors
-        try:
-            return call_model(self.net, inputs)
-        finally:
-            tape.mode, tape.vectors = None, None
+        return replay(self.net, self.tape, vectors, inputs)
 
 
 def lookup_calls(model: FieldModel, inputs: tuple[Any, ...]) -> dict[int, tuple[tuple[Any, ...], dict[str, Any]]]:

@@ -54,9 +54,10 @@ from sharkrec.export.artifact import (
     USER_FILES,
     USER_KIND,
     _atomic_dir,
-    _field_entry,
     _memory,
     _read_fields,
+    check_exportable,
+    embedding_entries,
     write_manifest,
 )
 from sharkrec.export.engine import ServingEmbedding
@@ -108,23 +109,8 @@ def save_user_artifact(model: FieldModel, example: Any, path: str | os.PathLike[
         except CheckpointError:
             raise ConfigError(f"the vocabulary of field {table.name!r} is not the identity over its "
                               f"{rows[table.name]} rows; pass UserData.vocabularies (or none)") from None
-    for name, value in [*tensors.items(), *((f"constant of {n}", c) for n, c in constants.items())]:
-        if value.is_floating_point():
-            try:
-                integrity.check_finite(name, value)
-            except CheckpointError as exc:
-                raise CheckpointError(f"cannot export the model: {exc}; retrain it or restore a good checkpoint"
-                                      ) from None
-    table_tensors: dict[str, Tensor] = {}
-    vocab_tensors: dict[str, Tensor] = {}
-    kept = {t.name: (k, t) for k, t in enumerate(tables)}
-    fields = []
-    for name in embedding.field_names:
-        if name in constants:
-            fields.append({"name": name, "status": "pruned", "constant": constants[name].tolist()})
-        else:
-            k, table = kept[name]
-            fields.append(_field_entry(k, table, table_tensors, vocab_tensors))
+    check_exportable(tensors, constants)
+    fields, table_tensors, vocab_tensors = embedding_entries(embedding.field_names, tables, constants)
     dim = int(embedding.embedding_dim)
     manifest: dict[str, Any] = {
         "format": "sharkrec-artifact", "kind": USER_KIND, "version": USER_VERSION,

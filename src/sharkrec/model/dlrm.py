@@ -16,7 +16,7 @@ import copy
 import dataclasses
 import enum
 import operator
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from sharkrec.data.batch import Batch
 from sharkrec.errors import ConfigError, DataError, parse_choice
 from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding
 from sharkrec.model.heads import MMoEHead, SharedBottomHead, mlp, mlp_shapes
+from sharkrec.model.protocol import FieldPathMethods
 
 DENSE_FIELD = "dense"
 #: Upper bounds of a config's values: far above any real model, low enough that reading a config
@@ -222,7 +223,7 @@ class DLRMConfig:
         return cls(**payload)
 
 
-class DLRM(nn.Module):
+class DLRM(FieldPathMethods, nn.Module):
     """Bottom MLP for dense features, an embedding per sparse field, dot interaction, a task head.
 
     Args:
@@ -339,29 +340,6 @@ class DLRM(nn.Module):
     def forward(self, batch: Batch) -> Tensor:
         """(B, T) logits, one column per task."""
         return self.logits_from_fields(self.field_vectors(batch))
-
-    @torch.no_grad()
-    def predict_proba(self, batch: Batch) -> Tensor:
-        """(B, T) click probabilities, computed in eval mode (no dropout); the mode is restored."""
-        was_training = self.training
-        self.eval()
-        try:
-            return torch.sigmoid(self(batch))
-        finally:
-            self.train(was_training)
-
-    def sparse_parameters(self) -> list[nn.Parameter]:
-        """Embedding parameters with sparse gradients (for SparseAdam / sparse Adagrad)."""
-        return self.embedding.sparse_parameters()
-
-    def dense_parameters(self) -> list[nn.Parameter]:
-        """Every other trainable parameter (for a dense optimizer such as Adam)."""
-        sparse = {id(p) for p in self.sparse_parameters()}
-        return [p for p in self.parameters() if id(p) not in sparse]
-
-    def named_dense_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        sparse = {id(p) for p in self.sparse_parameters()}
-        return ((n, p) for n, p in self.named_parameters() if id(p) not in sparse)
 
     def with_embedding(self, embedding: FieldEmbedding) -> DLRM:
         """A new model using ``embedding`` (shared, not copied) and deep copies of every other weight.

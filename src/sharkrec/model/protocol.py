@@ -11,9 +11,11 @@ and compress check for the protocol, never for a class::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from sharkrec.errors import ConfigError
 from sharkrec.model.embedding import FieldEmbedding
@@ -60,3 +62,33 @@ def check_field_path(model: Any, action: str) -> None:
         what = ", ".join(missing) if missing else "a sharkrec FieldEmbedding as .embedding"
         raise ConfigError(f"cannot {action} a {type(model).__name__}: it lacks {what}; wrap your model first: "
                           "FieldModel.wrap(model, find_fields(model, example_inputs)) (sharkrec.model.wrapped)")
+
+
+class FieldPathMethods:
+    """What every field-path model derives from its ``embedding`` and ``__call__`` (mixed into ``nn.Module``s)."""
+
+    embedding: FieldEmbedding
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """Embedding parameters with sparse gradients (for SparseAdam / sparse Adagrad)."""
+        return self.embedding.sparse_parameters()
+
+    def named_dense_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Every other trainable parameter, by name (for a dense optimizer such as Adam)."""
+        sparse = {id(p) for p in self.sparse_parameters()}
+        module: Any = self
+        return ((n, p) for n, p in module.named_parameters() if id(p) not in sparse)
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_dense_parameters()]
+
+    @torch.no_grad()
+    def predict_proba(self, batch: Any) -> Tensor:
+        """(B, T) click probabilities, computed in eval mode (no dropout); the mode is restored."""
+        module: Any = self
+        was_training = module.training
+        module.eval()
+        try:
+            return torch.sigmoid(module(batch))
+        finally:
+            module.train(was_training)

@@ -26,7 +26,7 @@ step 1.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from sharkrec.errors import ConfigError, DataError
 from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding
 from sharkrec.model.fieldmap import FieldMap, call_model, lookup_modules
 from sharkrec.model.lookups import Field, LookupKind, dummy_vectors
+from sharkrec.model.protocol import FieldPathMethods
 
 
 @dataclass(frozen=True)
@@ -104,14 +105,22 @@ class LookupSlot(nn.Module):
         return f"{self.kind.name}: {', '.join(f.name for f in self.fields)}"
 
 
+def replay(network: nn.Module, tape: _Tape, vectors: Tensor, inputs: Any) -> Any:
+    """Run ``network`` on ``inputs`` with its slots answering slices of ``vectors`` (B, F, D)."""
+    tape.mode, tape.vectors = "replay", vectors
+    try:
+        return call_model(network, inputs)
+    finally:
+        tape.mode, tape.vectors = None, None
+
+
 def default_logits(output: Any, task_names: Sequence[str]) -> Tensor:
     """The model's output as (B, T) logits: a (B,) or (B, T) tensor, or a dict of (B,) / (B, 1) logits per task."""
     if isinstance(output, dict):
-        missing = [t for t in task_names if t not in output]
-        if missing:
-            raise DataError(f"the model's output dict has keys {sorted(output)} but not the tasks {missing}; "
-                            "return one logit per task or pass output=...")
-        return torch.stack([output[t].reshape(-1) for t in task_names], dim=1)
+        from sharkrec.data.user import stack_tasks
+
+        return stack_tasks(output, task_names, "the model's output dict",
+                           "return one logit per task or pass output=...")
     if not isinstance(output, Tensor):
         raise DataError(f"the model returned {type(output).__name__}; return logits (B,) or (B, T), or pass "
                         "output=lambda out: ... to pick them")
@@ -122,7 +131,7 @@ def default_logits(output: Any, task_names: Sequence[str]) -> Tensor:
     return logits
 
 
-class FieldModel(nn.Module):
+class FieldModel(FieldPathMethods, nn.Module):
     """A user's network whose lookups are answered by one sharkrec :class:`FieldEmbedding` (see the module doc).
 
     Build it with :meth:`wrap`. Args of the constructor:
@@ -314,12 +323,7 @@ class FieldModel(nn.Module):
         return value
 
     def _replay(self, vectors: Tensor, inputs: Any) -> Any:
-        tape = self.tape
-        tape.mode, tape.vectors = "replay", vectors
-        try:
-            return call_model(self.network, inputs)
-        finally:
-            tape.mode, tape.vectors = None, None
+        return replay(self.network, self.tape, vectors, inputs)
 
     def _logits(self, output: Any) -> Tensor:
         logits = self.output(output) if self.output is not None else default_logits(output, self.tasks)
@@ -328,27 +332,7 @@ class FieldModel(nn.Module):
                             f"{self.num_tasks}) logits")
         return logits
 
-    @torch.no_grad()
-    def predict_proba(self, batch: Batch) -> Tensor:
-        was_training = self.training
-        self.eval()
-        try:
-            return torch.sigmoid(self.logits_from_fields(self.field_vectors(batch)))
-        finally:
-            self.train(was_training)
-
     # ------------------------------------------------------------------ parameters and copies
-    def sparse_parameters(self) -> list[nn.Parameter]:
-        return self.embedding.sparse_parameters()
-
-    def dense_parameters(self) -> list[nn.Parameter]:
-        sparse = {id(p) for p in self.sparse_parameters()}
-        return [p for p in self.parameters() if id(p) not in sparse]
-
-    def named_dense_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        sparse = {id(p) for p in self.sparse_parameters()}
-        return ((n, p) for n, p in self.named_parameters() if id(p) not in sparse)
-
     def field_rows(self) -> dict[str, int]:
         return self.embedding.num_rows()
 
