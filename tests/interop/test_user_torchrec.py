@@ -19,7 +19,7 @@ from torchrec.datasets.utils import Batch as TorchRecBatch  # noqa: E402
 from torchrec.models.dlrm import DLRM_DCN  # noqa: E402
 
 from sharkrec.data.user import UserData, from_batches, tree_cat, tree_take  # noqa: E402
-from sharkrec.errors import ConfigError  # noqa: E402
+from sharkrec.errors import ConfigError, DataError  # noqa: E402
 from sharkrec.importance.base import field_importance  # noqa: E402
 from sharkrec.interop.torchrec import from_torchrec_batches  # noqa: E402
 from sharkrec.model.fieldmap import find_fields  # noqa: E402
@@ -213,6 +213,31 @@ def test_weighted_ebc_and_embedding_collection_and_kjt_weights() -> None:
         torch.testing.assert_close(wrapped(bags, users), model(*joined)[index], rtol=0, atol=1e-6)
     assert bags.weights().shape == bags.values().shape
     assert torch.equal(tree_take(joined[1], index)["user"].values(), joined[1]["user"].values()[index])
+
+
+def test_weighted_ebc_and_embedding_collection_export_and_serve(tmp_path) -> None:
+    from sharkrec.export import load_artifact, save_user_artifact
+
+    model = _WeightedTower().eval()
+    example = _weighted_inputs(0)
+    wrapped = FieldModel.wrap(model, find_fields(model, example))
+    manifest = save_user_artifact(wrapped, example, tmp_path / "art")
+    assert [e["kind"] for e in manifest["lookups"]] == ["torchrec-ebc", "torchrec-ec"]
+    served = load_artifact(tmp_path / "art")
+    for seed in (3, 4):
+        x = _weighted_inputs(seed, rows=9)
+        with torch.no_grad():
+            torch.testing.assert_close(served(*x), model(*x), rtol=0, atol=1e-6)
+    bags, users = _weighted_inputs(5, rows=4)
+    request = [{"values": bags.values().tolist(), "lengths": bags.lengths().tolist(),
+                "weights": bags.weights().tolist()},
+               {"values": users.values().tolist(), "lengths": users.lengths().tolist()}]
+    with torch.no_grad():
+        torch.testing.assert_close(served(*served.parse_inputs(request)), model(bags, users), rtol=0, atol=1e-6)
+    with pytest.raises(DataError, match=r"has 3 weights for \d+ values; give one weight per value"):
+        short = torchrec.KeyedJaggedTensor(keys=bags.keys(), values=bags.values(), lengths=bags.lengths(),
+                                           weights=bags.weights()[:3])
+        served(short, users)
 
 
 def test_torchrec_batches_collate_as_inputs() -> None:

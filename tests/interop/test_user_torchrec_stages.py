@@ -1,7 +1,11 @@
-"""The TorchRec family through the remaining stages: F-Q in a plain loop, Saec, compress; its export is refused in
-one line (artifacts serve tensor inputs; a KeyedJaggedTensor is not flattened yet) and writes nothing."""
+"""The TorchRec family through the remaining stages: F-Q in a plain loop, Saec, compress, export; the artifact
+serves KJT inputs (in process, as JSON over HTTP, and from a process that never imported torchrec)."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
 
 import pytest
 
@@ -9,12 +13,13 @@ pytest.importorskip("torchrec")
 
 import torch
 import torch.nn.functional as F
+import torchrec
 
 from sharkrec.cluster import cluster_model
 from sharkrec.compress.pipeline import CompressConfig, compress
 from sharkrec.data.user import UserData
-from sharkrec.errors import ConfigError
-from sharkrec.export import save_user_artifact
+from sharkrec.errors import DataError
+from sharkrec.export import load_artifact, save_user_artifact
 from sharkrec.interop.torchrec import from_torchrec_batches
 from sharkrec.model.fieldmap import find_fields
 from sharkrec.model.wrapped import FieldModel
@@ -57,7 +62,51 @@ def test_dlrm_dcn_through_fq_saec_compress_and_export(trained, tmp_path) -> None
     result = compress(wrapped, user, CompressConfig(target_memory=0.3, max_trainings=2))
     assert result.model.embedding.embedding_bytes() <= 0.3 * wrapped.embedding.embedding_bytes() + 1e-9
 
-    with pytest.raises(ConfigError, match="an artifact serves inputs that are tensors"):
-        save_user_artifact(result.model, example, tmp_path / "art")
-    assert not (tmp_path / "art").exists()
+    # export: served scores equal the compressed model's, for KJTs built by lengths or by offsets
+    manifest = save_user_artifact(result.model, example, tmp_path / "art")
+    assert [e["kind"] for e in manifest["lookups"]] == ["torchrec-ebc"]
+    served = load_artifact(tmp_path / "art")
+    x = data["test"][0]
+    with torch.no_grad():
+        want = result.model(x.dense_features, x.sparse_features)
+    torch.testing.assert_close(served(x.dense_features, x.sparse_features), want, rtol=0, atol=1e-5)
+    kjt = x.sparse_features
+    by_offsets = torchrec.KeyedJaggedTensor(keys=kjt.keys(), values=kjt.values(), offsets=kjt.offsets())
+    torch.testing.assert_close(served(x.dense_features, by_offsets), want, rtol=0, atol=1e-5)
+    request = [x.dense_features[:5].tolist(), _kjt_json(kjt, 5)]
+    torch.testing.assert_close(served(*served.parse_inputs(request)), want[:5], rtol=0, atol=1e-5)
+    with pytest.raises(DataError, match=r"input inputs\[1\]\.weights was absent when the model was exported"):
+        served.parse_inputs([request[0], {**request[1], "weights": [1.0] * len(request[1]["values"])}])
+    with pytest.raises(DataError, match=r"input inputs\[1\]\.lengths is missing"):
+        served.parse_inputs([request[0], {"values": request[1]["values"]}])
+
+    # a fresh process that has not imported torchrec loads and serves it (the lookup kind imports it)
+    code = ("import json, sys, torch, sharkrec; m = sharkrec.load(sys.argv[1]); "
+            "print(json.dumps(m(*m.parse_inputs(json.loads(sys.argv[2]))).tolist()))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "art"), json.dumps(request)],
+                         capture_output=True, text=True, check=True)
+    torch.testing.assert_close(torch.tensor(json.loads(out.stdout.strip().splitlines()[-1])), want[:5],
+                               rtol=0, atol=1e-5)
+
+    pytest.importorskip("fastapi", reason="the serve extra (fastapi, httpx) is not installed")
+    from fastapi.testclient import TestClient
+
+    from sharkrec.export.server import create_app
+
+    with TestClient(create_app(tmp_path / "art")) as client:
+        response = client.post("/predict", json={"inputs": request})
+        assert response.status_code == 200, response.text
+        torch.testing.assert_close(torch.tensor(response.json()["output"]), want[:5], rtol=0, atol=1e-5)
+        bad = client.post("/predict", json={"inputs": [request[0], {"values": [1], "lengths": [1]}]})
+        assert bad.status_code == 400, bad.text
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _kjt_json(kjt, rows: int) -> dict:
+    """The first ``rows`` samples of ``kjt`` as the JSON object an HTTP client sends."""
+    values, lengths = [], []
+    for key in list(kjt.keys()):
+        jagged = kjt[key]
+        lengths += jagged.lengths()[:rows].tolist()
+        values += jagged.values()[:int(jagged.lengths()[:rows].sum())].tolist()
+    return {"values": values, "lengths": lengths}

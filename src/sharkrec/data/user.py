@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils import _pytree as pytree
 
 from sharkrec.data.dataset import EncodedSplit, SparseColumn, _gather_bags
 from sharkrec.data.schema import FieldKind, FieldSpec, Schema
@@ -47,6 +48,10 @@ class Leaf(abc.ABC):
     @abc.abstractmethod
     def length(self, value: Any) -> int: ...
 
+    def canonical(self, value: Any) -> Any:
+        """The one form of ``value`` an artifact is exported and served with (e.g. a KJT by lengths, never offsets)."""
+        return value
+
 
 LEAVES: list[Leaf] = []
 
@@ -56,6 +61,12 @@ def _leaf(value: Any) -> Leaf | None:
 
 
 Path = tuple[Any, ...]
+
+
+def tree_canonical(tree: Any) -> Any:
+    """``tree`` with every registered input type in its canonical form (:meth:`Leaf.canonical`)."""
+    return pytree.tree_map(lambda v: leaf.canonical(v) if (leaf := _leaf(v)) is not None else v, tree,
+                           is_leaf=lambda v: _leaf(v) is not None)
 
 
 def tree_cat(trees: Sequence[Any], path: str = "inputs") -> Any:

@@ -90,8 +90,20 @@ def lookup_calls(model: FieldModel, inputs: tuple[Any, ...]) -> dict[int, tuple[
 
 
 def _dynamic(tree: Any) -> Any:
-    """dynamic_shapes for ``tree``: dim 0 of every tensor leaf dynamic, nothing else."""
-    return pytree.tree_map(lambda leaf: {0: Dim.DYNAMIC} if isinstance(leaf, Tensor) and leaf.ndim else None, tree)
+    """dynamic_shapes for ``tree``: dim 0 of every tensor leaf dynamic, nothing else.
+
+    Built-in containers map to the same container; a class registered with pytree by its library (a
+    TorchRec ``KeyedJaggedTensor``) maps to the list of its flattened children, as torch.export reads it.
+    """
+    if isinstance(tree, Tensor):
+        return {0: Dim.DYNAMIC} if tree.ndim else None
+    kind = pytree._get_node_type(tree)
+    node = pytree.SUPPORTED_NODES.get(kind)
+    if node is None:
+        return None
+    children, context = node.flatten_fn(tree)
+    mapped = [_dynamic(child) for child in children]
+    return node.unflatten_fn(mapped, context) if kind in pytree.BUILTIN_TYPES else mapped
 
 
 def capture(model: FieldModel, inputs: tuple[Any, ...]) -> tuple[ExportedProgram, ExportedProgram]:

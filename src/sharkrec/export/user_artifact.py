@@ -27,14 +27,18 @@ shared rows), and the ``dense`` program runs the network on the vectors.
 
 HTTP (``sharkrec serve``): ``POST /predict`` with ``{"inputs": [arg_1, arg_2, ...]}``, one JSON value
 per positional argument of the model's forward, each shaped as that argument (a tensor as nested
-lists of numbers, read with the dtype it was exported with; a dict of tensors as an object). The
-answer is ``{"output": ...}``: the model's output with every tensor as nested lists.
+lists of numbers, read with the dtype it was exported with; a dict of tensors as an object; a TorchRec
+``KeyedJaggedTensor`` as an object of its parts, ``{"values": [...], "lengths": [...]}`` plus ``"weights"``
+when it was exported weighted, its keys fixed by the artifact). The answer is ``{"output": ...}``: the
+model's output with every tensor as nested lists. Every input leaf is found by its path in the request
+(``manifest["inputs"]["leaves"]``); a part absent at export (a KJT's offsets) stays absent.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from sharkrec.data.batch import FieldIds
+from sharkrec.data.user import tree_canonical
 from sharkrec.data.vocab import Vocabulary
 from sharkrec.errors import CheckpointError, ConfigError, DataError
 from sharkrec.export import integrity, programs
@@ -87,12 +92,13 @@ def save_user_artifact(model: FieldModel, example: Any, path: str | os.PathLike[
     if not isinstance(model, FieldModel):
         raise ConfigError(f"save_user_artifact takes a FieldModel (FieldModel.wrap(your_model, fields)), not a "
                           f"{type(model).__name__}; sharkrec's own DLRM goes through save_artifact")
-    inputs = example if isinstance(example, tuple) else (example,)
+    inputs = tree_canonical(example if isinstance(example, tuple) else (example,))
     leaves = pytree.tree_leaves(inputs)
-    if not leaves or not all(isinstance(leaf, Tensor) for leaf in leaves):
-        kinds = sorted({type(leaf).__name__ for leaf in leaves if not isinstance(leaf, Tensor)})
+    if not any(isinstance(leaf, Tensor) for leaf in leaves) or \
+            not all(leaf is None or isinstance(leaf, Tensor) for leaf in leaves):
+        kinds = sorted({type(leaf).__name__ for leaf in leaves if not (leaf is None or isinstance(leaf, Tensor))})
         raise ConfigError(f"the example inputs hold {', '.join(kinds) or 'no tensors'}; an artifact serves inputs "
-                          "that are tensors (or tuples, lists, dicts of tensors)")
+                          "that are tensors (or tuples, lists, dicts of tensors, KeyedJaggedTensors)")
     lookups = _lookup_entries(model, inputs)
     ids_program, dense_program = programs.capture(model, inputs)
     count = sum(1 for entry in lookups for leaf in entry["leaves"] if "tensor" in leaf)
@@ -116,7 +122,7 @@ def save_user_artifact(model: FieldModel, example: Any, path: str | os.PathLike[
         "format": "sharkrec-artifact", "kind": USER_KIND, "version": USER_VERSION,
         "model": {"class": type(model.network).__name__, "fields": model.fields.to_dict()},
         "tasks": list(model.task_names),
-        "inputs": {"structure": programs.spec_dumps(inputs),
+        "inputs": {"structure": programs.spec_dumps(inputs), "leaves": input_paths(inputs),
                    "tensors": programs.input_leaves(ids_program)},
         "lookups": lookups,
         "programs": {what: {"graph": f"program.{what}.json",
@@ -150,15 +156,38 @@ def _lookup_entries(model: FieldModel, inputs: tuple[Any, ...]) -> list[dict[str
             if isinstance(leaf, Tensor):
                 leaves.append({"tensor": tensor})
                 tensor += 1
-            elif isinstance(leaf, _JSON_SCALARS):
+            elif leaf is None or isinstance(leaf, _JSON_SCALARS):
                 leaves.append({"value": leaf})
             else:
                 raise ConfigError(f"lookup {slot.fields[0].module!r} is called with a {type(leaf).__name__}; an "
                                   "artifact stores calls with tensors, numbers and strings")
-        entries.append({"kind": slot.kind.name, "fields": [f.name for f in slot.fields],
-                        "positions": list(slot.positions), "call": programs.spec_dumps(calls[position]),
-                        "leaves": leaves})
+        entries.append({"kind": slot.kind.name, "module": type(slot.kind).__module__,
+                        "fields": [f.name for f in slot.fields], "positions": list(slot.positions),
+                        "call": programs.spec_dumps(calls[position]), "leaves": leaves})
     return entries
+
+
+def input_paths(inputs: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """Per flattened input leaf: where it sits (``[["seq", 1], ["attr", "values"]]``) and whether it is a tensor.
+
+    A JSON request names each leaf by this path: list items by position, dict entries and the attributes of
+    a library's pytree class (a KeyedJaggedTensor's ``values`` / ``lengths`` / ``weights``) by name.
+    """
+    out = []
+    for path, leaf in pytree.tree_flatten_with_path(inputs)[0]:
+        steps: list[list[Any]] = []
+        for key in path:
+            if isinstance(key, pytree.SequenceKey):
+                steps.append(["seq", key.idx])
+            elif isinstance(key, pytree.MappingKey):
+                steps.append(["key", key.key])
+            elif isinstance(key, pytree.GetAttrKey):
+                steps.append(["attr", key.name.lstrip("_")])
+            else:
+                raise ConfigError(f"an input sits at {pytree.keystr(path)}, a place an artifact cannot name; pass "
+                                  "tensors in tuples, lists, dicts or a KeyedJaggedTensor")
+        out.append({"path": steps, "tensor": isinstance(leaf, Tensor)})
+    return out
 
 
 def _program_tensors(ids: Any, dense: Any) -> dict[str, Tensor]:
@@ -210,7 +239,7 @@ class _Lookup:
                 integrity.integer(leaf["tensor"], "lookup call tensor")
                 if leaf["tensor"] >= outputs:
                     raise CheckpointError(f"lookup call tensor {leaf['tensor']} is not an output of the ids program")
-            elif not isinstance(leaf.get("value"), _JSON_SCALARS):
+            elif not (leaf.get("value") is None or isinstance(leaf.get("value"), _JSON_SCALARS)):
                 raise CheckpointError(f"lookup of fields {names} has a call value {leaf!r}; expected a tensor index "
                                       "or a JSON number / string")
 
@@ -230,7 +259,8 @@ class UserServingModel(nn.Module):
 
     def __init__(self, ids: nn.Module, dense: nn.Module, lookups: Sequence[_Lookup], embedding: ServingEmbedding,
                  slot_of_row: Mapping[str, Tensor], fields: FieldMap, input_spec: pytree.TreeSpec,
-                 input_tensors: Sequence[Mapping[str, Any]], manifest: Mapping[str, Any]) -> None:
+                 input_tensors: Sequence[Mapping[str, Any]], input_leaves: Sequence[Mapping[str, Any]],
+                 manifest: Mapping[str, Any]) -> None:
         super().__init__()
         self.ids_program, self.dense_program = ids, dense
         self.lookups = list(lookups)
@@ -239,11 +269,13 @@ class UserServingModel(nn.Module):
         self.fields = fields
         self.input_spec = input_spec
         self.input_tensors = [dict(t) for t in input_tensors]
+        self.input_leaves = [dict(leaf) for leaf in input_leaves]
         self.manifest = dict(manifest)
         self.task_names = tuple(str(t) for t in manifest.get("tasks", ()))
 
     def forward(self, *inputs: Any) -> Any:
         """The model's output for its forward's positional ``inputs``."""
+        inputs = tree_canonical(inputs)
         self._check_inputs(inputs)
         with torch.inference_mode():
             vectors = self.field_vectors(inputs)
@@ -256,7 +288,11 @@ class UserServingModel(nn.Module):
 
     def field_vectors(self, inputs: tuple[Any, ...]) -> Tensor:
         """(B, F, D) vectors the engine reads for ``inputs``, in field order."""
-        outputs = self.ids_program(inputs)
+        try:
+            outputs = self.ids_program(inputs)
+        except RuntimeError as exc:  # a shape guard of the program, or the input type's own check
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise DataError(f"the model rejected the inputs ({reason}); pass inputs shaped as at export") from None
         sparse: list[FieldIds | None] = [None] * len(self.fields.fields)
         for lookup in self.lookups:
             for position, ids in zip(lookup.positions, lookup.field_ids(outputs), strict=True):
@@ -280,39 +316,83 @@ class UserServingModel(nn.Module):
         if spec != self.input_spec:
             raise DataError(f"the model takes inputs shaped {self.input_spec}, got {spec}; pass the positional "
                             "arguments the model was exported with")
-        for k, (leaf, want) in enumerate(zip(leaves, self.input_tensors, strict=True)):
+        tensors = iter(self.input_tensors)
+        for leaf, record in zip(leaves, self.input_leaves, strict=True):
+            where = _path_text(record["path"])
+            if not record["tensor"]:
+                if leaf is not None:
+                    raise DataError(f"input {where} was absent when the model was exported; pass it as None "
+                                    "(or re-export with it)")
+                continue
+            want = next(tensors)
             if not isinstance(leaf, Tensor) or str(leaf.dtype).removeprefix("torch.") != want["dtype"] \
                     or leaf.ndim != want["ndim"]:
                 got = f"{leaf.dtype} of {leaf.ndim} dims" if isinstance(leaf, Tensor) else type(leaf).__name__
-                raise DataError(f"input tensor {k} is {got}; the model was exported with {want['dtype']} of "
+                raise DataError(f"input {where} is {got}; the model was exported with {want['dtype']} of "
                                 f"{want['ndim']} dims")
             if any(w is not None and w != d for w, d in zip(want["shape"], leaf.shape, strict=True)):
                 shape = ", ".join("B" if w is None else str(w) for w in want["shape"])
-                raise DataError(f"input tensor {k} has shape {tuple(leaf.shape)}; the model takes ({shape})")
+                raise DataError(f"input {where} has shape {tuple(leaf.shape)}; the model takes ({shape})")
 
     def parse_inputs(self, arguments: Sequence[Any]) -> tuple[Any, ...]:
-        """JSON values (one per positional argument, tensors as nested lists) → the model's inputs."""
-        try:
-            parts = self.input_spec.flatten_up_to(tuple(arguments))
-        except (ValueError, TypeError, KeyError) as exc:
-            raise DataError(f"the inputs do not have the model's structure {self.input_spec} ({exc}); send one "
-                            "value per positional argument") from None
-        tensors = []
-        for k, (value, want) in enumerate(zip(parts, self.input_tensors, strict=True)):
+        """JSON values (one per positional argument, tensors as nested lists) → the model's inputs.
+
+        Each leaf is found by its path: list items by position, dict entries and the parts of a
+        KeyedJaggedTensor (``{"values": [...], "lengths": [...]}``) by name; parts absent at export stay absent.
+        """
+        tensors = iter(self.input_tensors)
+        leaves: list[Tensor | None] = []
+        for record in self.input_leaves:
+            where = _path_text(record["path"])
+            value = _at_path(arguments, record["path"], where)
+            if not record["tensor"]:
+                if value is not None:
+                    raise DataError(f"input {where} was absent when the model was exported; leave it out")
+                leaves.append(None)
+                continue
+            want = next(tensors)
+            if value is None:
+                raise DataError(f"input {where} is missing; send it as nested lists of {want['dtype']}")
             try:
                 tensor = torch.tensor(value, dtype=getattr(torch, want["dtype"]))
             except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
-                raise DataError(f"input {k} is not a {want['dtype']} tensor ({str(exc).splitlines()[0][:120]}); "
+                raise DataError(f"input {where} is not a {want['dtype']} tensor ({str(exc).splitlines()[0][:120]}); "
                                 "send nested lists of numbers") from None
             if tensor.ndim != want["ndim"]:
-                raise DataError(f"input {k} has {tensor.ndim} dims; the model takes {want['ndim']}")
-            tensors.append(tensor)
-        return tuple(pytree.tree_unflatten(tensors, self.input_spec))
+                raise DataError(f"input {where} has {tensor.ndim} dims; the model takes {want['ndim']}")
+            leaves.append(tensor)
+        return tuple(pytree.tree_unflatten(leaves, self.input_spec))
+
+
+def _path_text(path: Sequence[Sequence[Any]]) -> str:
+    """``inputs[1].values`` for path ``[["seq", 1], ["attr", "values"]]``."""
+    text = "inputs"
+    for step, key in path:
+        text += f".{key}" if step == "attr" else f"[{key!r}]" if step == "key" else f"[{key}]"
+    return text
+
+
+def _at_path(arguments: Any, path: Sequence[Sequence[Any]], where: str) -> Any:
+    """The JSON value at ``path`` of the request's arguments (None where an object lacks the name)."""
+    value = arguments
+    for step, key in path:
+        if step == "seq":
+            if not isinstance(value, list | tuple) or key >= len(value):
+                raise DataError(f"the inputs have no {where}; send one value per positional argument, shaped as the "
+                                "model's inputs")
+            value = value[key]
+        else:
+            if not isinstance(value, dict):
+                raise DataError(f"the inputs have no {where}; send an object with {key!r} there")
+            value = value.get(key)
+            if value is None:
+                return None
+    return value
 
 
 def load_user_artifact(root: Path, manifest: Mapping[str, Any], *, kernel: str = "fused") -> UserServingModel:
     """The :class:`UserServingModel` of checked artifact ``root`` (``read_manifest`` ran); no pickle is read."""
-    _import_optional_kinds()
+    _import_kind_modules(manifest)
     fields = FieldMap.from_dict(manifest["model"]["fields"])
     loaded = {name: load_file(str(root / name)) for name in USER_FILES if name.endswith(".safetensors")}
     section = manifest["embedding"]
@@ -347,10 +427,32 @@ def load_user_artifact(root: Path, manifest: Mapping[str, Any], *, kernel: str =
                               "once")
     info = manifest["inputs"]
     input_spec = programs.spec_loads(info["structure"], "input")
-    if input_spec.num_leaves != len(info["tensors"]) or info["tensors"] != programs.input_leaves(ids):
+    leaves = info.get("leaves")
+    if leaves is None:  # version 1: tensors in built-in containers only
+        leaves = input_paths(pytree.tree_unflatten([torch.zeros(())] * input_spec.num_leaves, input_spec))
+    if input_spec.num_leaves != len(leaves) or info["tensors"] != programs.input_leaves(ids) or \
+            sum(1 for leaf in leaves if leaf.get("tensor")) != len(info["tensors"]):
         raise CheckpointError("the manifest's inputs differ from the ids program's inputs")
     return UserServingModel(ids.module(), loaded_programs["dense"].module(), lookups, embedding, slot_of_row, fields,
-                            input_spec, info["tensors"], manifest)
+                            input_spec, info["tensors"], leaves, manifest)
+
+
+def _import_kind_modules(manifest: Mapping[str, Any]) -> None:
+    """Import the sharkrec modules that define the artifact's lookup kinds (the TorchRec kinds import torchrec,
+    which also registers its KeyedJaggedTensor with pytree, so the programs' input structure loads)."""
+    import importlib
+
+    _import_optional_kinds()
+    for entry in manifest.get("lookups", ()):
+        module = str(entry.get("module", "")) if isinstance(entry, Mapping) else ""
+        if str(entry.get("kind")) not in LOOKUP_KINDS and module.startswith("sharkrec.") and \
+                re.fullmatch(r"[a-z_][a-z0-9_.]*", module):
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise CheckpointError(f"lookup kind {entry['kind']!r} needs {exc.name or module}, which is not "
+                                      "installed; install it (for TorchRec models: pip install 'sharkrec[torchrec]')"
+                                      ) from None
 
 
 def _stored(tensors: Mapping[str, Tensor], name: str) -> Tensor:

@@ -136,6 +136,9 @@ class EmbeddingBagCollectionKind(LookupKind):
             out.append(FieldIds(values, offsets, weights))
         return out
 
+    def batch_size(self, fields: Sequence[Field], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return _kjt_argument(args, kwargs, f"lookup {fields[0].module!r}").stride()  # from shapes: traceable
+
     def output(self, fields: Sequence[Field], vectors: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         batch, count, dim = vectors.shape
         return KeyedTensor(keys=[str(f.key) for f in fields], values=vectors.reshape(batch, count * dim),
@@ -187,13 +190,13 @@ class EmbeddingCollectionKind(LookupKind):
             out.append(FieldIds(jagged.values().to(torch.int64)))
         return out
 
+    def batch_size(self, fields: Sequence[Field], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return _kjt_argument(args, kwargs, f"lookup {fields[0].module!r}").stride()  # from shapes: traceable
+
     def output(self, fields: Sequence[Field], vectors: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        features = _kjt_argument(args, kwargs, f"lookup {fields[0].module!r}")
-        out = {}
-        for j, field in enumerate(fields):
-            jagged = features[_feature_of(field.key)]
-            out[str(field.key)] = JaggedTensor(values=vectors[:, j], lengths=jagged.lengths())  # (B, D)
-        return out
+        ones = torch.ones(vectors.shape[0], dtype=torch.int64)  # one id per sample (checked when the map was read)
+        return {str(field.key): JaggedTensor(values=vectors[:, j], lengths=ones)  # (B, D)
+                for j, field in enumerate(fields)}
 
     def table(self, module: nn.Module, field: Field) -> Tensor:
         assert isinstance(module, EmbeddingCollection)
@@ -258,6 +261,21 @@ class KJTLeaf(Leaf):
             raise DataError("a KeyedJaggedTensor has a variable batch size per key; give every key the same "
                             "batch size")
         return int(value.stride())
+
+    def canonical(self, value: Any) -> Any:
+        """Keys, values, lengths and weights only: a KJT built from offsets, or with cached offsets, serves alike."""
+        keys, lengths, values = value.keys(), value.lengths(), value.values()
+        negative = lengths.numel() > 0 and int(lengths.min()) < 0
+        if not keys or lengths.numel() % len(keys) or int(lengths.sum()) != values.numel() or negative:
+            raise DataError(f"a KeyedJaggedTensor has {lengths.numel()} lengths summing to {int(lengths.sum())} for "
+                            f"{len(keys)} keys and {values.numel()} values; give each key one length per sample, "
+                            "summing to the number of values")
+        weights = value.weights_or_none()
+        if weights is not None and weights.numel() != values.numel():
+            raise DataError(f"a KeyedJaggedTensor has {weights.numel()} weights for {values.numel()} values; give one "
+                            "weight per value")
+        return KeyedJaggedTensor(keys=value.keys(), values=value.values(), lengths=value.lengths(),
+                                 weights=value.weights_or_none())
 
 
 class BatchLeaf(Leaf):
