@@ -11,7 +11,7 @@ import torch
 
 from sharkrec.data.batch import FieldIds
 from sharkrec.errors import ConfigError
-from sharkrec.model.embedding import FloatEmbedding
+from sharkrec.model.embedding import FloatEmbedding, replace_storage
 from sharkrec.quant import ALPTEmbedding, Precision, build_embedding
 from sharkrec.train.checkpoint import load_model
 from sharkrec.train.optim import OptimizerKind
@@ -93,3 +93,18 @@ def test_bad_input() -> None:
         build_embedding("alpt", base_embedding(), None, step_lr=-1.0)
     with pytest.raises(ConfigError, match="int8"):
         ALPTEmbedding.from_float(base_embedding(), Precision.FP16)
+
+
+def test_alpt_refuses_torchrun_data_parallel_through_the_layer_protocol() -> None:
+    from sharkrec.prune.embedding import PrunedEmbedding
+    from sharkrec.train.parallel import DataParallel
+
+    data = toy_data(rows=300)
+    model = build_model(data, seed=0)
+    alpt = build_embedding("alpt", model.embedding, None)
+    base = model.embedding
+    pruned = PrunedEmbedding.wrap(base, {base.field_names[0]: torch.zeros(base.embedding_dim)})
+    under = replace_storage(pruned, build_embedding("alpt", pruned.inner_layer(), None))  # ALPT under pruning
+    for embedding in (alpt, under):
+        with pytest.raises(ConfigError, match="the alpt embedding trains in one process only: ALPT's learned step"):
+            DataParallel(model.with_embedding(embedding))

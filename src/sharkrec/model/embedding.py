@@ -62,6 +62,16 @@ class FieldEmbedding(nn.Module, abc.ABC):
         """
         return None
 
+    #: whether torchrun data parallelism (:mod:`sharkrec.train.parallel`) can train this layer; a layer
+    #: that cannot sets it False and names why in :attr:`single_process_reason`
+    trains_data_parallel: ClassVar[bool] = True
+    single_process_reason: ClassVar[str] = ""
+
+    def sync_gradients(self, world: int) -> None:
+        """Under torchrun, after ``backward``: make the gradients this layer keeps outside its parameters
+        (rows read in the last forward pass) the mean over the ``world`` ranks. Parameters' sparse gradients
+        are synchronised by the trainer; a layer with no other gradient state does nothing."""
+
     # -- the wrapper stack. A layer either stores rows (fp32, tiers, ALPT: a *store*) or wraps one inner
     # layer and changes which rows answer (pruned: constants for removed fields; clustered: value → row
     # maps). Stages walk the stack through these methods (and :func:`storage` / :func:`replace_storage`),

@@ -66,6 +66,9 @@ class ALPTEmbedding(MixedPrecisionEmbedding):
     """
 
     kind: ClassVar[str] = "alpt"
+    trains_data_parallel: ClassVar[bool] = False
+    single_process_reason: ClassVar[str] = ("ALPT's learned step sizes are updated per process; run it without "
+                                            "torchrun or pick f-quant")
 
     def __init__(self, field_rows: Mapping[str, int], embedding_dim: int, *, step_lr: float = 0.1,
                  policy: FQuantPolicy | None = None, initial: Precision | str = Precision.INT8,

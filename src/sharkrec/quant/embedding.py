@@ -426,6 +426,32 @@ class MixedPrecisionEmbedding(FieldEmbedding):
                                                per_sample_weights=ids.weights))  # (B, D)
         return torch.stack(vectors, dim=1)  # (B, F, D)
 
+    @torch.no_grad()
+    def sync_gradients(self, world: int) -> None:
+        """Under torchrun: the rows every rank read in its last forward pass, each with its mean gradient over
+        the ranks, all fields in one gather; every rank then updates the same union of rows."""
+        if world <= 1:
+            return
+        bases = self._row_bases  # field i's rows start at bases[i] of the flat row space
+        rows = [torch.zeros(0, dtype=torch.int64)]
+        grads = [torch.zeros(0, self.embedding_dim)]
+        for field, field_rows, leaf in self._touched:
+            rows.append(field_rows.long() + bases[field])
+            grads.append(leaf.grad if leaf.grad is not None else torch.zeros_like(leaf))
+        all_rows, summed = distributed.sum_rows(torch.cat(rows), torch.cat(grads))
+        starts = torch.searchsorted(all_rows, torch.tensor(bases)).tolist()
+        merged = []
+        for field in range(self.num_fields):
+            field_rows = all_rows[starts[field]:starts[field + 1]] - bases[field]
+            if field_rows.numel() == 0:
+                continue
+            groups = self.tier_groups(field, field_rows)
+            values = self.read_rows(field, field_rows, groups)  # (U, D): identical on every rank
+            values.grad = summed[starts[field]:starts[field + 1]] / world
+            self._groups[field] = groups
+            merged.append((field, field_rows, values))
+        self._touched = merged
+
     def _check_inputs(self, sparse: Sequence[FieldIds]) -> None:
         if len(sparse) != self.num_fields:
             raise DataError(f"the batch has {len(sparse)} sparse fields but the embedding has {self.num_fields} "

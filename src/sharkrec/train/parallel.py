@@ -8,8 +8,9 @@ Scheme (per step, every rank on its own shard with the same per-process batch B;
   indices and gradient values, sums duplicates and divides by W (the gradient of the global mean
   loss), so all ranks apply the same sparse update — O(rows touched), never O(table size). NCCL has
   no sparse all-reduce, which is why the tables are not left to DDP;
-- mixed-precision tables (:class:`~sharkrec.quant.embedding.MixedPrecisionEmbedding`): the same for
-  the rows of the last forward pass; then every rank updates the union of rows. Stochastic rounding
+- layers that keep gradients outside their parameters (mixed-precision tables: the rows of the last
+  forward pass) synchronise them in :meth:`~sharkrec.model.embedding.FieldEmbedding.sync_gradients`;
+  every rank then updates the union of rows. Stochastic rounding
   draws from torch's global generator, which all ranks seed and consume identically, so the stored
   rows stay bit-identical (``tests/test_distributed.py`` checks it).
 """
@@ -26,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from sharkrec import distributed
 from sharkrec.data.batch import Batch
 from sharkrec.errors import ConfigError
+from sharkrec.model.embedding import layers
 
 
 class _FieldsAndLogits(nn.Module):
@@ -44,10 +46,10 @@ class DataParallel:
     """One model replica per rank; call :meth:`forward`, ``loss.backward()``, :meth:`sync_tables`, then step."""
 
     def __init__(self, model: Any) -> None:
-        from sharkrec.quant.alpt import ALPTEmbedding
-
-        if isinstance(model.embedding, ALPTEmbedding):
-            raise ConfigError("ALPT trains in one process only; run it without torchrun or pick f-quant")
+        for layer in layers(model.embedding):
+            if not layer.trains_data_parallel:
+                raise ConfigError(f"the {layer.kind} embedding trains in one process only: "
+                                  f"{layer.single_process_reason}")
         self.model = model
         self.world = distributed.world_size()
         wrapper = _FieldsAndLogits(model)
@@ -73,8 +75,6 @@ class DataParallel:
         All tables of one row width travel together: one gather of (row id, gradient) pairs per step,
         not one per table (26 tables x 3 collectives made 2 processes 4x slower than one).
         """
-        from sharkrec.quant.embedding import MixedPrecisionEmbedding
-
         embedding = self.model.embedding
         sparse_ids = {id(p) for p in embedding.sparse_parameters()}  # the same on every rank
         groups: dict[tuple[int, ...], list[nn.Parameter]] = {}
@@ -86,9 +86,8 @@ class DataParallel:
                 param.grad = distributed.all_reduce_sum(grad)[0] / self.world
         for shape in sorted(groups):
             self._sync_sparse(groups[shape])
-        for module in embedding.modules():  # the layer itself, or the kept tables of a pruned layer
-            if isinstance(module, MixedPrecisionEmbedding):
-                self._sync_touched(module, module._touched)
+        for layer in layers(embedding):  # e.g. mixed precision: the rows read in the last forward pass
+            layer.sync_gradients(self.world)
 
     def _sync_sparse(self, params: list[nn.Parameter]) -> None:
         """Sparse gradients of tables (R_i, *S) → their mean over ranks, in one gather for all of them."""
@@ -109,26 +108,3 @@ class DataParallel:
             own = all_rows[starts[i]:starts[i + 1]] - bases[i]
             param.grad = torch.sparse_coo_tensor(own.unsqueeze(0), summed[starts[i]:starts[i + 1]] / self.world,
                                                  param.shape, is_coalesced=True, check_invariants=False)
-
-    def _sync_touched(self, embedding: Any, touched: list[tuple[int, Tensor, Tensor]]) -> None:
-        """Mixed precision: the union of every rank's touched rows with their mean gradients, all fields at once."""
-        bases = embedding._row_bases  # field i's rows start at bases[i] of the flat row space
-        rows = [torch.zeros(0, dtype=torch.int64)]
-        grads = [torch.zeros(0, embedding.embedding_dim)]
-        for field, field_rows, leaf in touched:
-            grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
-            rows.append(field_rows.long() + bases[field])
-            grads.append(grad)
-        all_rows, summed = distributed.sum_rows(torch.cat(rows), torch.cat(grads))
-        starts = torch.searchsorted(all_rows, torch.tensor(bases)).tolist()
-        merged = []
-        for field in range(embedding.num_fields):
-            field_rows = all_rows[starts[field]:starts[field + 1]] - bases[field]
-            if field_rows.numel() == 0:
-                continue
-            groups = embedding.tier_groups(field, field_rows)
-            values = embedding.read_rows(field, field_rows, groups)  # (U, D): identical on every rank
-            values.grad = summed[starts[field]:starts[field + 1]] / self.world
-            embedding._groups[field] = groups
-            merged.append((field, field_rows, values))
-        embedding._touched = merged

@@ -131,7 +131,7 @@ def _builder(data: PreparedData, model: DLRM | None, model_options: dict[str, An
         from sharkrec.model.embedding import FloatEmbedding
         from sharkrec.quant.build import build_embedding
 
-        if not isinstance(fresh.embedding, FloatEmbedding):
+        if fresh.embedding.kind != FloatEmbedding.kind:  # a stack (pruned, clustered, tiers) is not rebuilt
             raise ConfigError(f"--precision {precision} starts from fp32 tables; this model already has "
                               f"a {type(fresh.embedding).__name__}")
         options = {"batch_size": config.batch_size, **precision_options}
