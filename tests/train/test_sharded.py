@@ -1,0 +1,137 @@
+"""Tables sharded by TorchRec DMP across 2 gloo ranks: training, scores, pruning and export equal one process's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("torchrec", reason="install the TorchRec extra: make setup-torchrec (CI does)")
+
+from sharkrec.data.loading import load_data
+from sharkrec.errors import ConfigError
+from sharkrec.train.trainer import TrainConfig
+from tests.ranks import run_ranks
+
+SPEC = "rows=4000,seed=2,num_sparse=8"  # 8 tables of 24..1000 rows
+TRAIN = {"batch_size": 32, "epochs": 1, "lr": 0.05, "progress": False}
+
+
+def _data():
+    return load_data("synthetic", SPEC)
+
+
+def _worker(kind: str, batch_size: int, out: str | None) -> dict[str, object]:
+    from sharkrec.train.sharded import field_scores, predict, prune_sharded, train_sharded
+
+    data = _data()
+    sharded, report = train_sharded(data, TrainConfig(**{**TRAIN, "batch_size": batch_size}), out, shard=kind)
+    scores = field_scores(sharded, data.valid, batch_size=64)
+    weakest = [name for name in sorted(data.schema.sparse_names, key=lambda n: scores.scores[
+        scores.field_names.index(n)])][:2]
+    pruned = prune_sharded(sharded, weakest, data.valid, batch_size=64)
+    return {"report": report, "test": predict(sharded.model, data.test), "scores": scores.scores,
+            "removed": weakest, "pruned_test": predict(pruned.model, data.test), "pruned_memory": pruned.memory(),
+            "pruned_plan": pruned.sharding()}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, list[dict[str, object]]]:
+    base = tmp_path_factory.mktemp("sharded")
+    out = {}
+    for kind in ("table_wise", "row_wise"):
+        out[kind] = run_ranks(_worker, base / kind, kind, 32, str(base / kind / "model"))
+        # one process, global batch 2 x 32: the same global batches as the two ranks
+        out[f"{kind}-single"] = run_ranks(_worker, base / f"{kind}-1", kind, 64, None, world=1)
+    out["dir"] = [{"path": base}]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["table_wise", "row_wise"])
+def test_each_rank_holds_its_shards_only(runs, kind: str) -> None:
+    rank0, rank1 = runs[kind]
+    memory = rank0["report"]["memory"]
+    assert memory == rank1["report"]["memory"]
+    per_rank = memory["embedding_bytes_per_rank"]
+    assert len(per_rank) == 2 and sum(per_rank) == memory["embedding_bytes_fp32"]  # every row held exactly once
+    assert max(per_rank) <= 0.55 * memory["embedding_bytes_fp32"], per_rank
+    single = runs[f"{kind}-single"][0]["report"]["memory"]
+    assert single["embedding_bytes_per_rank"] == [memory["embedding_bytes_fp32"]]
+    types = {t["type"] for t in rank0["report"]["sharding"]["tables"].values()}
+    assert types == {kind}
+
+
+@pytest.mark.parametrize("kind", ["table_wise", "row_wise"])
+def test_sharded_training_equals_one_process(runs, kind: str) -> None:
+    rank0, rank1 = runs[kind]
+    single = runs[f"{kind}-single"][0]
+    assert rank0["report"]["training"]["steps"] == single["report"]["training"]["steps"] > 0
+    np.testing.assert_allclose(rank0["test"], rank1["test"], rtol=0, atol=0)  # every rank sees the same outputs
+    np.testing.assert_allclose(rank0["test"], single["test"], rtol=0, atol=2e-5)
+    auc, one = rank0["report"]["metrics"]["test"]["click"]["auc"], single["report"]["metrics"]["test"]["click"]["auc"]
+    assert abs(auc - one) < 1e-4 and auc > 0.6, (auc, one)
+
+
+@pytest.mark.parametrize("kind", ["table_wise", "row_wise"])
+def test_sharded_scores_equal_one_process_scores_of_the_exported_model(runs, kind: str) -> None:
+    from sharkrec.importance import field_importance
+    from sharkrec.train.checkpoint import load_model
+
+    rank0, rank1 = runs[kind]
+    np.testing.assert_array_equal(rank0["scores"], rank1["scores"])
+    bundle = load_model(runs["dir"][0]["path"] / kind / "model" / "model.pt")
+    single = field_importance(bundle.model, _data().valid, "taylor2", batch_size=64)
+    assert np.abs(rank0["scores"] - single.scores).max() < 1e-4, (rank0["scores"], single.scores)
+    assert np.abs(single.scores).max() > 1e-3  # not all ~0
+
+
+@pytest.mark.parametrize("kind", ["table_wise", "row_wise"])
+def test_export_gathers_the_shards_into_one_artifact_that_answers_like_the_sharded_model(runs, kind: str) -> None:
+    import sharkrec
+    from sharkrec.train.checkpoint import load_model
+    from tests.export.conftest import serving_batch
+
+    rank0, _ = runs[kind]
+    folder = runs["dir"][0]["path"] / kind / "model"
+    assert rank0["report"]["export_max_abs_diff"] == 0.0
+    data = _data()
+    bundle = load_model(folder / "model.pt")
+    with torch.no_grad():
+        saved = torch.sigmoid(torch.cat([bundle.model(b) for b in data.test.batches(8192)])).numpy()
+    np.testing.assert_allclose(saved, rank0["test"], rtol=0, atol=1e-6)
+    serving = sharkrec.load(folder / "artifact")
+    with torch.no_grad():
+        served = torch.cat([serving.predict_proba(serving_batch(serving, b, data.vocabularies))
+                            for b in data.test.batches(8192)]).numpy()
+    np.testing.assert_allclose(served.reshape(saved.shape), rank0["test"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["table_wise", "row_wise"])
+def test_pruning_removes_tables_from_the_plan_and_equals_one_process_pruning(runs, kind: str) -> None:
+    from sharkrec.prune.plan import remove_fields
+    from sharkrec.train.checkpoint import load_model
+    from sharkrec.train.sharded import predict
+
+    rank0, rank1 = runs[kind]
+    removed = rank0["removed"]
+    assert removed == rank1["removed"] and len(removed) == 2
+    assert set(rank0["pruned_plan"]) == set(_data().schema.sparse_names) - set(removed)
+    before = rank0["report"]["memory"]["embedding_bytes_per_rank"]
+    after = rank0["pruned_memory"]["embedding_bytes_per_rank"]
+    assert sum(after) < sum(before) and rank0["pruned_memory"]["constant_bytes"] == 2 * 16 * 4
+    data = _data()
+    bundle = load_model(runs["dir"][0]["path"] / kind / "model" / "model.pt")
+    single = remove_fields(bundle.model, removed, data.valid, 64)
+    np.testing.assert_allclose(rank0["pruned_test"], predict(single, data.test), rtol=0, atol=1e-5)
+
+
+def test_a_plan_over_the_rank_cap_is_one_line_error_before_training(tmp_path) -> None:
+    from sharkrec.train.sharded import train_sharded
+
+    data = _data()
+    with pytest.raises(ConfigError, match=r"^--shard table_wise does not fit: rank 0 would hold \d+ table bytes "
+                                          r"\(the largest table included\), over the per-rank cap of 1000; "):
+        train_sharded(data, TrainConfig(**TRAIN), tmp_path / "out", shard="table_wise", rank_memory=1000)
+    assert not (tmp_path / "out" / "model.pt").exists() and not (tmp_path / "out" / "report.json").exists()
+    with pytest.raises(ConfigError, match="unknown --shard 'diagonal'; use one of table_wise, row_wise, auto"):
+        train_sharded(data, TrainConfig(**TRAIN), None, shard="diagonal")
