@@ -31,6 +31,8 @@ from sharkrec.model.embedding import FieldEmbedding
 SHARD_KINDS = ("table_wise", "row_wise", "auto")
 EMBEDDING_PATH = "embedding.ebc"  # where the EBC sits inside a sharkrec DLRM
 _INIT_BLOCK = 4096  # rows per seeded init block
+#: fbgemm's fused kernel: the optimizer steps inside backward (the default "dense" kernel leaves tables untrained)
+FUSED = "fused"
 
 
 class TorchRecTables(FieldEmbedding):
@@ -183,11 +185,11 @@ def sharding_plan(tables: TorchRecTables, kind: str, the_sharder: Any, world: in
         for field in sorted(sizes, key=lambda f: (-sizes[f], f)):
             rank = min(range(world), key=lambda r: (held[r], r))
             held[rank] += sizes[field]
-            placement[table_of[field]] = table_wise(rank=rank)
+            placement[table_of[field]] = table_wise(rank=rank, compute_kernel=FUSED)
         per_rank = held
         what = "the largest table"
     else:
-        placement = {table_of[f]: row_wise() for f in sizes}
+        placement = {table_of[f]: row_wise(compute_kernel=FUSED) for f in sizes}
         per_rank = [sum(-(-tables.num_rows()[f] // world) * tables.embedding_dim * 4 for f in sizes)] * world
         what = "a row block of every table"
     if rank_memory is not None and max(per_rank) > rank_memory:

@@ -60,10 +60,11 @@ class ShardedDLRM:
         return next(m for m in self.model.modules() if isinstance(m, TorchRecTables))
 
     def sharding(self) -> dict[str, Any]:
-        """``{field: {"type", "ranks"}}`` of the plan."""
+        """``{field: {"type", "ranks", "kernel"}}`` of the plan."""
         module_plan = next(iter(self.plan.plan.values()))
         names = dict(zip(self.tables.table_names, self.tables.field_names, strict=True))
-        return {names[t]: {"type": p.sharding_type, "ranks": list(p.ranks or [])} for t, p in module_plan.items()}
+        return {names[t]: {"type": p.sharding_type, "ranks": list(p.ranks or []), "kernel": p.compute_kernel}
+                for t, p in module_plan.items()}
 
     def memory(self) -> dict[str, Any]:
         """Bytes of table tensors each rank holds (gathered), next to the fp32 bytes of the whole tables."""
@@ -314,10 +315,12 @@ def prune_sharded(sharded: ShardedDLRM, remove: list[str], split: EncodedSplit, 
 def _same_sharding(parameter_sharding: Any) -> Any:
     from torchrec.distributed.sharding_plan import row_wise, table_wise
 
+    from sharkrec.interop.sharding import FUSED
+
     if parameter_sharding.sharding_type == "table_wise":
-        return table_wise(rank=int(parameter_sharding.ranks[0]))
+        return table_wise(rank=int(parameter_sharding.ranks[0]), compute_kernel=FUSED)
     if parameter_sharding.sharding_type == "row_wise":
-        return row_wise()
+        return row_wise(compute_kernel=FUSED)
     raise ConfigError(f"pruning re-plans table_wise and row_wise tables, not {parameter_sharding.sharding_type}; "
                       "train with --shard table_wise or row_wise")
 
