@@ -22,6 +22,7 @@ def _data():
 
 
 def _worker(kind: str, batch_size: int, out: str | None) -> dict[str, object]:
+    from sharkrec.quant.sharded import export_quantized, quantize_sharded
     from sharkrec.train.sharded import field_scores, predict, prune_sharded, train_sharded
 
     data = _data()
@@ -30,9 +31,15 @@ def _worker(kind: str, batch_size: int, out: str | None) -> dict[str, object]:
     weakest = [name for name in sorted(data.schema.sparse_names, key=lambda n: scores.scores[
         scores.field_names.index(n)])][:2]
     pruned = prune_sharded(sharded, weakest, data.valid, batch_size=64)
-    return {"report": report, "test": predict(sharded.model, data.test), "scores": scores.scores,
-            "removed": weakest, "pruned_test": predict(pruned.model, data.test), "pruned_memory": pruned.memory(),
-            "pruned_plan": pruned.sharding()}
+    out = {"report": report, "test": predict(sharded.model, data.test), "scores": scores.scores,
+           "removed": weakest, "pruned_test": predict(pruned.model, data.test), "pruned_memory": pruned.memory(),
+           "pruned_plan": pruned.sharding()}
+    tiers = quantize_sharded(sharded, data.vocabularies, memory_budget=0.5)  # in place: rows now in their tiers
+    exported = export_quantized(sharded, tiers)
+    out.update(fq=tiers.report(), fq_test=predict(sharded.model, data.test))
+    if exported is not None:
+        out.update(fq_codes=exported.embedding.tier_of_rows(), fq_export_test=predict(exported, data.test))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +137,37 @@ def test_pruning_removes_tables_from_the_plan_and_equals_one_process_pruning(run
     bundle = load_model(runs["dir"][0]["path"] / kind / "model" / "model.pt")
     single = remove_fields(bundle.model, removed, data.valid, 64)
     np.testing.assert_allclose(rank0["pruned_test"], predict(single, data.test), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["table_wise", "row_wise"])
+def test_f_quantization_tiers_per_shard_with_a_global_budget_equal_one_process(runs, kind: str) -> None:
+    from sharkrec.quant.embedding import MixedPrecisionEmbedding
+    from sharkrec.quant.priority import FQuantPolicy, tier_counts_for_budget, tiers_by_rank
+    from sharkrec.train.checkpoint import load_model
+    from sharkrec.train.sharded import predict
+
+    rank0, rank1 = runs[kind]
+    data = _data()
+    model = load_model(runs["dir"][0]["path"] / kind / "model" / "model.pt").model  # fp32, before F-Q
+    tables = model.embedding
+    rows = tables.num_rows()
+    priorities = [torch.from_numpy(2.0 * data.vocabularies[f].positive_counts_
+                                   + (data.vocabularies[f].counts_ - data.vocabularies[f].positive_counts_)).float()
+                  for f in tables.field_names]
+    counts = tier_counts_for_budget(sum(rows.values()), tables.embedding_dim, FQuantPolicy(memory_budget=0.5))
+    plan = dict(zip(tables.field_names, tiers_by_rank(priorities, counts), strict=True))
+    single = model.with_embedding(MixedPrecisionEmbedding.from_float(tables, plan, stochastic_int=False))
+    for field, codes in plan.items():  # every row in the tier one process gives it
+        assert torch.equal(rank0["fq_codes"][field], codes), field
+    assert len({int(c) for codes in plan.values() for c in codes}) == 3  # fp32, fp16 and int8 rows
+    expected = predict(single, data.test)
+    np.testing.assert_allclose(rank0["fq_test"], expected, rtol=0, atol=1e-5)  # the sharded forward
+    np.testing.assert_allclose(rank1["fq_test"], expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(rank0["fq_export_test"], expected, rtol=0, atol=1e-5)  # the gathered artifact model
+    report = rank0["fq"]
+    assert report == rank1["fq"] and report["tier_counts"] == counts
+    assert report["share_of_fp32"] <= 0.52, report  # the global budget (plus per-shard map headers)
+    assert max(report["bytes_per_rank"]) <= 0.55 * 0.52 * report["fp32_bytes"] / 0.5, report
 
 
 def test_a_plan_over_the_rank_cap_is_one_line_error_before_training(tmp_path) -> None:
