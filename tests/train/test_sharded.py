@@ -180,3 +180,36 @@ def test_a_plan_over_the_rank_cap_is_one_line_error_before_training(tmp_path) ->
     assert not (tmp_path / "out" / "model.pt").exists() and not (tmp_path / "out" / "report.json").exists()
     with pytest.raises(ConfigError, match="unknown --shard 'diagonal'; use one of table_wise, row_wise, auto"):
         train_sharded(data, TrainConfig(**TRAIN), None, shard="diagonal")
+
+
+def _auto_worker() -> dict[str, object]:
+    from sharkrec.train.sharded import train_sharded
+
+    _, report = train_sharded(_data(), TrainConfig(**TRAIN), None, shard="auto")
+    return report
+
+
+def test_auto_plan_shards_every_table_without_replicas(tmp_path) -> None:
+    rank0, rank1 = run_ranks(_auto_worker, tmp_path)
+    memory = rank0["memory"]
+    assert memory == rank1["memory"]
+    assert sum(memory["embedding_bytes_per_rank"]) == memory["embedding_bytes_fp32"]  # no table held twice
+    kinds = {t["type"] for t in rank0["sharding"]["tables"].values()}
+    assert "data_parallel" not in kinds and kinds <= {"table_wise", "row_wise", "column_wise", "table_row_wise",
+                                                      "table_column_wise"}
+    assert rank0["export_max_abs_diff"] == 0.0 and rank0["metrics"]["test"]["click"]["auc"] > 0.6
+
+
+def test_cli_shard_errors_are_one_line_and_write_nothing(tmp_path) -> None:
+    from tests.test_cli import assert_one_line_error, run_cli
+
+    out = tmp_path / "o"
+    result = run_cli("train", "--format", "synthetic", "--data", SPEC, "--out", str(out), "--shard", "table_wise",
+                     "--rank-memory", "1000", "--quiet")
+    assert_one_line_error(result, "--shard table_wise does not fit: rank 0 would hold", "per-rank cap of 1000")
+    result = run_cli("train", "--format", "synthetic", "--data", SPEC, "--out", str(out), "--shard", "row_wise",
+                     "--precision", "f-quant")
+    assert_one_line_error(result, "--shard trains fp32 tables; --precision f-quant is not supported")
+    result = run_cli("train", "--format", "synthetic", "--data", SPEC, "--out", str(out), "--shard", "columns")
+    assert_one_line_error(result, "unknown --shard 'columns'; use one of table_wise, row_wise, auto")
+    assert not (out / "model.pt").exists() and not (out / "report.json").exists()

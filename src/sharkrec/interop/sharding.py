@@ -187,15 +187,15 @@ def sharding_plan(tables: TorchRecTables, kind: str, the_sharder: Any, world: in
             held[rank] += sizes[field]
             placement[table_of[field]] = table_wise(rank=rank, compute_kernel=FUSED)
         per_rank = held
-        what = "the largest table"
+        what, fix = "the largest table", "raise --rank-memory, use more processes or --shard row_wise"
     else:
         placement = {table_of[f]: row_wise(compute_kernel=FUSED) for f in sizes}
         per_rank = [sum(-(-tables.num_rows()[f] // world) * tables.embedding_dim * 4 for f in sizes)] * world
-        what = "a row block of every table"
+        what, fix = "a row block of every table", "raise --rank-memory or use more processes"
     if rank_memory is not None and max(per_rank) > rank_memory:
         raise ConfigError(f"--shard {kind} does not fit: rank {per_rank.index(max(per_rank))} would hold "
                           f"{max(per_rank)} table bytes ({what} included), over the per-rank cap of {rank_memory}; "
-                          "raise --rank-memory, use more processes or --shard row_wise")
+                          f"{fix}")
     module_plan = construct_module_sharding_plan(tables.ebc, placement, sharder=the_sharder, local_size=world,
                                                  world_size=world, device_type="cpu")
     return ShardingPlan({EMBEDDING_PATH: module_plan})
@@ -220,7 +220,7 @@ def _planned(tables: TorchRecTables, the_sharder: Any, world: int, rank_memory: 
             return planner.collective_plan(holder, [the_sharder], dist.GroupMember.WORLD)
         return planner.plan(holder, [the_sharder])
     except PlannerError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = str(error).strip().splitlines()[0].rstrip(". ") if str(error).strip() else type(error).__name__
         raise ConfigError(f"--shard auto found no plan that fits ({first[:200]}); raise --rank-memory or use more "
                           "processes") from None
 
@@ -228,7 +228,7 @@ def _planned(tables: TorchRecTables, the_sharder: Any, world: int, rank_memory: 
 class FieldsAndLogits(nn.Module):
     """What DMP wraps: batch → field vectors (B, F, D) and logits (B, T) of a sharkrec DLRM (``.model``)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
 
