@@ -213,3 +213,42 @@ def test_cli_shard_errors_are_one_line_and_write_nothing(tmp_path) -> None:
     result = run_cli("train", "--format", "synthetic", "--data", SPEC, "--out", str(out), "--shard", "columns")
     assert_one_line_error(result, "unknown --shard 'columns'; use one of table_wise, row_wise, auto")
     assert not (out / "model.pt").exists() and not (out / "report.json").exists()
+
+
+def test_replicated_tables_report_every_rank_holding_them() -> None:
+    from sharkrec.train.run import build_model, memory_summary
+
+    model = build_model(_data())
+    summary = memory_summary(model)
+    assert summary["embedding_bytes_per_rank"] == [summary["embedding_bytes"]] == [model.embedding.embedding_bytes()]
+
+
+@pytest.mark.slow  # two torchrun processes import torch + torchrec and generate data: ~25 s on 2 shared cores
+def test_cli_train_shard_under_torchrun_writes_once_with_per_rank_bytes(tmp_path) -> None:
+    """The real entry point: ``torchrun --nproc_per_node=2 -m sharkrec.cli train --shard row_wise``."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from sharkrec.train.checkpoint import load_model
+    from sharkrec.train.sharded import predict
+
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "sharkrec.cli", "train", "--format", "synthetic", "--data", SPEC, "--out", str(tmp_path / "run"),
+               "--shard", "row_wise", "--batch-size", "64", "--epochs", "1", "--threads", "1", "--quiet"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("wrote ") == 1  # only rank 0 prints (and writes)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    memory = report["memory"]
+    assert report["distributed"]["world_size"] == 2 and len(memory["embedding_bytes_per_rank"]) == 2
+    assert max(memory["embedding_bytes_per_rank"]) <= 0.55 * memory["embedding_bytes_fp32"]
+    data = _data()
+    model = load_model(tmp_path / "run" / "model.pt").model
+    auc = report["metrics"]["test"]["click"]["auc"]
+    from sharkrec.train.metrics import task_metrics
+
+    again = task_metrics(data.test.labels.numpy(), predict(model, data.test), data.schema.label_names)
+    assert abs(again["click"]["auc"] - auc) < 1e-9 and report["export_max_abs_diff"] == 0.0
