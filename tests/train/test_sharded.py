@@ -22,7 +22,7 @@ def _data():
 
 
 def _worker(kind: str, batch_size: int, out: str | None) -> dict[str, object]:
-    from sharkrec.quant.sharded import export_quantized, quantize_sharded
+    from sharkrec.quant.sharded import export_quantized, quantize_sharded, tiered_model
     from sharkrec.train.sharded import field_scores, predict, prune_sharded, train_sharded
 
     data = _data()
@@ -37,6 +37,9 @@ def _worker(kind: str, batch_size: int, out: str | None) -> dict[str, object]:
     tiers = quantize_sharded(sharded, data.vocabularies, memory_budget=0.5)  # in place: rows now in their tiers
     exported = export_quantized(sharded, tiers)
     out.update(fq=tiers.report(), fq_test=predict(sharded.model, data.test))
+    tiered = tiered_model(sharded, tiers)  # this rank's rows in their tiers only, no fp32 copy
+    out.update(tiered_test=predict(tiered, data.test), tiered_bytes=tiered.embedding.embedding_bytes(),
+               tiered_scores=field_scores(tiered, data.valid, batch_size=64).scores)
     if exported is not None:
         out.update(fq_codes=exported.embedding.tier_of_rows(), fq_export_test=predict(exported, data.test))
     return out
@@ -164,7 +167,14 @@ def test_f_quantization_tiers_per_shard_with_a_global_budget_equal_one_process(r
     np.testing.assert_allclose(rank0["fq_test"], expected, rtol=0, atol=1e-5)  # the sharded forward
     np.testing.assert_allclose(rank1["fq_test"], expected, rtol=0, atol=1e-5)
     np.testing.assert_allclose(rank0["fq_export_test"], expected, rtol=0, atol=1e-5)  # the gathered artifact model
+    np.testing.assert_allclose(rank0["tiered_test"], expected, rtol=0, atol=1e-5)  # lookups from the tiers
+    np.testing.assert_allclose(rank1["tiered_test"], expected, rtol=0, atol=1e-5)
     report = rank0["fq"]
+    assert [rank0["tiered_bytes"], rank1["tiered_bytes"]] == report["bytes_per_rank"]
+    from sharkrec.importance import field_importance
+
+    scores = field_importance(single, data.valid, "taylor2", batch_size=64).scores
+    assert np.abs(rank0["tiered_scores"] - scores).max() < 1e-4, (rank0["tiered_scores"], scores)
     assert report == rank1["fq"] and report["tier_counts"] == counts
     assert report["share_of_fp32"] <= 0.52, report  # the global budget (plus per-shard map headers)
     assert max(report["bytes_per_rank"]) <= 0.55 * 0.52 * report["fp32_bytes"] / 0.5, report

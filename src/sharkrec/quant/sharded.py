@@ -23,7 +23,7 @@ KJT all-to-all (docs/distributed.md, F-Quantization).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,9 @@ import torch
 from torch import Tensor
 
 from sharkrec import distributed
-from sharkrec.errors import ConfigError
+from sharkrec.data.batch import FieldIds
+from sharkrec.errors import ConfigError, DataError
+from sharkrec.model.embedding import FieldEmbedding
 
 
 @dataclass
@@ -40,6 +42,7 @@ class ShardedTiers:
 
     Attributes:
         codes: ``{field: [(first row, (n,) int8 tier codes)]}`` of this rank's row blocks.
+        store, blocks: this rank's rows in their tiers and which row block each of its fields is.
         counts: rows per tier over all tables (most precise first), from the global budget.
         bytes_per_rank: bytes of each rank's mixed-precision shards (payload, scales, row map).
         fp32_bytes: fp32 bytes of all tables.
@@ -49,6 +52,8 @@ class ShardedTiers:
     counts: list[int]
     bytes_per_rank: list[int]
     fp32_bytes: int
+    store: Any = None  # this rank's MixedPrecisionEmbedding of its row blocks (fields "name[first:stop]")
+    blocks: tuple[tuple[str, int, int], ...] = ()  # (field, first row, rows) of each store field, in order
 
     def report(self) -> dict[str, Any]:
         return {"tier_counts": self.counts, "bytes_per_rank": self.bytes_per_rank, "fp32_bytes": self.fp32_bytes,
@@ -159,7 +164,7 @@ def quantize_sharded(sharded: Any, vocabularies: Mapping[str, Any], *, memory_bu
             names.append((name, tensor))
             blocks[name] = tensor.detach().float()
             plan[name] = block_codes
-    held = 0
+    held, mixed = 0, None
     if blocks:
         mixed = MixedPrecisionEmbedding.from_float(FloatEmbedding.from_tables(blocks), plan, policy=policy,
                                                    stochastic_int=False)
@@ -168,7 +173,8 @@ def quantize_sharded(sharded: Any, vocabularies: Mapping[str, Any], *, memory_bu
         for name, tensor in names:  # the sharded lookup answers the decoded rows: forward = the F-Q model's
             tensor.copy_(decoded.table(name))
     per_rank = [int(t) for t in distributed.all_gather_varsize(torch.tensor([held], dtype=torch.int64))]
-    return ShardedTiers(codes, counts, per_rank, sum(rows.values()) * tables.embedding_dim * 4)
+    spans = tuple((field, row, int(t.shape[0])) for field, parts in shards.items() for (row, _), t in parts)
+    return ShardedTiers(codes, counts, per_rank, sum(rows.values()) * tables.embedding_dim * 4, mixed, spans)
 
 
 def gather_codes(tiers: ShardedTiers, field_rows: Mapping[str, int], dst: int = 0) -> dict[str, Tensor] | None:
@@ -208,3 +214,71 @@ def export_quantized(sharded: Any, tiers: ShardedTiers) -> Any:
     mixed = MixedPrecisionEmbedding.from_float(FloatEmbedding.from_tables(tables), plan, stochastic_int=False)
     model = sharded.model
     return model.with_embedding(replace_storage(model.embedding, mixed)).eval()
+
+
+class TieredShards(FieldEmbedding):
+    """Serving-side sharded tables whose rows stay in their F-Q tiers: each rank holds only its
+    :class:`~sharkrec.quant.embedding.MixedPrecisionEmbedding` of its row blocks (no fp32 copy).
+
+    A lookup (collective: every rank calls it in step) all-gathers every rank's ids per field, each rank pools
+    the ids that fall in its row blocks for all ranks' samples (zeros elsewhere), the partial (B_all, F, D) sums
+    are all-reduced, and each rank keeps its own samples. Eval / scoring only: no gradients flow to the tiers.
+    """
+
+    def __init__(self, field_rows: Mapping[str, int], embedding_dim: int, tiers: ShardedTiers) -> None:
+        super().__init__()
+        self.field_names = tuple(field_rows)
+        self.embedding_dim = int(embedding_dim)
+        self._rows = {name: int(rows) for name, rows in field_rows.items()}
+        self.store = tiers.store
+        self.blocks = tiers.blocks
+
+    def forward(self, sparse: Sequence[FieldIds]) -> Tensor:
+        if len(sparse) != len(self.field_names):
+            raise DataError(f"the batch has {len(sparse)} sparse fields, the tables serve {len(self.field_names)}")
+        sizes = [int(t) for t in distributed.all_gather_varsize(torch.tensor([sparse[0].batch_size()]))] if \
+            sparse else [0]
+        total, mine = sum(sizes), sum(sizes[:distributed.rank()])
+        gathered = []  # per field: (all ranks' ids, (B_all,) bag lengths)
+        for ids in sparse:
+            lengths = torch.ones(ids.values.shape[0], dtype=torch.int64) if ids.offsets is None else \
+                ids.offsets[1:] - ids.offsets[:-1]
+            gathered.append((torch.cat(distributed.all_gather_varsize(ids.values.long())),
+                             torch.cat(distributed.all_gather_varsize(lengths.long()))))
+        partial = torch.zeros(total, len(self.field_names), self.embedding_dim)
+        if self.store is not None:
+            block_ids = []
+            for field, first, count in self.blocks:
+                values, lengths = gathered[self.field_names.index(field)]
+                sample = torch.repeat_interleave(torch.arange(total), lengths, output_size=values.numel())
+                held = (values >= first) & (values < first + count)
+                offsets = torch.zeros(total + 1, dtype=torch.int64)
+                offsets[1:] = torch.cumsum(torch.bincount(sample[held], minlength=total), 0)
+                block_ids.append(FieldIds(values[held] - first, offsets))
+            with torch.no_grad():
+                pooled = self.store(block_ids)  # (B_all, blocks, D)
+            for k, (field, _, _) in enumerate(self.blocks):
+                partial[:, self.field_names.index(field)] += pooled[:, k]
+        (summed,) = distributed.all_reduce_sum(partial)
+        return summed[mine:mine + sizes[distributed.rank()]]  # (B, F, D) of this rank's samples
+
+    def num_rows(self) -> dict[str, int]:
+        return dict(self._rows)
+
+    def embedding_bytes(self) -> int:
+        """Bytes of this rank's rows in their tiers (payload, scales, row map)."""
+        return 0 if self.store is None else int(self.store.embedding_bytes())
+
+    def sparse_parameters(self) -> list[Any]:
+        return []
+
+
+def tiered_model(sharded: Any, tiers: ShardedTiers) -> Any:
+    """``sharded``'s DLRM (dense weights copied, wrappers such as pruning kept) whose tables are
+    :class:`TieredShards`: this rank's rows in their tiers only. The fp32 shards can then be let go."""
+    from sharkrec.model.embedding import replace_storage
+
+    tables = sharded.tables
+    model = sharded.model
+    layer = replace_storage(model.embedding, TieredShards(tables.num_rows(), tables.embedding_dim, tiers))
+    return model.with_embedding(layer).eval()

@@ -214,9 +214,10 @@ def _max_over_ranks(value: int) -> int:
     return int(tensor)
 
 
-def field_scores(sharded: ShardedDLRM, split: EncodedSplit, *, batch_size: int = 4096,
+def field_scores(sharded: ShardedDLRM | DLRM, split: EncodedSplit, *, batch_size: int = 4096,
                  method: str = "taylor2") -> Any:
-    """F-Permutation (``taylor``, ``taylor-abs`` or ``taylor2``) of a sharded model: the same sums as
+    """F-Permutation (``taylor``, ``taylor-abs`` or ``taylor2``) of a sharded model (a :class:`ShardedDLRM`, or a
+    DLRM whose lookups are collective, e.g. :func:`sharkrec.quant.sharded.tiered_model`): the same sums as
     :mod:`sharkrec.importance.taylor` (E_i, Σ_i all-reduced, per-block means gathered in rank order), so the
     scores equal one process's on the gathered model."""
     from sharkrec.importance.base import block_means, block_size, make_result
@@ -224,7 +225,7 @@ def field_scores(sharded: ShardedDLRM, split: EncodedSplit, *, batch_size: int =
 
     if method not in ("taylor", "taylor-abs", "taylor2"):
         raise ConfigError(f"a sharded model is scored with taylor, taylor-abs or taylor2, not {method!r}")
-    model = sharded.model
+    model = sharded.model if isinstance(sharded, ShardedDLRM) else sharded
     model.eval()
     started = time.perf_counter()
     batches, real = lockstep(split, batch_size)
