@@ -13,12 +13,14 @@ Each rank holds row blocks of some tables (:mod:`sharkrec.interop.sharding`). Fo
    (fp32 / fp16 / int8 rows, per-row scales, row map; round to nearest, so the result does not depend on
    random draws) and reports the bytes it holds in those tiers.
 
-What TorchRec's kernels cannot do: fbgemm's TBE holds one dtype per table, not per row, so the sharded model
-keeps looking rows up through its fp32 shards; :func:`quantize_sharded` writes each row's *decoded* value back
-into them, so the sharded forward equals the F-Q model's forward, and export gathers tier codes and rows into
-one mixed-precision artifact. Training with changing tiers (Eq. 7 decay, re-tiering every N batches) on
-sharded tables is not built: it needs the mixed-precision store per owned shard looked up through its own
-KJT all-to-all (docs/distributed.md, F-Quantization).
+What TorchRec's kernels cannot do: fbgemm's TBE holds one dtype per table, not per row. So
+:func:`quantize_sharded` also writes each row's *decoded* value back into the DMP's fp32 shards (the DMP
+forward then equals the F-Q model's forward), and :func:`tiered_model` gives a model whose lookups read each
+rank's rows from their tiers only (:class:`TieredShards`: ids all-gathered, partial pooled sums all-reduced),
+so the fp32 shards can be let go. Export gathers tier codes and rows into one mixed-precision artifact.
+Training with changing tiers (Eq. 7 decay, re-tiering every N batches) on sharded tables is not built: it
+needs gradients sent back from :class:`TieredShards` to the owning ranks and the store's tier optimizer
+stepping there (docs/distributed.md, F-Quantization).
 """
 
 from __future__ import annotations
