@@ -12,8 +12,10 @@ and because DMP averages the table gradients over ranks like DDP averages the de
 1-process run of batch W·B take the same steps (within float rounding; ``tests/train/test_sharded.py``).
 
 Export gathers the shards table by table onto rank 0 (:func:`~sharkrec.interop.sharding.gather_tables`) and
-writes one ordinary sharkrec model file (fp32 tables, or a pruned layer around them): ``sharkrec.load``,
-``export`` and serving read it unchanged.
+writes one ordinary sharkrec model file (fp32 tables, or a pruned layer around them) and its serving
+artifact: ``sharkrec.load``, ``export`` and serving read them unchanged. F-Permutation (:func:`field_scores`)
+and pruning (:func:`prune_sharded`) work on the sharded model; F-Quantization of its shards is
+:mod:`sharkrec.quant.sharded`.
 """
 
 from __future__ import annotations
