@@ -254,6 +254,11 @@ def train(
     cache_dir: CacheOpt = None,
     min_count: MinCountOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")] = False,
+    shard: Annotated[str | None, typer.Option(
+        help="table_wise, row_wise or auto: under torchrun, shard the tables across ranks with TorchRec "
+             "(docs/distributed.md); fp32 tables, no tuning.")] = None,
+    rank_memory: Annotated[int | None, typer.Option(
+        help="--shard: table bytes one rank may hold; a plan over it is refused before training.")] = None,
     threads: ThreadsOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
@@ -291,8 +296,10 @@ def train(
         if value is not None
     }
     config = TrainConfig(**given, seed=seed, progress=not quiet)  # validates every value
+    if shard is not None:
+        _train_sharded(config, shard, rank_memory, precision, tune, resume)
     prepared = _load(fmt, data, schema, on_bad_line, split, cache_dir, min_count=min_count)
-    search = should_tune(tune, len(prepared.train), tuple(given))
+    search = shard is None and should_tune(tune, len(prepared.train), tuple(given))
     if search:
         typer.echo(f"tuning lr x embedding L2 on the validation split ({len(tune_grid(config))} trainings; "
                    "--tune off or --lr/--embedding-l2 to skip)")
@@ -304,6 +311,15 @@ def train(
         "interaction": interaction,
         "dropout": dropout,
     }
+    if shard is not None:
+        from sharkrec.train.sharded import train_sharded
+
+        _, report = train_sharded(prepared, config, out, shard=shard, rank_memory=rank_memory, model_options=options)
+        print_metrics(report)
+        held = ", ".join(f"rank {r}: {b} B" for r, b in enumerate(report["memory"]["embedding_bytes_per_rank"]))
+        typer.echo(f"tables {report['memory']['embedding_bytes_fp32']} B fp32; held {held}")
+        typer.echo(f"wrote {out / 'model.pt'} and {out / 'report.json'}")
+        return
     _, report = train_model(
         prepared,
         config,
@@ -320,6 +336,23 @@ def train(
         typer.echo("tuned: " + ", ".join(f"{key} {value:g}" for key, value in chosen.items()))
     print_metrics(report)
     typer.echo(f"wrote {out / 'model.pt'} and {out / 'report.json'}")
+
+
+def _train_sharded(config: Any, shard: str, rank_memory: int | None, precision: str, tune: str,
+                   resume: bool) -> None:
+    """One-line errors for what ``--shard`` does not combine with (checked before any data is read)."""
+    from sharkrec.errors import ConfigError
+    from sharkrec.interop.sharding import SHARD_KINDS
+
+    if shard not in SHARD_KINDS:
+        raise ConfigError(f"unknown --shard {shard!r}; use one of {', '.join(SHARD_KINDS)}")
+    if precision != "fp32":
+        raise ConfigError(f"--shard trains fp32 tables; --precision {precision} is not supported on sharded tables "
+                          "yet (docs/distributed.md, F-Quantization)")
+    if tune == "on" or resume:
+        raise ConfigError("--shard does not tune or resume; give --lr and run without --resume / --tune on")
+    if rank_memory is not None and rank_memory < 1:
+        raise ConfigError(f"--rank-memory {rank_memory} must be a positive number of bytes")
 
 
 @app.command()

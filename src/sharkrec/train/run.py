@@ -46,6 +46,8 @@ def memory_summary(model: DLRM) -> dict[str, Any]:
 
     Layers that report their storage in detail (mixed precision) add ``detail``: per-tier payload,
     scales, row map, the paper's Table 1 header words and training-only extras.
+    ``embedding_bytes_per_rank``: what each torchrun rank holds; without ``--shard`` every rank holds every
+    table (sharded tables report their local shards: :meth:`sharkrec.train.sharded.ShardedDLRM.memory`).
     """
     rows = model.embedding.num_rows()
     fp32 = sum(rows.values()) * model.embedding.embedding_dim * 4
@@ -55,6 +57,7 @@ def memory_summary(model: DLRM) -> dict[str, Any]:
         "embedding_rows": int(sum(rows.values())),
     }
     summary["embedding_share_of_fp32"] = summary["embedding_bytes"] / fp32 if fp32 else 0.0
+    summary["embedding_bytes_per_rank"] = [summary["embedding_bytes"]] * distributed.world_size()  # replicated
     detail = getattr(model.embedding, "memory_report", None)
     if callable(detail):
         summary["detail"] = detail().to_dict()
