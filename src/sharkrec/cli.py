@@ -297,7 +297,7 @@ def train(
     }
     config = TrainConfig(**given, seed=seed, progress=not quiet)  # validates every value
     if shard is not None:
-        _train_sharded(config, shard, rank_memory, precision, tune, resume)
+        _check_shard_options(shard, rank_memory, precision, tune, resume)
     prepared = _load(fmt, data, schema, on_bad_line, split, cache_dir, min_count=min_count)
     search = shard is None and should_tune(tune, len(prepared.train), tuple(given))
     if search:
@@ -338,8 +338,8 @@ def train(
     typer.echo(f"wrote {out / 'model.pt'} and {out / 'report.json'}")
 
 
-def _train_sharded(config: Any, shard: str, rank_memory: int | None, precision: str, tune: str,
-                   resume: bool) -> None:
+def _check_shard_options(shard: str, rank_memory: int | None, precision: str, tune: str,
+                         resume: bool) -> None:
     """One-line errors for what ``--shard`` does not combine with (checked before any data is read)."""
     from sharkrec.errors import ConfigError
     from sharkrec.interop.sharding import SHARD_KINDS
