@@ -34,7 +34,7 @@ from sharkrec.errors import ConfigError, DataError
 _OPERATORS: dict[str, Callable[[object, object], bool]] = {
     "==": operator.eq, "!=": operator.ne, "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt,
 }
-_COMPARISON = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|<=|>=|<|>)\s*([^&]+?)\s*$")
+_COMPARISON = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|<=|>=|<|>)\s*([^&=<>!]+?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ def _common_schema(files: Sequence[tuple[Path, dict[str, str]]]) -> pa.Schema:
             schema = pq.read_schema(path)
         except (OSError, pa.ArrowException) as exc:
             raise DataError(f"data file {path} is not a readable Parquet file ({exc}); check the file") from None
-        schema = schema.remove_metadata()
+        schema = pa.schema([pa.field(f.name, _logical(f.type)) for f in schema])
         if first is None:
             first = schema
             continue
@@ -191,6 +191,15 @@ def _common_schema(files: Sequence[tuple[Path, dict[str, str]]]) -> pa.Schema:
                             f"{_describe(first, schema)}; rewrite the dataset with one schema")
     assert first is not None
     return first
+
+
+def _logical(data_type: pa.DataType) -> pa.DataType:
+    """The type with 64-bit offsets made plain (pandas writes large_string where Spark writes string)."""
+    if pa.types.is_large_string(data_type):
+        return pa.string()
+    if pa.types.is_large_binary(data_type):
+        return pa.binary()
+    return data_type
 
 
 def _describe(schema: pa.Schema, other: pa.Schema) -> str:

@@ -58,7 +58,7 @@ from sharkrec.data.chunks import (
 from sharkrec.data.encode import MISSING_VALUE, signed_log1p
 from sharkrec.data.formats.text import BadLines, OnBadLine
 from sharkrec.data.mapped import MANIFEST, STREAM_VERSION
-from sharkrec.data.parquet_dir import file_pieces, open_dataset, rank_pieces
+from sharkrec.data.parquet_dir import file_pieces, is_dataset_dir, open_dataset, rank_pieces
 from sharkrec.data.prepare import (
     DEFAULT_SPLIT,
     bad_line_summary,
@@ -73,6 +73,7 @@ from sharkrec.data.sources import SPLITS, find_sources
 from sharkrec.data.vocab import OOV_ROW, Vocabulary
 from sharkrec.errors import ConfigError, DataError
 
+STREAM_ABOVE_BYTES = 1 << 30  # inputs larger than this stream by default (the in-memory path holds ~4x the file)
 _MERGE_EVERY = 8  # chunk count tables held before they are folded into the running merge
 _PARQUET_ROW_BYTES = 256  # rows per Parquet batch: chunk_bytes / this
 
@@ -160,6 +161,24 @@ def prepare_stream(
     finally:
         if rank == 0 and work.exists():
             shutil.rmtree(work, ignore_errors=True)
+
+
+def should_stream(fmt: str, data: str | Path | None, stream: bool | None, partitions: Mapping[str, str]) -> bool:
+    """Whether ``sharkrec prepare`` streams: as asked, else for partition selections, Parquet dataset folders
+    and criteo/parquet inputs of more than :data:`STREAM_ABOVE_BYTES`."""
+    if stream is not None:
+        if not stream and partitions:
+            raise ConfigError("partition selections (--train/--valid/--test) need streaming; leave out --no-stream")
+        return stream
+    if partitions or data is None:
+        return bool(partitions)
+    path = Path(data)
+    if fmt == "parquet" and is_dataset_dir(path):
+        return True
+    if fmt not in ("criteo", "parquet") or not path.exists():
+        return False
+    files = [path] if path.is_file() else [p for p in path.iterdir() if p.is_file()]
+    return sum(p.stat().st_size for p in files) > STREAM_ABOVE_BYTES
 
 
 # -- inputs ----------------------------------------------------------------------------------------
