@@ -265,18 +265,18 @@ def _read_chunks(inputs: Sequence[_Input], schema: Schema, policy: OnBadLine, fo
 
 
 def _save_chunk(chunk: RowsChunk, stem: Path, missing: np.ndarray) -> np.ndarray:
-    """Write a chunk's transformed dense values, labels, local ids (n, S) and dictionaries; count missing cells."""
+    """Write a chunk's transformed dense values, labels, local ids (S, n) and dictionaries; count missing cells."""
     n_dense = chunk.dense.shape[1]
     missing[:n_dense] += np.isnan(chunk.dense).sum(axis=0)
-    local = np.empty((len(chunk), len(chunk.sparse)), dtype=np.int32)
+    local = np.empty((len(chunk.sparse), len(chunk)), dtype=np.int32)  # field-major: one contiguous row a field
     dictionaries = []
     for f, column in enumerate(chunk.sparse):
         encoded = pc.dictionary_encode(column)
-        local[:, f] = encoded.indices.to_numpy(zero_copy_only=False)
+        local[f] = encoded.indices.to_numpy(zero_copy_only=False)
         dictionaries.append(encoded.dictionary)
         at = pc.index(encoded.dictionary, MISSING_VALUE).as_py()
         if at >= 0:
-            missing[n_dense + f] += int(np.count_nonzero(local[:, f] == at))
+            missing[n_dense + f] += int(np.count_nonzero(local[f] == at))
     np.save(f"{stem}.dense.npy", signed_log1p(chunk.dense))
     np.save(f"{stem}.labels.npy", chunk.labels)
     np.save(f"{stem}.local.npy", local)
@@ -288,13 +288,13 @@ def _save_chunk(chunk: RowsChunk, stem: Path, missing: np.ndarray) -> np.ndarray
 
 def _chunk_counts(stem: Path, sizes: np.ndarray, rows: int) -> pa.Table:
     """(f, v, count, pos) of the first ``rows`` rows of a saved chunk; pos counts rows whose first label is 1."""
-    local = np.load(f"{stem}.local.npy", mmap_mode="r")[:rows]
+    local = np.load(f"{stem}.local.npy", mmap_mode="r")[:, :rows]
     labels = np.load(f"{stem}.labels.npy", mmap_mode="r")[:rows]
     positive = labels[:, 0] == 1.0 if labels.shape[1] else np.zeros(rows, dtype=bool)
     values = feather.read_table(f"{stem}.dict.arrow").column("v")
     counts, pos = [], []
     for f, size in enumerate(sizes):
-        ids = np.asarray(local[:, f])
+        ids = np.asarray(local[f])
         counts.append(np.bincount(ids, minlength=size))
         pos.append(np.bincount(ids[positive], minlength=size))
     fields = np.repeat(np.arange(len(sizes), dtype=np.int16), sizes)
@@ -507,8 +507,8 @@ def _global_ids(stem: Path, sizes: np.ndarray, schema: Schema, vocabularies: Map
         keys = np.asarray(values.slice(start, size).to_numpy(zero_copy_only=False), dtype=object)
         start += size
         rows = vocabularies[spec.name].transform(keys).astype(np.int32)
-        local[:, f] = rows[local[:, f]]
-    return local
+        local[f] = rows[local[f]]
+    return local.T
 
 
 def _placements(role: str, start: int, rows: int, bounds: Mapping[str, tuple[int, int]]
