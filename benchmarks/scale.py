@@ -135,7 +135,8 @@ def train_alternately(prepared_dir: Path, train_rows: int, steps: int, rounds: i
     mapped = data.train.subset(np.arange(n))
     started = time.perf_counter()
     in_memory = EncodedSplit(
-        np.array(mapped._dense_map), [SparseColumn(np.array(mapped._sparse_map[:, f])) for f in range(mapped.num_sparse)],
+        np.array(mapped._dense_map),
+        [SparseColumn(np.array(mapped._sparse_map[:, f])) for f in range(mapped.num_sparse)],
         mapped.labels.numpy(),
     )
     load_seconds = time.perf_counter() - started
@@ -158,7 +159,7 @@ def train_alternately(prepared_dir: Path, train_rows: int, steps: int, rounds: i
                 fetch = time.perf_counter()
                 batch = next(iterators[name])
                 data_seconds[name] += time.perf_counter() - fetch
-                trainers[name]._step(batch)  # noqa: SLF001 - the training step alone, no validation
+                trainers[name]._step(batch)  # the training step alone, no validation
                 samples[name] += len(batch)
             seconds[name] += time.perf_counter() - tick
     torch.set_num_threads(torch.get_num_threads())

@@ -173,7 +173,7 @@ def prepare(
 
     partitions = {name: text for name, text in
                   (("train", train_selection), ("valid", valid_selection), ("test", test_selection)) if text}
-    if fmt is Format.prepared or fmt is Format.synthetic and (stream or partitions):
+    if fmt is Format.prepared or (fmt is Format.synthetic and (stream or partitions)):
         raise SharkrecError(f"prepare --format {fmt.value} does not stream; pass the raw data's format")
     from sharkrec.data.stream import should_stream
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,13 +112,14 @@ def test_mapped_split_gives_the_in_memory_batches(tmp_path):
     memory = prepare_data("criteo", path)
     prepare_stream("criteo", path, tmp_path / "out", chunk_bytes=8192)
     mapped = load_prepared_dir(tmp_path / "out")
-    pairs = zip(memory.train.batches(128, shuffle=True, seed=3, epoch=1), mapped.train.batches(128, shuffle=True,
-                                                                                             seed=3, epoch=1))
+    pairs = zip(memory.train.batches(128, shuffle=True, seed=3, epoch=1),
+                mapped.train.batches(128, shuffle=True, seed=3, epoch=1), strict=True)
     count = 0
     for a, b in pairs:
         count += 1
         assert torch.equal(a.dense, b.dense) and torch.equal(a.labels, b.labels)
-        assert all(torch.equal(x.values, y.values) and y.values.dtype == torch.int64 for x, y in zip(a.sparse, b.sparse))
+        for x, y in zip(a.sparse, b.sparse, strict=True):
+            assert torch.equal(x.values, y.values) and y.values.dtype == torch.int64
     assert count == memory.train.num_batches(128)
     shard = mapped.train.subset(np.arange(100, 300))
     assert isinstance(shard, MappedSplit) and len(shard) == 200
@@ -139,7 +139,7 @@ def test_training_on_the_mapped_split_equals_training_in_memory(tmp_path):
     options = {"embedding_dim": 4}
     model_a, report_a = train_model(memory, config, model_options=options)
     model_b, report_b = train_model(mapped, config, model_options=options)
-    for (name, p), (_, q) in zip(model_a.state_dict().items(), model_b.state_dict().items()):
+    for (name, p), (_, q) in zip(model_a.state_dict().items(), model_b.state_dict().items(), strict=True):
         assert torch.equal(p, q), name
     assert report_a["metrics"] == report_b["metrics"]
 

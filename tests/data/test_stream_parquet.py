@@ -157,7 +157,8 @@ def test_bad_dataset_folders_are_one_line_errors_and_write_nothing(tmp_path):
         assert "\n" not in str(caught.value)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["logs"]
 
-    fails(DataError, "matches no file .* partitions found: day=0, day=1", partitions={"train": "day<=2", "valid": "day==9"})
+    fails(DataError, "matches no file .* partitions found: day=0, day=1",
+          partitions={"train": "day<=2", "valid": "day==9"})
     fails(ConfigError, "selected by both train", partitions={"train": "day<=3", "valid": "day==3"})
     fails(ConfigError, "is not understood", partitions={"train": "day <== 3"})
     fails(ConfigError, "names key 'hour'", partitions={"train": "hour<3"})
@@ -171,5 +172,45 @@ def test_bad_dataset_folders_are_one_line_errors_and_write_nothing(tmp_path):
     other["price"] = other["price"].astype(str)  # one file with another column type
     (root / "day=6").mkdir()
     pq.write_table(pa.Table.from_pandas(other, preserve_index=False), root / "day=6" / "part-00000.parquet")
-    fails(DataError, r"day=6/part-00000.parquet has columns \[price: string\] but .*day=0/part-00000-c000.snappy.parquet "
-                     r"has \[price: double\]; rewrite the dataset with one schema")
+    fails(DataError, r"day=6/part-00000.parquet has columns \[price: string\] but "
+                     r".*day=0/part-00000-c000.snappy.parquet has \[price: double\]; "
+                     "rewrite the dataset with one schema")
+
+
+def test_one_parquet_file_streams_as_it_reads_in_memory(tmp_path):
+    frame = pd.concat([day_frame(d) for d in range(3)]).reset_index(drop=True)
+    frame.loc[11, "click"] = 2
+    path = tmp_path / "log.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, row_group_size=250)
+    memory = prepare_data("parquet", path, SCHEMA, min_count=2)
+    report = prepare_stream("parquet", path, tmp_path / "out", SCHEMA, min_count=2, chunk_bytes=1 << 15)
+    assert report["bad_lines"] == memory.report["bad_lines"]  # row 12 of the file, named as in memory
+    assert report["rows"] == memory.report["rows"]
+    assert_same(memory, load_prepared_dir(tmp_path / "out"))
+
+
+def test_cli_prepares_a_partitioned_dataset_and_trains_on_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from sharkrec.cli import app
+
+    write_dataset(tmp_path / "logs")
+    schema = tmp_path / "schema.json"
+    SCHEMA.save(schema)
+    runner = CliRunner()
+    result = runner.invoke(app, ["prepare", "--format", "parquet", "--data", str(tmp_path / "logs"), "--schema",
+                                 str(schema), "--out", str(tmp_path / "out"), "--train", "day<=2", "--valid",
+                                 "day==3", "--test", "day==4", "--chunk-mb", "1"])
+    assert result.exit_code == 0, result.output
+    assert "rows train/valid/test: 1197/399/399; bad lines skipped: 5" in result.output
+    assert (tmp_path / "out" / "prepared" / "manifest.json").is_file()
+    result = runner.invoke(app, ["train", "--format", "prepared", "--data", str(tmp_path / "out"), "--out",
+                                 str(tmp_path / "model"), "--epochs", "1", "--tune", "off"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train", "--format", "parquet", "--data", str(tmp_path / "logs"), "--schema",
+                                 str(schema), "--out", str(tmp_path / "model2")])
+    assert result.exit_code != 0 and "is a Parquet dataset folder; prepare it once" in str(result.exception)
+    result = runner.invoke(app, ["prepare", "--format", "parquet", "--data", str(tmp_path / "logs"), "--schema",
+                                 str(schema), "--out", str(tmp_path / "out3"), "--train", "day<=2", "--valid", "day==2"])
+    assert result.exit_code != 0 and "selected by both train" in str(result.exception)
+    assert not (tmp_path / "out3").exists()

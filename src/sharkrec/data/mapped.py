@@ -31,7 +31,7 @@ MANIFEST = "manifest.json"
 class MappedSplit(EncodedSplit):
     """Rows ``start..stop-1`` of a split folder (``dense.npy``, ``labels.npy``, ``sparse.npy``), memory-mapped."""
 
-    def __init__(self, folder: str | Path, start: int = 0, stop: int | None = None) -> None:  # noqa: D107
+    def __init__(self, folder: str | Path, start: int = 0, stop: int | None = None) -> None:
         folder = Path(folder)
         try:
             dense = np.load(folder / "dense.npy", mmap_mode="r")
@@ -83,7 +83,7 @@ class MappedSplit(EncodedSplit):
     def subset(self, index: np.ndarray | Tensor) -> EncodedSplit:
         """A contiguous run of samples stays mapped (e.g. a rank's training shard); other picks load into memory."""
         idx = np.asarray(index, dtype=np.int64)
-        if len(idx) and np.all(np.diff(idx) == 1) and 0 <= idx[0] and idx[-1] < len(self):
+        if len(idx) and np.all(np.diff(idx) == 1) and idx[0] >= 0 and idx[-1] < len(self):
             start = self._range[0]
             return MappedSplit(self.folder, start + int(idx[0]), start + int(idx[-1]) + 1)
         return super().subset(idx)
@@ -100,8 +100,9 @@ def load_prepared_dir(path: str | Path) -> PreparedData:
                          "pass the folder 'sharkrec prepare --stream' wrote (it holds manifest.json)",
                          fix="prepare the data again")
     if not isinstance(manifest, dict) or manifest.get("version") != STREAM_VERSION:
-        raise DataError(f"prepared data {path} has manifest version {manifest.get('version') if isinstance(manifest, dict) else None!r}, "
-                        f"this sharkrec reads version {STREAM_VERSION}; prepare the data again")
+        version = manifest.get("version") if isinstance(manifest, dict) else None
+        raise DataError(f"prepared data {path} has manifest version {version!r}, this sharkrec reads version "
+                        f"{STREAM_VERSION}; prepare the data again")
     schema = Schema.from_dict(manifest["schema"])
     vocabularies = {}
     for spec, name in zip(schema.sparse, manifest["vocabularies"], strict=True):

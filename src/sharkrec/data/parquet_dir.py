@@ -133,7 +133,7 @@ def open_dataset(root: str | Path, selections: Mapping[str, str] | None = None) 
 
 
 def rank_pieces(pieces: Sequence[Piece], split: str, rank: int, world: int) -> tuple[Piece, ...]:
-    """This rank's contiguous run of ``pieces`` (row groups, shared by count); a DataError when a rank would get none."""
+    """This rank's contiguous run of ``pieces`` (row groups, shared by count); a DataError if a rank gets none."""
     if world <= 1:
         return tuple(pieces)
     if len(pieces) < world:
@@ -170,7 +170,9 @@ def _find_files(root: Path) -> list[tuple[Path, dict[str, str]]]:
 
     walk(root, {})
     if not found:
-        raise DataError(f"data folder {root} holds no Parquet files; pass the folder that holds the part-*.parquet files")
+        raise DataError(
+            f"data folder {root} holds no Parquet files; pass the folder that holds the part-*.parquet files"
+        )
     return found
 
 

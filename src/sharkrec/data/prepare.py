@@ -172,11 +172,13 @@ def carve_bounds(
     """Row ranges of the ``n`` train-source rows that become train and the ``carved`` splits, and the rule."""
     if len(carved) == 2:
         cuts = (round(n * fractions[0]), round(n * (fractions[0] + fractions[1])))
-        return {"train": (0, cuts[0]), "valid": cuts, "test": (cuts[1], n)}, f"fractions {fractions} of the rows in order"
+        rule = f"fractions {fractions} of the rows in order"
+        return {"train": (0, cuts[0]), "valid": cuts, "test": (cuts[1], n)}, rule
     if len(carved) == 1:
         share = fractions[SPLITS.index(carved[0])]
         start = n - round(n * share)
-        return {"train": (0, start), carved[0]: (start, n)}, f"files; {carved[0]} is the last {share:.0%} of the train file rows"
+        rule = f"files; {carved[0]} is the last {share:.0%} of the train file rows"
+        return {"train": (0, start), carved[0]: (start, n)}, rule
     return {"train": (0, n)}, "files"
 
 

@@ -193,7 +193,8 @@ def _inputs(
         dataset = open_dataset(path, partitions)
         batch_rows = max(1, chunk_bytes // _PARQUET_ROW_BYTES)
         inputs = [
-            _Input(role, str(piece.path), _parquet_input(piece.path, piece.row_group, piece.first_row, schema, batch_rows))
+            _Input(role, str(piece.path),
+                   _parquet_input(piece.path, piece.row_group, piece.first_row, schema, batch_rows))
             for role in SPLITS if dataset.pieces[role]
             for piece in rank_pieces(dataset.pieces[role], role, rank, world)
         ]
@@ -338,7 +339,8 @@ def _finish(pass1: _Pass1, schema: Schema, carved: tuple[str, ...], fractions: t
             min_count: int | None, given: Mapping[str, Vocabulary] | None, work: Path, rank: int, world: int,
             on_progress: Callable[[int, int], None] | None) -> dict[str, Any]:
     folder = work / f"rank{rank}"
-    everyone = _all_gather({"chunks": len(pass1.chunks), "role_rows": pass1.role_rows, "records": pass1.records, "file_rows": pass1.file_rows,
+    everyone = _all_gather({"chunks": len(pass1.chunks), "role_rows": pass1.role_rows, "records": pass1.records,
+                            "file_rows": pass1.file_rows,
                             "missing": pass1.missing}, world)
     records = {}
     for part in everyone:
@@ -407,7 +409,7 @@ def _finish(pass1: _Pass1, schema: Schema, carved: tuple[str, ...], fractions: t
 
 
 def _fit_vocabularies(counts: pa.Table, schema: Schema, min_count: int | None) -> dict[str, Vocabulary]:
-    """One vocabulary per sparse field from merged counts, keys in ascending order as :meth:`Vocabulary.fit` sees them."""
+    """One vocabulary per sparse field from merged counts, keys ascending as :meth:`Vocabulary.fit` sees them."""
     counts = counts.sort_by([("f", "ascending"), ("v", "ascending")])
     per_field = np.bincount(counts.column("f").to_numpy(), minlength=len(schema.sparse))
     vocabularies = {}
