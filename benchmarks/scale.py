@@ -181,7 +181,7 @@ def main() -> None:
     parser.add_argument("--train-rows", type=int, default=10_000_000)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--chunk-mb", type=int, default=64)
+    parser.add_argument("--chunk-mb", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/sharkrec-scale"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))

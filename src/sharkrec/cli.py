@@ -160,7 +160,7 @@ def prepare(
         "--stream/--no-stream",
         help="Prepare in chunks into OUT/prepared (memory-mapped splits) instead of in memory; default: stream "
              "inputs over 1 GiB and Parquet dataset folders.")] = None,
-    chunk_mb: Annotated[int, typer.Option("--chunk-mb", help="Input read per chunk when streaming (MiB).")] = 64,
+    chunk_mb: Annotated[int, typer.Option("--chunk-mb", help="Input read per chunk when streaming (MiB).")] = 32,
     train_selection: Annotated[str | None, typer.Option(
         "--train", help="Parquet dataset folder: the partitions of the train split, e.g. 'day<=17'.")] = None,
     valid_selection: Annotated[str | None, typer.Option(

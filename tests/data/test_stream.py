@@ -204,3 +204,31 @@ def test_stream_config_errors(tmp_path):
         prepare_stream("criteo", path, tmp_path / "file")
     with pytest.raises(DataError, match="manifest"):
         load_prepared_dir(tmp_path)
+
+
+def test_text_blocks_hold_about_chunk_bytes_and_number_lines_across_blocks(tmp_path):
+    from sharkrec.data.chunks import text_blocks
+
+    path = tmp_path / "train.txt"
+    text = messy_criteo(2000, 7)
+    path.write_text(text)
+    blocks = list(text_blocks(path, 8192))
+    longest_line = max(len(line) for line in text.split("\n")) + 1
+    assert len(blocks) > 40
+    assert all(len(block) <= 8192 + longest_line for block, _ in blocks)
+    assert b"".join(block for block, _ in blocks) == text.encode()
+    firsts = [first for _, first in blocks]
+    assert firsts[0] == 1 and all(
+        later == first + block.count(b"\n") for (block, first), later in zip(blocks, firsts[1:], strict=False)
+    )
+
+
+def test_given_vocabularies_encode_new_data_as_in_memory(tmp_path):
+    old, new = tmp_path / "old.txt", tmp_path / "new.txt"
+    old.write_text(messy_criteo(1500, 8))
+    new.write_text(messy_criteo(800, 9))
+    vocabularies = prepare_data("criteo", old, min_count=2).vocabularies
+    memory = prepare_data("criteo", new, vocabularies=vocabularies)
+    report = prepare_stream("criteo", new, tmp_path / "out", vocabularies=vocabularies, chunk_bytes=8192)
+    assert report["vocabulary_source"] == "given"
+    assert_same_as_memory(memory, load_prepared_dir(tmp_path / "out"), report)

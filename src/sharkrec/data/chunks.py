@@ -46,9 +46,10 @@ from sharkrec.data.formats.text import (
 from sharkrec.data.schema import Schema
 from sharkrec.errors import ConfigError, DataError
 
-DEFAULT_CHUNK_BYTES = 64 << 20
+DEFAULT_CHUNK_BYTES = 32 << 20
 _READ_BLOCK = 1 << 20  # Arrow CSV block size: small blocks parse faster on two cores than one large one
-_MARKERS = pa.array(list(MISSING_MARKERS), type=pa.string())
+_MARKERS_AND_VALUE = pa.array([*MISSING_MARKERS, MISSING_VALUE], type=pa.string())
+_DICTIONARY = pa.dictionary(pa.int32(), pa.string())
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,7 +57,8 @@ class RowsChunk:
     """Checked rows of one piece of input.
 
     ``dense`` (n, D) float64, NaN = missing, untransformed; ``labels`` (n, T) float32 in {0, 1};
-    ``sparse`` one Arrow string array (n,) of raw values per sparse field (missing: ``<missing>``);
+    ``sparse`` one Arrow string array (n,) of raw values per sparse field (missing: ``<missing>``), or a
+    dictionary array of them (each dictionary entry used by some row, ``<missing>`` at most once);
     ``bad_lines`` the lines of this piece that were dropped (``source`` is the file).
     """
 
@@ -80,28 +82,19 @@ def check_streamable(schema: Schema) -> None:
 
 
 def text_blocks(path: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[tuple[bytes, int]]:
-    """``(block, first_line)`` pieces of a text file (plain or gzip), cut after a newline near ``chunk_bytes``."""
+    """``(block, first_line)`` pieces of a text file (plain or gzip): ``chunk_bytes`` and the rest of the line."""
     if not path.is_file():
         raise DataError(f"data file {path} does not exist; pass an existing file or folder as the data path")
     with open(path, "rb") as probe:
         compressed = probe.read(2) == GZIP_MAGIC
     first_line = 1
-    carry = b""
     try:
         with gzip.open(path, "rb") if compressed else open(path, "rb") as handle:
-            while True:
-                piece = handle.read(chunk_bytes)
-                data = carry + piece
-                if not piece:
-                    if data:
-                        yield _lf(data), first_line
-                    return
-                cut = data.rfind(b"\n") + 1
-                if cut == 0:
-                    carry = data
-                    continue
-                block, carry = data[:cut], data[cut:]
-                yield _lf(block), first_line
+            while piece := handle.read(chunk_bytes):
+                if not piece.endswith(b"\n"):
+                    piece += handle.readline()  # finish the last line (one copy, no carried remainder)
+                block = _lf(piece)
+                yield block, first_line
                 first_line += block.count(b"\n")
     except GZIP_ERRORS as exc:
         raise bad_gzip(path, exc) from None
@@ -157,7 +150,7 @@ def _criteo_arrow(block: bytes, source: str, first_line: int, schema: Schema) ->
     table = None
     for number_type in (pa.int64(), pa.float64()):  # integer parsing is several times faster; floats if needed
         try:
-            table = _read_tsv(kept, {name: (number_type if name in numeric else pa.string()) for name in COLUMNS})
+            table = _read_tsv(kept, {name: (number_type if name in numeric else _DICTIONARY) for name in COLUMNS})
             break
         except pa.ArrowInvalid:
             continue
@@ -171,14 +164,24 @@ def _criteo_arrow(block: bytes, source: str, first_line: int, schema: Schema) ->
         dense[:, j] = _numbers(table.column(spec.name))
     if np.isinf(dense).any():
         return None
-    sparse = []
-    for spec in schema.sparse:
-        column = table.column(spec.name).combine_chunks()
-        missing = pc.is_in(column, value_set=_MARKERS)
-        if pc.any(missing).as_py():
-            column = pc.if_else(missing, MISSING_VALUE, column)
-        sparse.append(column)
-    return RowsChunk(dense, labels.astype(np.float32)[:, None], tuple(sparse), log.summary())
+    table = table.unify_dictionaries()
+    sparse = tuple(_missing_as_value(table.column(spec.name).combine_chunks()) for spec in schema.sparse)
+    return RowsChunk(dense, labels.astype(np.float32)[:, None], sparse, log.summary())
+
+
+def _missing_as_value(column: pa.DictionaryArray) -> pa.DictionaryArray:
+    """The missing markers (and the value ``<missing>`` itself) as one dictionary entry ``<missing>``."""
+    dictionary = column.dictionary
+    marks = pc.is_in(dictionary, value_set=_MARKERS_AND_VALUE)
+    at = np.flatnonzero(marks.to_numpy(zero_copy_only=False))
+    if len(at) == 0:
+        return column
+    indices = column.indices
+    if len(at) > 1:  # several spellings of missing: their rows all take the first one's entry
+        remap = np.arange(len(dictionary), dtype=np.int32)
+        remap[at[1:]] = at[0]
+        indices = pa.array(remap[indices.to_numpy(zero_copy_only=False)], type=pa.int32())
+    return pa.DictionaryArray.from_arrays(indices, pc.if_else(marks, MISSING_VALUE, dictionary))
 
 
 def _read_tsv(body: bytes, types: dict[str, pa.DataType]) -> pa.Table:

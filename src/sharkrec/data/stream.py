@@ -32,9 +32,12 @@ vocabularies, and each rank writes its rows into the shared output files; the re
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -247,7 +250,9 @@ def _read_chunks(inputs: Sequence[_Input], schema: Schema, policy: OnBadLine, fo
     state = _Pass1(missing=np.zeros(len(schema.dense) + len(schema.sparse), dtype=np.int64))
     for item in inputs:
         state.file_rows.setdefault(item.source, 0)
-        for chunk in item.chunks():
+        # three stages on their own threads: read and parse, encode, save (Arrow and numpy release the GIL)
+        for encoded in _read_ahead(map(_encode_chunk, _read_ahead(item.chunks()))):
+            chunk = encoded.chunk
             record = chunk.bad_lines
             if policy is OnBadLine.ERROR and record.count:
                 raise record.error()
@@ -256,7 +261,7 @@ def _read_chunks(inputs: Sequence[_Input], schema: Schema, policy: OnBadLine, fo
             if len(chunk) == 0:
                 continue
             info = _ChunkInfo(len(state.chunks), item.role, len(chunk), state.role_rows[item.role], np.zeros(0))
-            info.dict_sizes = _save_chunk(chunk, folder / f"{info.index:06d}", state.missing)
+            info.dict_sizes = _save_chunk(encoded, folder / f"{info.index:06d}", state.missing)
             state.chunks.append(info)
             state.role_rows[item.role] += len(chunk)
             state.file_rows[item.source] += len(chunk)
@@ -265,24 +270,79 @@ def _read_chunks(inputs: Sequence[_Input], schema: Schema, policy: OnBadLine, fo
     return state
 
 
-def _save_chunk(chunk: RowsChunk, stem: Path, missing: np.ndarray) -> np.ndarray:
-    """Write a chunk's transformed dense values, labels, local ids (S, n) and dictionaries; count missing cells."""
+def _read_ahead(items: Iterator[Any]) -> Iterator[Any]:
+    """``items`` in order, the next one made by a helper thread while the caller works on the current one;
+    at most three are alive (the caller's, one waiting, one being made)."""
+    chunks = items
+    ready: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if stop.is_set():
+                    return
+                ready.put((chunk, None))
+            ready.put((None, None))
+        except BaseException as exc:  # handed to the caller, which raises it
+            ready.put((None, exc))
+
+    worker = threading.Thread(target=produce, name="sharkrec-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            chunk, failure = ready.get()
+            if failure is not None:
+                raise failure
+            if chunk is None:
+                return
+            yield chunk
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting to put, so it sees ``stop``
+            with contextlib.suppress(queue.Empty):
+                ready.get(timeout=0.05)
+
+
+@dataclass
+class _EncodedChunk:
+    """A chunk ready to save: transformed dense (n, D) float32, labels, local ids (S, n) into per-field dictionaries."""
+
+    chunk: RowsChunk
+    dense: np.ndarray
+    local: np.ndarray
+    dictionaries: list[pa.Array]
+    missing: np.ndarray  # (D + S,) missing cells
+
+    def __len__(self) -> int:
+        return len(self.chunk)
+
+
+def _encode_chunk(chunk: RowsChunk) -> _EncodedChunk:
+    """Dictionary-encode each sparse field (already done by the fast reader), transform dense, count missing cells."""
     n_dense = chunk.dense.shape[1]
-    missing[:n_dense] += np.isnan(chunk.dense).sum(axis=0)
+    missing = np.zeros(n_dense + len(chunk.sparse), dtype=np.int64)
+    missing[:n_dense] = np.isnan(chunk.dense).sum(axis=0)
     local = np.empty((len(chunk.sparse), len(chunk)), dtype=np.int32)  # field-major: one contiguous row a field
     dictionaries = []
     for f, column in enumerate(chunk.sparse):
-        encoded = pc.dictionary_encode(column)
+        encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
         local[f] = encoded.indices.to_numpy(zero_copy_only=False)
         dictionaries.append(encoded.dictionary)
         at = pc.index(encoded.dictionary, MISSING_VALUE).as_py()
         if at >= 0:
-            missing[n_dense + f] += int(np.count_nonzero(local[f] == at))
-    np.save(f"{stem}.dense.npy", signed_log1p(chunk.dense))
-    np.save(f"{stem}.labels.npy", chunk.labels)
-    np.save(f"{stem}.local.npy", local)
-    sizes = np.array([len(d) for d in dictionaries], dtype=np.int64)
-    values = pa.chunked_array(dictionaries, type=pa.string())
+            missing[n_dense + f] = int(np.count_nonzero(local[f] == at))
+    return _EncodedChunk(chunk, signed_log1p(chunk.dense), local, dictionaries, missing)
+
+
+def _save_chunk(encoded: _EncodedChunk, stem: Path, missing: np.ndarray) -> np.ndarray:
+    """Write a chunk's transformed dense values, labels, local ids and dictionaries; add its missing cells."""
+    missing += encoded.missing
+    np.save(f"{stem}.dense.npy", encoded.dense)
+    np.save(f"{stem}.labels.npy", encoded.chunk.labels)
+    np.save(f"{stem}.local.npy", encoded.local)
+    sizes = np.array([len(d) for d in encoded.dictionaries], dtype=np.int64)
+    values = pa.chunked_array(encoded.dictionaries, type=pa.string())
     feather.write_feather(pa.table({"v": values}), f"{stem}.dict.arrow", compression="uncompressed")
     return sizes
 
