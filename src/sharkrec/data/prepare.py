@@ -78,8 +78,7 @@ def prepare_data(
     data_format = DataFormat.parse(fmt)
     policy = OnBadLine.parse(on_bad_line)
     fractions = check_split(split)
-    if min_count is not None and (isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1):
-        raise ConfigError(f"min_count {min_count!r} must be an integer of 1 or more")
+    check_min_count(min_count)
     sources = find_sources(path, data_format.value)
     schema = schema if schema is not None else schema_for(data_format, path)
     if vocabularies is not None and sorted(vocabularies) != sorted(schema.sparse_names):
@@ -122,6 +121,12 @@ def prepare_data(
         save_prepared(entry, key, prepared)
     report["seconds"] = time.perf_counter() - started
     return prepared
+
+
+def check_min_count(min_count: int | None) -> None:
+    """A ConfigError unless ``min_count`` is None or an integer of 1 or more."""
+    if min_count is not None and (isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1):
+        raise ConfigError(f"min_count {min_count!r} must be an integer of 1 or more")
 
 
 def check_split(split: Sequence[float]) -> tuple[float, float, float]:

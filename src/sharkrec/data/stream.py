@@ -67,6 +67,7 @@ from sharkrec.data.prepare import (
     bad_line_summary,
     carve_bounds,
     check_file_rows,
+    check_min_count,
     check_split,
     check_splits_not_empty,
 )
@@ -136,8 +137,7 @@ def prepare_stream(
     data_format = DataFormat.parse(fmt)
     policy = OnBadLine.parse(on_bad_line)
     fractions = check_split(split)
-    if min_count is not None and (isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1):
-        raise ConfigError(f"min_count {min_count!r} must be an integer of 1 or more")
+    check_min_count(min_count)
     if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1 << 10:
         raise ConfigError(f"chunk size {chunk_bytes!r} bytes must be an integer of 1024 or more")
     schema = schema if schema is not None else schema_for(data_format, path)
