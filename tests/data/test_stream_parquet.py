@@ -211,6 +211,7 @@ def test_cli_prepares_a_partitioned_dataset_and_trains_on_it(tmp_path):
                                  str(schema), "--out", str(tmp_path / "model2")])
     assert result.exit_code != 0 and "is a Parquet dataset folder; prepare it once" in str(result.exception)
     result = runner.invoke(app, ["prepare", "--format", "parquet", "--data", str(tmp_path / "logs"), "--schema",
-                                 str(schema), "--out", str(tmp_path / "out3"), "--train", "day<=2", "--valid", "day==2"])
+                                 str(schema), "--out", str(tmp_path / "out3"), "--train", "day<=2", "--valid",
+                                 "day==2"])
     assert result.exit_code != 0 and "selected by both train" in str(result.exception)
     assert not (tmp_path / "out3").exists()
