@@ -49,6 +49,7 @@ class Format(str, Enum):
     tsv = "tsv"
     parquet = "parquet"
     synthetic = "synthetic"
+    prepared = "prepared"
 
 
 FormatOpt = Annotated[Format, typer.Option("--format", help="Input format.")]
@@ -155,17 +156,74 @@ def prepare(
     on_bad_line: BadLineOpt = "skip",
     split: SplitOpt = None,
     min_count: MinCountOpt = None,
+    stream: Annotated[bool | None, typer.Option(
+        "--stream/--no-stream",
+        help="Prepare in chunks into OUT/prepared (memory-mapped splits) instead of in memory; default: stream "
+             "inputs over 1 GiB and Parquet dataset folders.")] = None,
+    chunk_mb: Annotated[int, typer.Option("--chunk-mb", help="Input read per chunk when streaming (MiB).")] = 32,
+    train_selection: Annotated[str | None, typer.Option(
+        "--train", help="Parquet dataset folder: the partitions of the train split, e.g. 'day<=17'.")] = None,
+    valid_selection: Annotated[str | None, typer.Option(
+        "--valid", help="Parquet dataset folder: the valid split's partitions, e.g. 'day==18'.")] = None,
+    test_selection: Annotated[str | None, typer.Option(
+        "--test", help="Parquet dataset folder: the test split's partitions, e.g. 'day==19'.")] = None,
 ) -> None:
-    """Parse and encode a dataset; write the schema, vocabulary sizes and a data report."""
+    """Parse and encode a dataset; write the schema, vocabulary sizes and a data report (streaming: the data too)."""
     from sharkrec.data.export import write_prepared
 
-    with hold_output(out, "prepare"):
-        prepared = _load(fmt, data, schema, on_bad_line, split, cache_dir=out / "cache", min_count=min_count)
-        report = write_prepared(prepared, out)
+    partitions = {name: text for name, text in
+                  (("train", train_selection), ("valid", valid_selection), ("test", test_selection)) if text}
+    if fmt is Format.prepared or (fmt is Format.synthetic and (stream or partitions)):
+        raise SharkrecError(f"prepare --format {fmt.value} does not stream; pass the raw data's format")
+    from sharkrec.data.stream import should_stream
+
+    if should_stream(fmt.value, data, stream, partitions):
+        report = _prepare_stream(fmt, data, out, schema, on_bad_line, split, min_count, chunk_mb, partitions)
+    else:
+        with hold_output(out, "prepare"):
+            prepared = _load(fmt, data, schema, on_bad_line, split, cache_dir=out / "cache", min_count=min_count)
+            report = write_prepared(prepared, out)
+    if report is None:
+        return
     typer.echo(
         f"rows train/valid/test: {report['rows']['train']}/{report['rows']['valid']}/{report['rows']['test']}; "
         f"bad lines skipped: {report.get('bad_lines', {}).get('count', 0)}; wrote {out / 'report.json'}"
     )
+
+
+def _prepare_stream(fmt: Format, data: str, out: Path, schema: Path | None, on_bad_line: str, split: str | None,
+                    min_count: int | None, chunk_mb: int, partitions: dict[str, str]) -> dict[str, Any] | None:
+    """``prepare --stream``: the prepared data in ``out/prepared``, the report and schema in ``out``."""
+    import time
+
+    from sharkrec import distributed
+    from sharkrec.data.export import write_prepared
+    from sharkrec.data.mapped import load_prepared_dir
+    from sharkrec.data.prepare import DEFAULT_SPLIT
+    from sharkrec.data.schema import Schema
+    from sharkrec.data.stream import prepare_stream
+
+    if chunk_mb < 1:
+        raise SharkrecError(f"--chunk-mb {chunk_mb} must be 1 or more")
+    fractions = _floats(split, "--split")
+    if fractions is not None and len(fractions) != 3:
+        raise SharkrecError(f"--split {split!r} needs three fractions (train, valid, test), e.g. 0.8,0.1,0.1")
+    last = [time.monotonic()]
+
+    def progress(rows: int, pass_number: int) -> None:
+        if distributed.is_main() and time.monotonic() - last[0] > 10:
+            last[0] = time.monotonic()
+            typer.echo(f"prepare pass {pass_number}/2: {rows:,} rows", err=True)
+
+    with hold_output(out, "prepare"):
+        prepare_stream(fmt.value, data, out / "prepared", Schema.load(schema) if schema is not None else None,
+                       on_bad_line=on_bad_line, split=fractions or DEFAULT_SPLIT, min_count=min_count,
+                       partitions=partitions, chunk_bytes=chunk_mb << 20, on_progress=progress)
+        if not distributed.is_main():
+            return None
+        report = write_prepared(load_prepared_dir(out / "prepared"), out)
+    typer.echo(f"prepared data in {out / 'prepared'}; train on it with --format prepared --data {out / 'prepared'}")
+    return report
 
 
 class SchemaFormat(str, Enum):

@@ -9,7 +9,7 @@ from sharkrec.data.dataset import PreparedData
 from sharkrec.data.schema import Schema
 from sharkrec.errors import ConfigError
 
-FORMATS = ("criteo", "libfm", "movielens", "csv", "tsv", "parquet", "synthetic")
+FORMATS = ("criteo", "libfm", "movielens", "csv", "tsv", "parquet", "synthetic", "prepared")
 
 
 def load_data(
@@ -25,6 +25,7 @@ def load_data(
 ) -> PreparedData:
     """Read ``data`` in format ``fmt`` into train / valid / test splits.
 
+    ``fmt == "prepared"``: ``data`` is a folder ``sharkrec prepare --stream`` wrote (memory-mapped splits).
     ``fmt == "synthetic"``: ``data`` is a generator spec (``rows=100000,seed=1``, a JSON file, or
     ``None`` / ``default``); the ground truth of field importance is in ``report["ground_truth"]``.
     ``vocabularies`` (from a trained model) encodes the data with the model's rows instead of
@@ -45,6 +46,17 @@ def load_data(
         return prepared
     if data is None:
         raise ConfigError(f"format {fmt!r} needs --data PATH (a file or a folder with train/dev/test files)")
+    if fmt == "prepared":
+        return _load_prepared(Path(data), vocabularies)
+    if fmt == "parquet":
+        from sharkrec.data.parquet_dir import is_dataset_dir
+
+        if is_dataset_dir(data):
+            raise ConfigError(
+                f"{data} is a Parquet dataset folder; prepare it once with 'sharkrec prepare --format parquet --data "
+                f"{data} --out OUT' (choose splits with --train/--valid/--test), then pass --format prepared --data "
+                "OUT/prepared"
+            )
     from sharkrec.data.prepare import prepare_data
 
     schema_obj = Schema.load(schema) if isinstance(schema, (str, Path)) else schema
@@ -54,6 +66,23 @@ def load_data(
     if vocabularies is not None:
         kwargs["vocabularies"] = vocabularies
     return prepare_data(fmt, data, schema_obj, **kwargs)
+
+
+def _load_prepared(folder: Path, vocabularies: dict[str, Any] | None) -> PreparedData:
+    from sharkrec.data.mapped import is_prepared_dir, load_prepared_dir
+
+    if not is_prepared_dir(folder) and is_prepared_dir(folder / "prepared"):
+        folder = folder / "prepared"  # the --out folder of 'sharkrec prepare --stream'
+    prepared = load_prepared_dir(folder)
+    if vocabularies is not None:
+        for name, vocab in vocabularies.items():
+            mine = prepared.vocabularies.get(name)
+            if mine is None or mine.num_rows != vocab.num_rows or list(mine.keys_) != list(vocab.keys_):
+                raise ConfigError(
+                    f"the prepared data in {folder} was encoded with other vocabularies than the model's (field "
+                    f"{name!r}); prepare the raw data again with the model's vocabularies, or pass the raw data"
+                )
+    return prepared
 
 
 def _check_vocabularies(prepared: PreparedData, vocabularies: dict[str, Any]) -> None:

@@ -78,8 +78,7 @@ def prepare_data(
     data_format = DataFormat.parse(fmt)
     policy = OnBadLine.parse(on_bad_line)
     fractions = check_split(split)
-    if min_count is not None and (isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1):
-        raise ConfigError(f"min_count {min_count!r} must be an integer of 1 or more")
+    check_min_count(min_count)
     sources = find_sources(path, data_format.value)
     schema = schema if schema is not None else schema_for(data_format, path)
     if vocabularies is not None and sorted(vocabularies) != sorted(schema.sparse_names):
@@ -110,7 +109,7 @@ def prepare_data(
         "sources": {name: [str(p) for p in files] for name, files in sources.by_split().items()},
         "split_rule": split_rule,
         "rows": {name: len(rows[name]) for name in SPLITS},
-        "bad_lines": _bad_line_summary(bad_lines),
+        "bad_lines": bad_line_summary(bad_lines),
         **_field_statistics(schema, rows, encoded, vocabularies),
         "vocabulary_source": "given" if given else "train split",
         "cache": cache_status,
@@ -122,6 +121,12 @@ def prepare_data(
         save_prepared(entry, key, prepared)
     report["seconds"] = time.perf_counter() - started
     return prepared
+
+
+def check_min_count(min_count: int | None) -> None:
+    """A ConfigError unless ``min_count`` is None or an integer of 1 or more."""
+    if min_count is not None and (isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1):
+        raise ConfigError(f"min_count {min_count!r} must be an integer of 1 or more")
 
 
 def check_split(split: Sequence[float]) -> tuple[float, float, float]:
@@ -159,24 +164,48 @@ def _read_splits(
             rows[name] = ParsedRows.concat(parts)
     train = rows["train"]
     n = len(train)
-    carved = sources.carved
+    bounds, rule = carve_bounds(sources.carved, n, fractions)
+    for name, (start, stop) in bounds.items():
+        rows[name] = train.rows(start, stop)
+    check_splits_not_empty({name: len(rows[name]) for name in SPLITS}, n, rule)
+    return rows, bad_lines, rule
+
+
+def carve_bounds(
+    carved: Sequence[str], n: int, fractions: tuple[float, float, float]
+) -> tuple[dict[str, tuple[int, int]], str]:
+    """Row ranges of the ``n`` train-source rows that become train and the ``carved`` splits, and the rule."""
     if len(carved) == 2:
         cuts = (round(n * fractions[0]), round(n * (fractions[0] + fractions[1])))
-        rows["train"], rows["valid"], rows["test"] = train.rows(0, cuts[0]), train.rows(*cuts), train.rows(cuts[1], n)
         rule = f"fractions {fractions} of the rows in order"
-    elif len(carved) == 1:
+        return {"train": (0, cuts[0]), "valid": cuts, "test": (cuts[1], n)}, rule
+    if len(carved) == 1:
         share = fractions[SPLITS.index(carved[0])]
         start = n - round(n * share)
-        rows["train"], rows[carved[0]] = train.rows(0, start), train.rows(start, n)
         rule = f"files; {carved[0]} is the last {share:.0%} of the train file rows"
-    else:
-        rule = "files"
+        return {"train": (0, start), carved[0]: (start, n)}, rule
+    return {"train": (0, n)}, "files"
+
+
+def check_splits_not_empty(rows: Mapping[str, int], n_train_source: int, rule: str) -> None:
+    """A DataError naming the first empty split."""
     for name in SPLITS:
-        if len(rows[name]) == 0:
+        if rows[name] == 0:
             raise DataError(
-                f"the {name} split is empty ({n} rows split by {rule}); give more rows or larger split fractions"
+                f"the {name} split is empty ({n_train_source} rows split by {rule}); give more rows or larger split "
+                "fractions"
             )
-    return rows, bad_lines, rule
+
+
+def check_file_rows(source: str, rows: int, own: BadLines) -> None:
+    """A DataError when a data file gave no valid rows: all lines malformed (``own`` records them) or none."""
+    if rows == 0:
+        if own.count:
+            raise DataError(
+                f"data file {source} has no valid rows: all {own.count} lines are malformed "
+                f"(line {own.first_line_numbers[0]}: {own.first_problem}); fix the file"
+            )
+        raise DataError(f"data file {source} is empty; pass a file that holds data rows")
 
 
 def _read_file(
@@ -191,14 +220,7 @@ def _read_file(
         for record in records:
             if record.count:
                 raise record.error()
-    if len(parsed) == 0:
-        own = next(record for record in records if record.source == table.source)
-        if own.count:
-            raise DataError(
-                f"data file {table.source} has no valid rows: all {own.count} lines are malformed "
-                f"(line {own.first_line_numbers[0]}: {own.first_problem}); fix the file"
-            )
-        raise DataError(f"data file {table.source} is empty; pass a file that holds data rows")
+    check_file_rows(table.source, len(parsed), next(record for record in records if record.source == table.source))
     return parsed, records
 
 
@@ -225,7 +247,7 @@ def _field_statistics(
     }
 
 
-def _bad_line_summary(records: Sequence[BadLines]) -> dict[str, Any]:
+def bad_line_summary(records: Sequence[BadLines]) -> dict[str, Any]:
     """``{count, reasons, first_line_numbers: {file: [...]}}`` over every file read."""
     reasons: dict[str, int] = {}
     for record in records:

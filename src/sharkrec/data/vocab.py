@@ -47,10 +47,22 @@ class Vocabulary:
             if positive is not None
             else np.zeros(len(uniques), dtype=np.int64)
         )
+        return self.fit_counts(np.asarray(uniques), counts, pos_counts)
+
+    def fit_counts(self, keys: np.ndarray, counts: np.ndarray, positive_counts: np.ndarray) -> Vocabulary:
+        """Learn rows from counted values: ``keys`` (K,) distinct raw values in ascending order, ``counts``
+        (K,) their occurrences and ``positive_counts`` (K,) those in positive samples.
+
+        The one place the row rules live (:meth:`fit` counts, then calls it; streaming preparation
+        merges counts chunk by chunk, then calls it): values seen fewer than ``min_count`` times share
+        the OOV row, the rest are numbered hottest first, ties by raw value.
+        """
+        counts = np.asarray(counts, dtype=np.int64)
+        pos_counts = np.asarray(positive_counts, dtype=np.int64)
         keep = counts >= self.min_count
         # hottest first; stable sort on the (sorted) unique values breaks ties by raw value
         order = np.argsort(-counts[keep], kind="stable")
-        kept_keys = np.asarray(uniques)[keep][order]
+        kept_keys = np.asarray(keys)[keep][order]
         self.keys_ = kept_keys
         self.counts_ = np.concatenate([[counts[~keep].sum()], counts[keep][order]]).astype(np.int64)
         self.positive_counts_ = np.concatenate([[pos_counts[~keep].sum()], pos_counts[keep][order]]).astype(np.int64)

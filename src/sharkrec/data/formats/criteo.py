@@ -38,8 +38,11 @@ def read_criteo(path: Path) -> RawTable:
     return parse_criteo(read_bytes(path), str(path))
 
 
-def parse_criteo(data: bytes, source: str) -> RawTable:
-    """Cells of Criteo text held in memory (as :func:`read_bytes` returns it), named ``source`` in errors."""
-    table = split_delimited(data, source, "\t", n_columns=len(COLUMNS), float_columns=range(1 + len(DENSE_FIELDS)))
+def parse_criteo(data: bytes, source: str, first_line: int = 1) -> RawTable:
+    """Cells of Criteo text held in memory (as :func:`read_bytes` returns it), named ``source`` in errors;
+    ``first_line`` numbers the first line of ``data`` (a later chunk of a file)."""
+    table = split_delimited(
+        data, source, "\t", n_columns=len(COLUMNS), float_columns=range(1 + len(DENSE_FIELDS)), first_line=first_line
+    )
     table.frame.columns = list(COLUMNS)
     return table

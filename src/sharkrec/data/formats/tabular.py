@@ -99,9 +99,14 @@ def read_parquet(path: Path, schema: Schema) -> RawTable:
         raise DataError(f"data file {path} is not a readable Parquet file ({exc}); check the file") from None
     if frame.empty:
         raise DataError(f"data file {path} is empty; pass a file that holds data rows")
+    return parquet_table(frame, str(path), 1, schema)
+
+
+def parquet_table(frame: pd.DataFrame, source: str, first_row: int, schema: Schema) -> RawTable:
+    """Rows of a Parquet file (all of it, or a batch whose first row is ``first_row``) as a :class:`RawTable`."""
     frame = frame.reset_index(drop=True)
-    lines = np.arange(1, len(frame) + 1, dtype=np.int64)
-    return _strip(RawTable(frame, lines, str(path), (BadLineLog(str(path)).summary(),)), schema)
+    lines = np.arange(first_row, first_row + len(frame), dtype=np.int64)
+    return _strip(RawTable(frame, lines, source, (BadLineLog(source).summary(),)), schema)
 
 
 def _starts_with_header(data: bytes, delimiter: str, header: HeaderLine, schema: Schema, source: str) -> bool:

@@ -202,6 +202,7 @@ def split_delimited(
     encoding: str = "utf-8",
     describe_width: Callable[[int, int], str] | None = None,
     width_reason: str = "column_count",
+    first_line: int = 1,
 ) -> RawTable:
     """Split unquoted delimited text into a table of string cells.
 
@@ -209,13 +210,13 @@ def split_delimited(
     expected width is ``n_columns``, else the header's width, else the most common width. Columns
     at ``float_columns`` are parsed as float64 (empty or ``?`` gives NaN) when every cell is a
     number; otherwise all columns stay strings and the caller checks them. ``float_columns`` holds
-    positions (int) or header names (str).
+    positions (int) or header names (str). ``first_line`` is the number of the first line of ``data``
+    (a later piece of a file read in chunks).
     """
     if len(delimiter) != 1 or len(delimiter.encode(encoding)) != 1:
         raise SchemaError(f"delimiter {delimiter!r} must be one single-byte character; fix the schema's 'delimiter'")
     names: list[str] | None = None
     body = data
-    first_line = 1
     if has_header:
         stripped = data.lstrip(b"\n")  # blank lines before the header
         first_line += len(data) - len(stripped)
@@ -235,23 +236,18 @@ def split_delimited(
     sep = delimiter.encode(encoding)
     bad_log = BadLineLog(source)
     columns: list[object] = list(names) if names is not None else list(range(n_columns or 0))
-    n_lines = body.count(b"\n") + (0 if body.endswith(b"\n") or not body else 1)
+    n_lines = line_count(body)
     frame: pd.DataFrame | None = None
     # fast path: the separators add up to exactly (width - 1) per line and the C parser finds no
     # line wider than expected, so every line has the expected width and no per-line scan is needed
-    if (
-        n_columns is not None
-        and b"\n\n" not in body
-        and not body.startswith(b"\n")
-        and body.count(sep) == (n_columns - 1) * n_lines
-    ):
+    if n_columns is not None and every_line_has_width(body, sep, n_columns, n_lines):
         try:
             frame = _parse_body(body, delimiter, columns, float_columns, encoding)
             line_numbers = np.arange(first_line, first_line + n_lines, dtype=np.int64)
         except (pd.errors.ParserError, pd.errors.ParserWarning):
             frame = None
     if frame is None:
-        line_numbers, body, n_columns = _keep_full_lines(
+        line_numbers, body, n_columns = keep_full_lines(
             body, sep, n_columns, first_line, bad_log, width_reason, describe
         )
         if names is None:
@@ -268,7 +264,18 @@ def split_delimited(
     return RawTable(frame, line_numbers, source, (bad_log.summary(),))
 
 
-def _keep_full_lines(
+def line_count(body: bytes) -> int:
+    """Lines in ``body``, a last line without its newline included."""
+    return body.count(b"\n") + (0 if body.endswith(b"\n") or not body else 1)
+
+
+def every_line_has_width(body: bytes, sep: bytes, n_columns: int, n_lines: int) -> bool:
+    """True when no line is blank and the separators add up to exactly ``n_columns - 1`` per line; then,
+    unless the parser finds a line wider than ``n_columns``, every line has the expected width."""
+    return b"\n\n" not in body and not body.startswith(b"\n") and body.count(sep) == (n_columns - 1) * n_lines
+
+
+def keep_full_lines(
     body: bytes,
     sep: bytes,
     n_columns: int | None,

@@ -41,7 +41,7 @@ of each field, dense features, labels, the ground-truth sample) has its own rand
 from sharkrec.data.synthetic.config import FieldRole, SyntheticConfig, parse_synthetic_spec
 from sharkrec.data.synthetic.generator import RawSample, SyntheticData, generate, simulate
 from sharkrec.data.synthetic.teacher import FieldTruth, GroundTruth
-from sharkrec.data.synthetic.tsv import write_criteo_tsv
+from sharkrec.data.synthetic.tsv import write_criteo_shards, write_criteo_tsv
 
 # importable as before the split, outside __all__: the column names, and helpers the tests reach for
 from sharkrec.data.synthetic.generator import LABEL_NAME as LABEL_NAME  # isort: skip
@@ -59,5 +59,6 @@ __all__ = [
     "generate",
     "parse_synthetic_spec",
     "simulate",
+    "write_criteo_shards",
     "write_criteo_tsv",
 ]

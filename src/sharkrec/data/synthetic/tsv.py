@@ -83,3 +83,77 @@ def write_criteo_tsv(source: SyntheticData | SyntheticConfig, path: str | Path) 
                 hashes = [_hash32(ranks[rows], f) for f, ranks in enumerate(raw.ranks)]
                 handle.write(_tsv_chunk(raw.labels[rows], raw.dense_counts[rows], hashes))
     return path
+
+
+def write_criteo_shards(
+    config: SyntheticConfig, folder: str | Path, shard_rows: int, shards: Sequence[int] | None = None
+) -> list[Path]:
+    """Write a log of ``config.rows`` rows as Criteo TSV shards ``train-00000.tsv``, ... of ``shard_rows`` rows.
+
+    For logs too large to simulate at once (:func:`write_criteo_tsv` holds every row): one teacher is
+    built from ``config`` and each shard is drawn on its own (shard ``k`` from the random streams
+    ``[seed, stream, index, k]``), so memory holds one shard and shards can be written by separate
+    processes (``shards``: the shard numbers to write, default all). Each shard appears only when
+    complete; an existing shard is kept (a rerun resumes). Rows differ from :func:`write_criteo_tsv`'s.
+    """
+    from sharkrec.data.synthetic.config import FieldRole
+    from sharkrec.data.synthetic.teacher import (
+        _CHUNK,
+        _build_teacher,
+        _calibrate_and_score,
+        _coarsening,
+        _dense_params,
+        _draw_dense,
+        _draw_ranks,
+        _layout,
+        _log_counts,
+        _sigmoid,
+        _Stream,
+        _zipf_cdf,
+    )
+
+    if config.num_dense != 13 or config.num_sparse != 26:
+        raise ConfigError(
+            f"Criteo TSV needs 13 dense and 26 sparse fields, the config has num_dense={config.num_dense},"
+            f" num_sparse={config.num_sparse}; use num_dense=13,num_sparse=26"
+        )
+    if shard_rows < 1:
+        raise ConfigError(f"shard_rows {shard_rows} must be 1 or more")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    count = -(-config.rows // shard_rows)
+    chosen = range(count) if shards is None else shards
+    paths = [folder / f"train-{k:05d}.tsv" for k in range(count)]
+    if all(paths[k].exists() for k in chosen):
+        return [paths[k] for k in chosen]
+    layout = _layout(config)
+    cdfs = [_zipf_cdf(k, s) for k, s in zip(layout.cardinalities, layout.exponents, strict=True)]
+    teacher = _build_teacher(config, layout, cdfs)
+    _calibrate_and_score(teacher, config, layout, cdfs)  # sets the dense standardisation and the bias
+    mu, sigma = _dense_params(config)
+
+    def rng(stream: _Stream, index: int, shard: int) -> np.random.Generator:
+        return np.random.default_rng([config.seed, int(stream), index, shard])
+
+    for k in chosen:
+        if paths[k].exists():
+            continue
+        n = min(shard_rows, config.rows - k * shard_rows)
+        ranks = [_draw_ranks(rng(_Stream.VALUES, f, k), cdfs[f], n) if role is not FieldRole.REDUNDANT
+                 else np.empty(0, dtype=np.int32) for f, role in enumerate(layout.roles)]
+        for f, src in enumerate(layout.source):
+            if src >= 0:
+                ranks[f] = _coarsening(layout.cardinalities[src], layout.cardinalities[f])[ranks[src]]
+        counts = _draw_dense(lambda j, k=k: rng(_Stream.DENSE, j, k), mu, sigma, n)
+        labels = np.empty(n, dtype=np.int8)
+        label_rng = rng(_Stream.LABELS, 0, k)
+        for start in range(0, n, _CHUNK):
+            stop = min(start + _CHUNK, n)
+            logits = teacher.logits([r[start:stop] for r in ranks], _log_counts(counts[start:stop]))
+            labels[start:stop] = label_rng.random(stop - start) < _sigmoid(logits)
+        with atomic_path(paths[k]) as tmp, open(tmp, "wb") as handle:
+            for start in range(0, n, 1 << 16):
+                rows = slice(start, min(start + (1 << 16), n))
+                hashes = [_hash32(r[rows], f) for f, r in enumerate(ranks)]
+                handle.write(_tsv_chunk(labels[rows], counts[rows], hashes))
+    return [paths[k] for k in chosen]
