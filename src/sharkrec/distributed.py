@@ -101,6 +101,24 @@ def broadcast(tensor: Tensor, src: int = 0) -> Tensor:
     return tensor
 
 
+def all_gather_objects(payload: Any) -> list[Any]:
+    """Every rank's ``payload`` (small picklable metadata between the job's own ranks), in rank order."""
+    if not is_distributed():
+        return [payload]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, payload)
+    return gathered
+
+
+def broadcast_object(payload: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``payload`` (small picklable metadata) on every rank."""
+    if not is_distributed():
+        return payload
+    box = [payload]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def all_gather_varsize(tensor: Tensor) -> list[Tensor]:
     """Every rank's ``tensor`` (N_r, ...) in rank order; N_r may differ by rank, trailing dims may not."""
     if not is_distributed():

@@ -75,6 +75,7 @@ from sharkrec.data.readers import DataFormat, schema_for
 from sharkrec.data.schema import Schema
 from sharkrec.data.sources import SPLITS, find_sources
 from sharkrec.data.vocab import OOV_ROW, Vocabulary
+from sharkrec.distributed import all_gather_objects, barrier, broadcast_object
 from sharkrec.errors import ConfigError, DataError
 
 STREAM_ABOVE_BYTES = 1 << 30  # inputs larger than this stream by default (the in-memory path holds ~4x the file)
@@ -159,7 +160,7 @@ def prepare_stream(
             report["seconds"] = time.perf_counter() - started
             _write_manifest(work, schema, report)
             _replace_folder(work, out)
-        _barrier(world)
+        barrier()
         return report
     finally:
         if rank == 0 and work.exists():
@@ -399,9 +400,8 @@ def _finish(pass1: _Pass1, schema: Schema, carved: tuple[str, ...], fractions: t
             min_count: int | None, given: Mapping[str, Vocabulary] | None, work: Path, rank: int, world: int,
             on_progress: Callable[[int, int], None] | None) -> dict[str, Any]:
     folder = work / f"rank{rank}"
-    everyone = _all_gather({"chunks": len(pass1.chunks), "role_rows": pass1.role_rows, "records": pass1.records,
-                            "file_rows": pass1.file_rows,
-                            "missing": pass1.missing}, world)
+    everyone = all_gather_objects({"chunks": len(pass1.chunks), "role_rows": pass1.role_rows,
+                                   "records": pass1.records, "file_rows": pass1.file_rows, "missing": pass1.missing})
     records = {}
     for part in everyone:
         for source, record in part["records"].items():
@@ -434,7 +434,7 @@ def _finish(pass1: _Pass1, schema: Schema, carved: tuple[str, ...], fractions: t
         counts = merger.result()
         if world > 1:
             combined = _CountMerger()
-            for payload in _all_gather(_ipc_bytes(counts), world):
+            for payload in all_gather_objects(_ipc_bytes(counts)):
                 combined.add(_from_ipc(payload))
             counts = combined.result()
         vocabularies = _fit_vocabularies(counts, schema, min_count)
@@ -443,9 +443,9 @@ def _finish(pass1: _Pass1, schema: Schema, carved: tuple[str, ...], fractions: t
 
     if rank == 0:
         _create_outputs(work, schema, split_rows)
-    _barrier(world)
+    barrier()
     stats = _write_splits(pass1, schema, vocabularies, bounds, role_offsets, role_totals, work, folder, on_progress)
-    totals = _sum_stats(_all_gather(stats, world))
+    totals = _sum_stats(all_gather_objects(stats))
     if rank == 0:
         _write_vocabularies(work / "vocab", schema, vocabularies)
     total_rows = sum(split_rows.values())
@@ -624,7 +624,7 @@ def _work_folder(out: Path, rank: int, world: int) -> Path:
     if rank == 0:
         out.parent.mkdir(parents=True, exist_ok=True)
         name = tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    return Path(_broadcast(name, world))
+    return Path(broadcast_object(name))
 
 
 def _replace_folder(work: Path, out: Path) -> None:
@@ -655,39 +655,12 @@ def _agreed(step: Callable[[], _Pass1], world: int) -> _Pass1:
         result = step()
     except (DataError, ConfigError) as exc:
         failure = (type(exc).__name__, str(exc))
-    failures = [f for f in _all_gather(failure, world) if f is not None]
+    failures = [f for f in all_gather_objects(failure) if f is not None]
     if failures:
         kind, message = failures[0]
         raise (ConfigError if kind == "ConfigError" else DataError)(message)
     assert result is not None
     return result
-
-
-def _all_gather(payload: Any, world: int) -> list[Any]:
-    if world <= 1:
-        return [payload]
-    import torch.distributed as dist
-
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, payload)
-    return gathered
-
-
-def _broadcast(payload: Any, world: int) -> Any:
-    if world <= 1:
-        return payload
-    import torch.distributed as dist
-
-    box = [payload]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        from sharkrec.distributed import barrier
-
-        barrier()
 
 
 def _ipc_bytes(table: pa.Table) -> bytes:
