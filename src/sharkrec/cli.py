@@ -256,7 +256,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")] = False,
     shard: Annotated[str | None, typer.Option(
         help="table_wise, row_wise or auto: under torchrun, shard the tables across ranks with TorchRec "
-             "(docs/distributed.md); fp32 tables, no tuning.")] = None,
+             "(docs/distributed.md); fp32 or f-quant tables, no tuning.")] = None,
     rank_memory: Annotated[int | None, typer.Option(
         help="--shard: table bytes one rank may hold; a plan over it is refused before training.")] = None,
     threads: ThreadsOpt = None,
@@ -313,8 +313,14 @@ def train(
     }
     if shard is not None:
         from sharkrec.train.sharded import train_sharded
+        from sharkrec.train.sharded_fq import train_sharded_fq
 
-        _, report = train_sharded(prepared, config, out, shard=shard, rank_memory=rank_memory, model_options=options)
+        if precision == "f-quant":
+            _, report = train_sharded_fq(prepared, config, out, shard=shard, policy_options=precision_options,
+                                         rank_memory=rank_memory, model_options=options)
+        else:
+            _, report = train_sharded(prepared, config, out, shard=shard, rank_memory=rank_memory,
+                                      model_options=options)
         print_metrics(report)
         held = ", ".join(f"rank {r}: {b} B" for r, b in enumerate(report["memory"]["embedding_bytes_per_rank"]))
         typer.echo(f"tables {report['memory']['embedding_bytes_fp32']} B fp32; held {held}")
@@ -346,9 +352,12 @@ def _check_shard_options(shard: str, rank_memory: int | None, precision: str, tu
 
     if shard not in SHARD_KINDS:
         raise ConfigError(f"unknown --shard {shard!r}; use one of {', '.join(SHARD_KINDS)}")
-    if precision != "fp32":
-        raise ConfigError(f"--shard trains fp32 tables; --precision {precision} is not supported on sharded tables "
-                          "yet (docs/distributed.md, F-Quantization)")
+    if precision not in ("fp32", "f-quant"):
+        raise ConfigError(f"--shard trains fp32 or f-quant tables; --precision {precision} is not supported on "
+                          "sharded tables (docs/distributed.md, F-Quantization)")
+    if precision == "f-quant" and shard not in ("table_wise", "row_wise"):
+        raise ConfigError(f"--shard {shard} with --precision f-quant is not supported; use --shard table_wise or "
+                          "row_wise (F-Quantization keeps whole rows on one rank)")
     if tune == "on" or resume:
         raise ConfigError("--shard does not tune or resume; give --lr and run without --resume / --tune on")
     if rank_memory is not None and rank_memory < 1:

@@ -218,8 +218,11 @@ def test_cli_shard_errors_are_one_line_and_write_nothing(tmp_path) -> None:
                      "--rank-memory", "1000", "--quiet")
     assert_one_line_error(result, "--shard table_wise does not fit: rank 0 would hold", "per-rank cap of 1000")
     result = run_cli("train", "--format", "synthetic", "--data", SPEC, "--out", str(out), "--shard", "row_wise",
-                     "--precision", "f-quant")
-    assert_one_line_error(result, "--shard trains fp32 tables; --precision f-quant is not supported")
+                     "--precision", "int8")
+    assert_one_line_error(result, "--shard trains fp32 or f-quant tables; --precision int8 is not supported")
+    result = run_cli("train", "--format", "synthetic", "--data", SPEC, "--out", str(out), "--shard", "auto",
+                     "--precision", "f-quant", "--memory-budget", "0.5")
+    assert_one_line_error(result, "--shard auto with --precision f-quant is not supported; use --shard table_wise")
     result = run_cli("train", "--format", "synthetic", "--data", SPEC, "--out", str(out), "--shard", "columns")
     assert_one_line_error(result, "unknown --shard 'columns'; use one of table_wise, row_wise, auto")
     assert not (out / "model.pt").exists() and not (out / "report.json").exists()
