@@ -297,7 +297,7 @@ def train(
     }
     config = TrainConfig(**given, seed=seed, progress=not quiet)  # validates every value
     if shard is not None:
-        _check_shard_options(shard, rank_memory, precision, tune, resume)
+        _check_shard_options(shard, rank_memory, precision, tune)
     prepared = _load(fmt, data, schema, on_bad_line, split, cache_dir, min_count=min_count)
     search = shard is None and should_tune(tune, len(prepared.train), tuple(given))
     if search:
@@ -317,10 +317,10 @@ def train(
 
         if precision == "f-quant":
             _, report = train_sharded_fq(prepared, config, out, shard=shard, policy_options=precision_options,
-                                         rank_memory=rank_memory, model_options=options)
+                                         rank_memory=rank_memory, model_options=options, resume=resume)
         else:
             _, report = train_sharded(prepared, config, out, shard=shard, rank_memory=rank_memory,
-                                      model_options=options)
+                                      model_options=options, resume=resume)
         print_metrics(report)
         held = ", ".join(f"rank {r}: {b} B" for r, b in enumerate(report["memory"]["embedding_bytes_per_rank"]))
         typer.echo(f"tables {report['memory']['embedding_bytes_fp32']} B fp32; held {held}")
@@ -344,8 +344,7 @@ def train(
     typer.echo(f"wrote {out / 'model.pt'} and {out / 'report.json'}")
 
 
-def _check_shard_options(shard: str, rank_memory: int | None, precision: str, tune: str,
-                         resume: bool) -> None:
+def _check_shard_options(shard: str, rank_memory: int | None, precision: str, tune: str) -> None:
     """One-line errors for what ``--shard`` does not combine with (checked before any data is read)."""
     from sharkrec.errors import ConfigError
     from sharkrec.interop.sharding import SHARD_KINDS
@@ -358,8 +357,8 @@ def _check_shard_options(shard: str, rank_memory: int | None, precision: str, tu
     if precision == "f-quant" and shard not in ("table_wise", "row_wise"):
         raise ConfigError(f"--shard {shard} with --precision f-quant is not supported; use --shard table_wise or "
                           "row_wise (F-Quantization keeps whole rows on one rank)")
-    if tune == "on" or resume:
-        raise ConfigError("--shard does not tune or resume; give --lr and run without --resume / --tune on")
+    if tune == "on":
+        raise ConfigError("--shard does not tune; give --lr and run without --tune on")
     if rank_memory is not None and rank_memory < 1:
         raise ConfigError(f"--rank-memory {rank_memory} must be a positive number of bytes")
 

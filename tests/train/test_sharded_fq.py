@@ -46,8 +46,9 @@ def runs(tmp_path_factory) -> dict[str, list[dict[str, object]]]:
     return out
 
 
-def _replayed_codes() -> dict[str, torch.Tensor]:
-    """Tier codes of one process's MixedPrecisionEmbedding (sharkrec.quant.build) observing the same global batches."""
+def _replayed_codes(steps: int) -> dict[str, torch.Tensor]:
+    """Tier codes of one process's MixedPrecisionEmbedding (sharkrec.quant.build) observing the first ``steps``
+    global batches."""
     from sharkrec.interop.sharding import seeded_rows
     from sharkrec.model.embedding import FloatEmbedding
     from sharkrec.quant.build import build_embedding
@@ -57,7 +58,7 @@ def _replayed_codes() -> dict[str, torch.Tensor]:
     rows = {f: data.cardinalities[f] for f in data.schema.sparse_names}
     floats = FloatEmbedding.from_tables({f: seeded_rows(0, i, 0, r, 16, 0.01) for i, (f, r) in enumerate(rows.items())})
     store = build_embedding("f-quant", floats, data, batch_size=64, **POLICY)
-    for index in global_batches(data.train, 64, 0, 0):
+    for index in global_batches(data.train, 64, 0, 0)[:steps]:
         batch = data.train.batch(index)
         store.observe_batch(batch.sparse, batch.labels)
     return store.tier_of_rows()
@@ -74,7 +75,9 @@ def test_sharded_fq_training_equals_one_process(runs, kind: str) -> None:
     np.testing.assert_allclose(rank0["test"], single["test"], rtol=0, atol=1e-5 if kind == "table_wise" else 3e-3)
     auc, one = rank0["report"]["metrics"]["test"]["click"]["auc"], single["report"]["metrics"]["test"]["click"]["auc"]
     assert abs(auc - one) < 1e-3 and auc > 0.65, (auc, one)
-    replayed = _replayed_codes()
+    best = rank0["report"]["training"]["best_step"]  # the kept weights: the best validation's
+    assert best == single["report"]["training"]["best_step"] and 0 < best <= 50
+    replayed = _replayed_codes(best)
     for field, codes in single["codes"].items():  # every row in the tier the one-process store gives it
         assert torch.equal(rank0["codes"][field], codes), field
         assert torch.equal(codes, replayed[field]), field

@@ -32,6 +32,7 @@ blocks: vocabularies are sorted by count, so contiguous blocks would put the hot
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -449,6 +450,35 @@ class ShardedFQModel:
         """(B, F, D) field vectors and (B, T) logits; dense gradients averaged over ranks in backward."""
         return self.ddp(batch) if self.ddp is not None else self.wrapper(batch)
 
+    # ---------------------------------------------------------------- the training loop's interface
+    def observe(self, batch: Any) -> None:
+        """Eq. 7 (and Eq. 8 every ``recheck_every`` steps) from the global batch, before its forward."""
+        self.tables.observe_batch(batch.sparse, batch.labels)
+
+    def table_optimizer(self, config: Any) -> Any:
+        return self.tables.make_sparse_optimizer(config.optimizer.value, config.embedding_lr or config.lr)
+
+    def signature(self) -> dict[str, Any]:
+        plan = [[[b.field, b.first, b.count, b.stride] for b in parts] for parts in self.blocks]
+        return {"kind": self.kind, "world": distributed.world_size(), "plan": plan,
+                "policy": self.tables.policy.to_dict()}
+
+    def table_state(self, optimizer: Any = None) -> dict[str, Any]:
+        """This rank's rows in their tiers, priorities and row optimizer state (copies)."""
+        store = self.tables.store
+        return {"store": None if store is None else {k: v.clone() for k, v in store.state_dict().items()},
+                "optimizer": None if optimizer is None else copy.deepcopy(optimizer.state_dict()),
+                "steps": self.tables.steps, "rows_moved": self.tables.rows_moved}
+
+    def load_table_state(self, state: dict[str, Any], optimizer: Any = None) -> None:
+        store = self.tables.store
+        if store is not None:
+            store.load_state_dict(state["store"])
+            store._groups.clear()
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        self.tables.steps, self.tables.rows_moved = int(state["steps"]), int(state["rows_moved"])
+
     def memory(self) -> dict[str, Any]:
         """Bytes each rank holds in its tiers (gathered), tier rows per rank, next to the fp32 bytes."""
         tables = self.tables
@@ -495,47 +525,6 @@ def build_sharded_fq(data: PreparedData, kind: str, policy: FQuantPolicy, *, see
     return ShardedFQModel(model, tables, kind, blocks)
 
 
-def fit_fq(sharded: ShardedFQModel, data: PreparedData, config: Any) -> dict[str, Any]:
-    """Train for ``config.epochs`` (or ``max_steps``) on the global batches: observe (Eq. 7-8), forward, backward,
-    step the dense optimizer and the tier optimizer."""
-    from sharkrec.train.sharded import global_batches
-    from sharkrec.train.trainer import loss_from_outputs
-
-    model, tables = sharded.model, sharded.tables
-    dense = [p for name, p in model.named_parameters() if not name.startswith("embedding.")]
-    kinds = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
-    optimizer = kinds[config.optimizer.value](dense, lr=config.lr, weight_decay=config.weight_decay)
-    rows_optimizer = tables.make_sparse_optimizer(config.optimizer.value, config.embedding_lr or config.lr)
-    weights = torch.tensor(config.task_weights or [1.0] * model.num_tasks)
-    steps, samples, started, losses = 0, 0, time.perf_counter(), []
-    model.train()
-    for epoch in range(config.epochs):
-        for index in global_batches(data.train, config.batch_size, epoch, config.seed):
-            batch = data.train.batch(index)
-            optimizer.zero_grad()
-            if rows_optimizer is not None:
-                rows_optimizer.zero_grad()
-            tables.observe_batch(batch.sparse, batch.labels)
-            vectors, logits = sharded.forward(batch)  # (B, F, D), (B, T)
-            loss = loss_from_outputs(vectors, logits, batch, weights, config.embedding_l2)
-            loss.backward()
-            optimizer.step()
-            if rows_optimizer is not None:
-                rows_optimizer.step()
-            steps += 1
-            samples += len(index) * distributed.world_size()
-            losses.append(float(loss.detach()))
-            if config.max_steps is not None and steps >= config.max_steps:
-                break
-        if config.max_steps is not None and steps >= config.max_steps:
-            break
-    model.eval()
-    seconds = time.perf_counter() - started
-    return {"steps": steps, "samples": samples, "train_seconds": seconds, "best_step": steps, "stopped_early": False,
-            "samples_per_second": samples / seconds if seconds > 0 else 0.0,
-            "final_loss": float(np.mean(losses[-20:])) if losses else None}
-
-
 def export_fq(sharded: ShardedFQModel) -> Any:
     """On rank 0: a plain sharkrec DLRM whose tables are one MixedPrecisionEmbedding of every rank's rows in their
     tiers (``None`` elsewhere). Collective."""
@@ -547,7 +536,8 @@ def export_fq(sharded: ShardedFQModel) -> Any:
 
 def train_sharded_fq(data: PreparedData, config: Any, out_dir: str | Path | None = None, *, shard: str,
                      policy_options: Mapping[str, Any] | None = None, rank_memory: int | None = None,
-                     model_options: dict[str, Any] | None = None) -> tuple[ShardedFQModel, dict[str, Any]]:
+                     model_options: dict[str, Any] | None = None, resume: bool = False
+                     ) -> tuple[ShardedFQModel, dict[str, Any]]:
     """``sharkrec train --shard ... --precision f-quant``: build, train, evaluate, report per-rank bytes in tiers;
     with ``out_dir`` rank 0 writes ``model.pt`` (the gathered F-Q model), ``artifact/`` and ``report.json``."""
     from sharkrec.export.artifact import save_artifact
@@ -555,6 +545,7 @@ def train_sharded_fq(data: PreparedData, config: Any, out_dir: str | Path | None
     from sharkrec.train.checkpoint import save_model
     from sharkrec.train.metrics import task_metrics
     from sharkrec.train.sharded import ARTIFACT_DIR, MODEL_FILE, REPORT_FILE, predict
+    from sharkrec.train.sharded_loop import run_training
 
     started = time.perf_counter()
     policy = fq_policy(policy_options or {"memory_budget": 0.5})
@@ -562,7 +553,7 @@ def train_sharded_fq(data: PreparedData, config: Any, out_dir: str | Path | None
         sharded = build_sharded_fq(data, shard, policy, seed=config.seed,
                                    global_batch=config.batch_size * distributed.world_size(),
                                    rank_memory=rank_memory, model_options=model_options)
-        training = fit_fq(sharded, data, config)
+        training = run_training(sharded, data, config, out_dir, resume)
         metrics, outputs = {}, {}
         for name in ("valid", "test"):
             split = data.split(name)
