@@ -109,7 +109,16 @@ def test_export_gathers_the_tiers_into_one_model_that_answers_like_the_sharded_o
     assert bundle.model.embedding.kind == "mixed"
     for field, codes in rank0["codes"].items():
         assert torch.equal(bundle.model.embedding.tier_of_rows()[field], codes)
-    np.testing.assert_allclose(predict(bundle.model, _data().test), rank0["test"], rtol=0, atol=1e-6)
+    data = _data()
+    np.testing.assert_allclose(predict(bundle.model, data.test), rank0["test"], rtol=0, atol=1e-6)
+    import sharkrec
+    from tests.export.conftest import serving_batch
+
+    serving = sharkrec.load(runs["dir"][0]["path"] / kind / "model" / "artifact")  # what serving reads
+    with torch.no_grad():
+        served = torch.cat([serving.predict_proba(serving_batch(serving, b, data.vocabularies))
+                            for b in data.test.batches(8192)]).numpy()
+    np.testing.assert_allclose(served.reshape(rank0["test"].shape), rank0["test"], rtol=0, atol=1e-5)
 
 
 def test_rounding_draws_are_keyed_by_row_not_by_a_generator() -> None:
@@ -123,3 +132,22 @@ def test_rounding_draws_are_keyed_by_row_not_by_a_generator() -> None:
     assert torch.equal(row_uniforms(0, 7, 0, rows[5:9], 16), draws[5:9])  # a row's draws, wherever it is held
     assert not torch.equal(row_uniforms(0, 8, 0, rows, 16), draws)  # a new step, new draws
     assert not torch.equal(row_uniforms(0, 7, 1, rows, 16), draws)  # a tier move draws apart from a write
+
+
+def _one_table_worker() -> dict[str, object]:
+    from sharkrec.train.sharded import predict
+    from sharkrec.train.sharded_fq import train_sharded_fq
+
+    data = load_data("synthetic", "rows=1000,seed=3,num_sparse=1")
+    sharded, report = train_sharded_fq(data, TrainConfig(**TRAIN, batch_size=32), None, shard="table_wise",
+                                       policy_options=POLICY)
+    return {"report": report, "test": predict(sharded.model, data.test)}
+
+
+def test_a_rank_without_rows_takes_part_in_every_collective(tmp_path) -> None:
+    rank0, rank1 = run_ranks(_one_table_worker, tmp_path)
+    memory = rank0["report"]["memory"]
+    assert memory["embedding_bytes_per_rank"][1] == 0 < memory["embedding_bytes_per_rank"][0]  # one table, rank 0
+    assert memory["share_of_fp32"] <= 0.5 and sum(memory["tier_rows_per_rank"][1]) == 0
+    np.testing.assert_array_equal(rank0["test"], rank1["test"])
+    assert rank0["report"]["metrics"]["test"]["click"]["auc"] > 0.5

@@ -312,7 +312,10 @@ class TieredTrainingTables(FieldEmbedding):
                 per_field.setdefault(position, []).append(pooled)
         zeros = torch.zeros(total, self.embedding_dim)
         columns = [torch.stack(per_field[f]).sum(0) if f in per_field else zeros for f in range(len(self.field_names))]
-        summed = _SumOverRanks.apply(torch.stack(columns, dim=1))  # (N, F, D)
+        partial = torch.stack(columns, dim=1)  # (N, F, D)
+        if torch.is_grad_enabled() and self.training and not partial.requires_grad:
+            partial.requires_grad_(True)  # a rank without rows in this batch still joins the backward all-reduce
+        summed = _SumOverRanks.apply(partial)
         return summed[mine:mine + sizes[distributed.rank()]]
 
     # ------------------------------------------------------------ training and accounting
