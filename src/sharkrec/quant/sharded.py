@@ -18,9 +18,8 @@ What TorchRec's kernels cannot do: fbgemm's TBE holds one dtype per table, not p
 forward then equals the F-Q model's forward), and :func:`tiered_model` gives a model whose lookups read each
 rank's rows from their tiers only (:class:`TieredShards`: ids all-gathered, partial pooled sums all-reduced),
 so the fp32 shards can be let go. Export gathers tier codes and rows into one mixed-precision artifact.
-Training with changing tiers (Eq. 7 decay, re-tiering every N batches) on sharded tables is not built: it
-needs gradients sent back from :class:`TieredShards` to the owning ranks and the store's tier optimizer
-stepping there (docs/distributed.md, F-Quantization).
+Training with changing tiers (Eq. 7 decay, re-tiering every N batches) on sharded tables is
+:mod:`sharkrec.train.sharded_fq`, which reuses :func:`tier_codes` for the global cut.
 """
 
 from __future__ import annotations

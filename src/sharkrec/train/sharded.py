@@ -14,8 +14,9 @@ and because DMP averages the table gradients over ranks like DDP averages the de
 Export gathers the shards table by table onto rank 0 (:func:`~sharkrec.interop.sharding.gather_tables`) and
 writes one ordinary sharkrec model file (fp32 tables, or a pruned layer around them) and its serving
 artifact: ``sharkrec.load``, ``export`` and serving read them unchanged. F-Permutation (:func:`field_scores`)
-and pruning (:func:`prune_sharded`) work on the sharded model; F-Quantization of its shards is
-:mod:`sharkrec.quant.sharded`.
+and pruning (:func:`prune_sharded`) work on the sharded model; F-Quantization of its shards after training is
+:mod:`sharkrec.quant.sharded`, during training :mod:`sharkrec.train.sharded_fq`. Validation, early stopping,
+checkpoints and ``--resume``: :mod:`sharkrec.train.sharded_loop`.
 """
 
 from __future__ import annotations

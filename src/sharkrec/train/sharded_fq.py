@@ -364,6 +364,7 @@ def gather_quantized(tables: TieredTrainingTables, dst: int = 0) -> Any:
     whole_rows: dict[str, Tensor] = {}
     whole_codes: dict[str, Tensor] = {}
     store = tables.store
+    held_codes = store.tier_of_rows() if store is not None else {}
     for field, rows in tables.num_rows().items():
         ids, values, codes = [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0, tables.embedding_dim)], \
             [torch.zeros(0, dtype=torch.int8)]
@@ -371,7 +372,7 @@ def gather_quantized(tables: TieredTrainingTables, dst: int = 0) -> Any:
             if block.field == field and store is not None:
                 ids.append(block.rows())
                 values.append(store.read_rows(k, torch.arange(block.count)))
-                codes.append(store.tier_of_rows()[block.name])
+                codes.append(held_codes[block.name])
         packed = torch.cat([torch.cat(ids).double().unsqueeze(1), torch.cat(codes).double().unsqueeze(1),
                             torch.cat(values).double()], dim=1)  # (n, 2 + D): row id, tier code, values
         parts = _gather_to(packed, dst)
