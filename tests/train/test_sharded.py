@@ -237,7 +237,8 @@ def test_replicated_tables_report_every_rank_holding_them() -> None:
 
 
 @pytest.mark.slow  # two torchrun processes import torch + torchrec and generate data: ~25 s on 2 shared cores
-def test_cli_train_shard_under_torchrun_writes_once_with_per_rank_bytes(tmp_path) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "f-quant"])
+def test_cli_train_shard_under_torchrun_writes_once_with_per_rank_bytes(tmp_path, precision: str) -> None:
     """The real entry point: ``torchrun --nproc_per_node=2 -m sharkrec.cli train --shard row_wise``."""
     import json
     import os
@@ -250,14 +251,16 @@ def test_cli_train_shard_under_torchrun_writes_once_with_per_rank_bytes(tmp_path
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": os.pathsep.join(sys.path)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
                "sharkrec.cli", "train", "--format", "synthetic", "--data", SPEC, "--out", str(tmp_path / "run"),
-               "--shard", "row_wise", "--batch-size", "64", "--epochs", "1", "--threads", "1", "--quiet"]
+               "--shard", "row_wise", "--batch-size", "64", "--epochs", "1", "--threads", "1", "--quiet",
+               "--precision", precision, *(["--memory-budget", "0.5"] if precision == "f-quant" else [])]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("wrote ") == 1  # only rank 0 prints (and writes)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     memory = report["memory"]
     assert report["distributed"]["world_size"] == 2 and len(memory["embedding_bytes_per_rank"]) == 2
-    assert max(memory["embedding_bytes_per_rank"]) <= 0.55 * memory["embedding_bytes_fp32"]
+    assert max(memory["embedding_bytes_per_rank"]) <= 0.55 * memory["embedding_bytes"]
+    assert memory["embedding_bytes"] <= (0.5 if precision == "f-quant" else 1.0) * memory["embedding_bytes_fp32"]
     data = _data()
     model = load_model(tmp_path / "run" / "model.pt").model
     auc = report["metrics"]["test"]["click"]["auc"]
