@@ -422,6 +422,9 @@ def importance(
     schema: SchemaOpt = None,
     on_bad_line: BadLineOpt = "skip",
     split: SplitOpt = None,
+    shard: Annotated[str | None, typer.Option(
+        help="table_wise, row_wise or auto: under torchrun, score with the fp32 tables sharded across ranks "
+             "(TorchRec; taylor, taylor-abs, taylor2).")] = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Rank a model's fields by importance (SHARK F-Permutation or a baseline); write report.json and a chart."""
@@ -431,7 +434,8 @@ def importance(
     bundle, prepared = _load_with_model(model, fmt, data, schema, on_bad_line, split)
     with hold_output(out, "importance"):
         report = run_importance(bundle, prepared, method, out, split=score_split, batch_size=batch_size,
-                                max_samples=max_samples, repeats=repeats, fields=_names(fields), seed=seed)
+                                max_samples=max_samples, repeats=repeats, fields=_names(fields), seed=seed,
+                                shard=shard)
     print_importance(report)
     typer.echo(f"wrote {out / 'report.json'} and {out / 'importance.png'}")
 

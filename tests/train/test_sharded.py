@@ -268,3 +268,32 @@ def test_cli_train_shard_under_torchrun_writes_once_with_per_rank_bytes(tmp_path
 
     again = task_metrics(data.test.labels.numpy(), predict(model, data.test), data.schema.label_names)
     assert abs(again["click"]["auc"] - auc) < 1e-9 and report["export_max_abs_diff"] == 0.0
+
+
+def _importance_worker(model_path: str, out: str, kind: str) -> dict[str, object]:
+    from sharkrec import distributed
+    from sharkrec.importance.run import run_importance
+    from sharkrec.train.checkpoint import load_model
+
+    distributed.init_from_env()
+    return run_importance(load_model(model_path), _data(), "taylor2", out, batch_size=64, shard=kind)
+
+
+@pytest.mark.parametrize("kind", ["table_wise", "row_wise"])
+def test_importance_with_shard_scores_a_saved_model_with_its_tables_sharded(runs, tmp_path, kind: str) -> None:
+    """``sharkrec importance --shard``: the saved fp32 model sharded across 2 ranks scores like one process."""
+    import json
+
+    from sharkrec.importance import field_importance
+    from sharkrec.train.checkpoint import load_model
+
+    path = runs["dir"][0]["path"] / kind / "model" / "model.pt"
+    rank0, rank1 = run_ranks(_importance_worker, tmp_path / "ranks", str(path), str(tmp_path / "out"), kind)
+    assert rank0["scores"] == rank1["scores"]
+    single = field_importance(load_model(path).model, _data().valid, "taylor2", batch_size=64)
+    scores = np.array([rank0["scores"][name] for name in single.field_names])
+    assert np.abs(scores - single.scores).max() < 1e-4 and np.abs(single.scores).max() > 1e-3
+    written = json.loads((tmp_path / "out" / "report.json").read_text())
+    per_rank = written["sharding"]["memory"]["embedding_bytes_per_rank"]
+    assert len(per_rank) == 2 and max(per_rank) <= 0.55 * written["sharding"]["memory"]["embedding_bytes_fp32"]
+    assert {t["type"] for t in written["sharding"]["tables"].values()} == {kind}

@@ -136,6 +136,20 @@ def build_sharded(data: PreparedData, kind: str, *, seed: int = 0, optimizer: st
     return sharded
 
 
+def shard_trained(model: DLRM, kind: str, rank_memory: int | None = None) -> ShardedDLRM:
+    """A trained one-process DLRM with fp32 tables (e.g. a loaded ``model.pt``) sharded by ``kind``: dense weights
+    copied, every rank copies its shards from ``model``'s tables (which the caller can then let go)."""
+    if model.embedding.kind != "float":
+        raise ConfigError(f"--shard scores a model with fp32 tables; this one has {model.embedding.kind!r} tables: "
+                          "score it without --shard")
+    tables = TorchRecTables(model.embedding.num_rows(), model.embedding.embedding_dim)
+    clone = _rebuilt(model, tables)
+    dmp, plan = shard_model(clone, kind, rank_memory=rank_memory)
+    sharded = ShardedDLRM(dmp, plan, kind)
+    init_shards(sharded.tables, 0, source={f: model.embedding.table(f) for f in tables.field_names})
+    return sharded
+
+
 def global_batches(split: EncodedSplit, batch_size: int, epoch: int, seed: int) -> list[Tensor]:
     """This rank's sample indices of every global batch of one epoch (see the module docstring)."""
     world, rank = distributed.world_size(), distributed.rank()
