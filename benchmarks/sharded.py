@@ -7,9 +7,12 @@ scores the validation split with taylor2 on the sharded model, reports the table
 (bytes of its local shard tensors) and its peak RSS, then F-Quantizes the sharded tables with a global 0.5
 budget (``sharkrec.quant.sharded``: tiers decided per shard) and reports each rank's bytes in tiers and the
 F-Q model's test AUC, through the DMP shards (decoded rows) and through ``tiered_model`` (each rank looks up
-its rows from their tiers only). The driver then scores the 2-rank run's exported
+its rows from their tiers only). Then it trains an F-Q model *with* sharded tables (``train_sharded_fq``: Eq. 7
+priorities per shard, tiers re-decided under the global 0.5 budget every 100 steps, each rank's rows trained in
+their tiers) and reports each rank's bytes in tiers and the test AUC. The driver then scores the 2-rank run's exported
 model in this one process (``field_importance``) and compares, and trains sharkrec's ordinary 1-process
-model (``train_model``, fp32 tables, batch 2B, same seed) as a second AUC reference.
+model (``train_model``, fp32 tables, batch 2B, same seed) and its ordinary 1-process F-Q training
+(``--precision f-quant --memory-budget 0.5``) as AUC references.
 
     python benchmarks/sharded.py --out benchmarks/results/sharded.json
 """
@@ -64,6 +67,11 @@ def worker(kind: str, rows: int, batch_size: int, out: str) -> None:
     tiered_auc = task_metrics(data.test.labels.numpy(), predict(tiered, data.test), data.schema.label_names)
     tiered_bytes = [int(t) for t in distributed.all_gather_varsize(
         torch.tensor([tiered.embedding.embedding_bytes()], dtype=torch.int64))]
+    from sharkrec.train.sharded_fq import train_sharded_fq
+
+    del sharded, tiered
+    fq_sharded, fq_report = train_sharded_fq(data, config, None, shard=kind, policy_options={"memory_budget": 0.5})
+    del fq_sharded
     rss = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024], dtype=torch.int64)
     rss_per_rank = [int(t) for t in distributed.all_gather_varsize(rss)]
     if distributed.is_main():
@@ -76,6 +84,9 @@ def worker(kind: str, rows: int, batch_size: int, out: str) -> None:
             "sharding": report["sharding"]["tables"],
             "fq": {**tiers.report(), "test_auc": fq_auc[label]["auc"], "tiered_test_auc": tiered_auc[label]["auc"],
                    "tiered_bytes_per_rank": tiered_bytes},
+            "fq_training": {"memory": fq_report["memory"], "metrics": fq_report["metrics"],
+                            "training": fq_report["training"],
+                            "export_max_abs_diff": fq_report.get("export_max_abs_diff")},
         }
         (Path(out) / "worker.json").write_text(json.dumps(result), encoding="utf-8")
 
@@ -105,15 +116,17 @@ def one_process_scores(model_path: Path, rows: int) -> dict[str, float]:
     return dict(zip(result.field_names, result.scores.tolist(), strict=True))
 
 
-def plain_auc(rows: int, batch_size: int) -> float:
-    """sharkrec's ordinary 1-process training (fp32 FloatEmbedding, sparse row-wise Adagrad), same data and seed."""
+def plain_auc(rows: int, batch_size: int, precision: str = "fp32") -> float:
+    """sharkrec's ordinary 1-process training (``precision`` fp32: FloatEmbedding, sparse row-wise Adagrad; f-quant:
+    budget 0.5), same data and seed."""
     from sharkrec.data.loading import load_data
     from sharkrec.train.run import train_model
     from sharkrec.train.trainer import TrainConfig
 
     data = load_data("synthetic", spec(rows))
-    config = TrainConfig(batch_size=batch_size, epochs=1, lr=0.05, seed=0, patience=0, progress=False)
-    _, report = train_model(data, config)
+    config = TrainConfig(batch_size=batch_size, epochs=1, lr=0.05, seed=0, progress=False)
+    options = {"memory_budget": 0.5} if precision == "f-quant" else None
+    _, report = train_model(data, config, precision=precision, precision_options=options)
     return float(report["metrics"]["test"][data.schema.label_names[0]]["auc"])
 
 
@@ -155,6 +168,26 @@ def markdown(payload: dict) -> str:
             f"{fq['tiered_test_auc']:.4f} | "
             f"{fq_one['test_auc']:.4f} |"
         )
+    lines += [
+        "",
+        f"F-Quantization *during training* on the sharded tables (`--precision f-quant --memory-budget 0.5`, re-tiered "
+        f"every 100 steps); plain sharkrec 1-process F-Q test AUC {payload['plain_fq_test_auc']:.4f}:",
+        "",
+        "| shard | tier rows fp32 / fp16 / int8 | rank 0 bytes | rank 1 bytes | max rank share of 1-process F-Q bytes "
+        "| share of fp32 | rows moved | test AUC (2 ranks) | test AUC (1 process) | export max diff "
+        "| train samples/s (2 ranks / 1 process) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in payload["results"]:
+        two, one = row["two_ranks"]["fq_training"], row["one_process"]["fq_training"]
+        held, label = two["memory"]["embedding_bytes_per_rank"], next(iter(two["metrics"]["test"]))
+        lines.append(
+            f"| {row['kind']} | {' / '.join(f'{c:,}' for c in two['memory']['tier_counts'])} | {held[0]:,} | "
+            f"{held[1]:,} | {max(held) / one['memory']['embedding_bytes']:.3f} | {two['memory']['share_of_fp32']:.3f} "
+            f"| {two['memory']['rows_moved']:,} | {two['metrics']['test'][label]['auc']:.4f} | "
+            f"{one['metrics']['test'][label]['auc']:.4f} | {two['export_max_abs_diff']:.1e} | "
+            f"{two['training']['samples_per_second']:,.0f} / {one['training']['samples_per_second']:,.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -187,7 +220,8 @@ def main() -> None:
             })
     payload = {
         "benchmark": "sharded", "environment": environment(), "spec": spec(args.rows), "batch_size": args.batch_size,
-        "plain_test_auc": plain_auc(args.rows, 2 * args.batch_size), "results": results,
+        "plain_test_auc": plain_auc(args.rows, 2 * args.batch_size),
+        "plain_fq_test_auc": plain_auc(args.rows, 2 * args.batch_size, "f-quant"), "results": results,
         "load_average": os.getloadavg()[0],
     }
     assert all(np.isfinite(r["max_score_diff"]) for r in results)

@@ -314,7 +314,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")] = False,
     shard: Annotated[str | None, typer.Option(
         help="table_wise, row_wise or auto: under torchrun, shard the tables across ranks with TorchRec "
-             "(docs/distributed.md); fp32 tables, no tuning.")] = None,
+             "(docs/distributed.md); fp32 or f-quant tables, no tuning.")] = None,
     rank_memory: Annotated[int | None, typer.Option(
         help="--shard: table bytes one rank may hold; a plan over it is refused before training.")] = None,
     threads: ThreadsOpt = None,
@@ -355,7 +355,7 @@ def train(
     }
     config = TrainConfig(**given, seed=seed, progress=not quiet)  # validates every value
     if shard is not None:
-        _check_shard_options(shard, rank_memory, precision, tune, resume)
+        _check_shard_options(shard, rank_memory, precision, tune)
     prepared = _load(fmt, data, schema, on_bad_line, split, cache_dir, min_count=min_count)
     search = shard is None and should_tune(tune, len(prepared.train), tuple(given))
     if search:
@@ -371,8 +371,14 @@ def train(
     }
     if shard is not None:
         from sharkrec.train.sharded import train_sharded
+        from sharkrec.train.sharded_fq import train_sharded_fq
 
-        _, report = train_sharded(prepared, config, out, shard=shard, rank_memory=rank_memory, model_options=options)
+        if precision == "f-quant":
+            _, report = train_sharded_fq(prepared, config, out, shard=shard, policy_options=precision_options,
+                                         rank_memory=rank_memory, model_options=options, resume=resume)
+        else:
+            _, report = train_sharded(prepared, config, out, shard=shard, rank_memory=rank_memory,
+                                      model_options=options, resume=resume)
         print_metrics(report)
         held = ", ".join(f"rank {r}: {b} B" for r, b in enumerate(report["memory"]["embedding_bytes_per_rank"]))
         typer.echo(f"tables {report['memory']['embedding_bytes_fp32']} B fp32; held {held}")
@@ -396,19 +402,21 @@ def train(
     typer.echo(f"wrote {out / 'model.pt'} and {out / 'report.json'}")
 
 
-def _check_shard_options(shard: str, rank_memory: int | None, precision: str, tune: str,
-                         resume: bool) -> None:
+def _check_shard_options(shard: str, rank_memory: int | None, precision: str, tune: str) -> None:
     """One-line errors for what ``--shard`` does not combine with (checked before any data is read)."""
     from sharkrec.errors import ConfigError
     from sharkrec.interop.sharding import SHARD_KINDS
 
     if shard not in SHARD_KINDS:
         raise ConfigError(f"unknown --shard {shard!r}; use one of {', '.join(SHARD_KINDS)}")
-    if precision != "fp32":
-        raise ConfigError(f"--shard trains fp32 tables; --precision {precision} is not supported on sharded tables "
-                          "yet (docs/distributed.md, F-Quantization)")
-    if tune == "on" or resume:
-        raise ConfigError("--shard does not tune or resume; give --lr and run without --resume / --tune on")
+    if precision not in ("fp32", "f-quant"):
+        raise ConfigError(f"--shard trains fp32 or f-quant tables; --precision {precision} is not supported on "
+                          "sharded tables (docs/distributed.md, F-Quantization)")
+    if precision == "f-quant" and shard not in ("table_wise", "row_wise"):
+        raise ConfigError(f"--shard {shard} with --precision f-quant is not supported; use --shard table_wise or "
+                          "row_wise (F-Quantization keeps whole rows on one rank)")
+    if tune == "on":
+        raise ConfigError("--shard does not tune; give --lr and run without --tune on")
     if rank_memory is not None and rank_memory < 1:
         raise ConfigError(f"--rank-memory {rank_memory} must be a positive number of bytes")
 
@@ -472,6 +480,9 @@ def importance(
     schema: SchemaOpt = None,
     on_bad_line: BadLineOpt = "skip",
     split: SplitOpt = None,
+    shard: Annotated[str | None, typer.Option(
+        help="table_wise, row_wise or auto: under torchrun, score with the fp32 tables sharded across ranks "
+             "(TorchRec; taylor, taylor-abs, taylor2).")] = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Rank a model's fields by importance (SHARK F-Permutation or a baseline); write report.json and a chart."""
@@ -481,7 +492,8 @@ def importance(
     bundle, prepared = _load_with_model(model, fmt, data, schema, on_bad_line, split)
     with hold_output(out, "importance"):
         report = run_importance(bundle, prepared, method, out, split=score_split, batch_size=batch_size,
-                                max_samples=max_samples, repeats=repeats, fields=_names(fields), seed=seed)
+                                max_samples=max_samples, repeats=repeats, fields=_names(fields), seed=seed,
+                                shard=shard)
     print_importance(report)
     typer.echo(f"wrote {out / 'report.json'} and {out / 'importance.png'}")
 

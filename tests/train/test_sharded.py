@@ -218,8 +218,11 @@ def test_cli_shard_errors_are_one_line_and_write_nothing(tmp_path) -> None:
                      "--rank-memory", "1000", "--quiet")
     assert_one_line_error(result, "--shard table_wise does not fit: rank 0 would hold", "per-rank cap of 1000")
     result = run_cli("train", "--format", "synthetic", "--data", SPEC, "--out", str(out), "--shard", "row_wise",
-                     "--precision", "f-quant")
-    assert_one_line_error(result, "--shard trains fp32 tables; --precision f-quant is not supported")
+                     "--precision", "int8")
+    assert_one_line_error(result, "--shard trains fp32 or f-quant tables; --precision int8 is not supported")
+    result = run_cli("train", "--format", "synthetic", "--data", SPEC, "--out", str(out), "--shard", "auto",
+                     "--precision", "f-quant", "--memory-budget", "0.5")
+    assert_one_line_error(result, "--shard auto with --precision f-quant is not supported; use --shard table_wise")
     result = run_cli("train", "--format", "synthetic", "--data", SPEC, "--out", str(out), "--shard", "columns")
     assert_one_line_error(result, "unknown --shard 'columns'; use one of table_wise, row_wise, auto")
     assert not (out / "model.pt").exists() and not (out / "report.json").exists()
@@ -234,7 +237,8 @@ def test_replicated_tables_report_every_rank_holding_them() -> None:
 
 
 @pytest.mark.slow  # two torchrun processes import torch + torchrec and generate data: ~25 s on 2 shared cores
-def test_cli_train_shard_under_torchrun_writes_once_with_per_rank_bytes(tmp_path) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "f-quant"])
+def test_cli_train_shard_under_torchrun_writes_once_with_per_rank_bytes(tmp_path, precision: str) -> None:
     """The real entry point: ``torchrun --nproc_per_node=2 -m sharkrec.cli train --shard row_wise``."""
     import json
     import os
@@ -247,14 +251,16 @@ def test_cli_train_shard_under_torchrun_writes_once_with_per_rank_bytes(tmp_path
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": os.pathsep.join(sys.path)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
                "sharkrec.cli", "train", "--format", "synthetic", "--data", SPEC, "--out", str(tmp_path / "run"),
-               "--shard", "row_wise", "--batch-size", "64", "--epochs", "1", "--threads", "1", "--quiet"]
+               "--shard", "row_wise", "--batch-size", "64", "--epochs", "1", "--threads", "1", "--quiet",
+               "--precision", precision, *(["--memory-budget", "0.5"] if precision == "f-quant" else [])]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("wrote ") == 1  # only rank 0 prints (and writes)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     memory = report["memory"]
     assert report["distributed"]["world_size"] == 2 and len(memory["embedding_bytes_per_rank"]) == 2
-    assert max(memory["embedding_bytes_per_rank"]) <= 0.55 * memory["embedding_bytes_fp32"]
+    assert max(memory["embedding_bytes_per_rank"]) <= 0.55 * memory["embedding_bytes"]
+    assert memory["embedding_bytes"] <= (0.5 if precision == "f-quant" else 1.0) * memory["embedding_bytes_fp32"]
     data = _data()
     model = load_model(tmp_path / "run" / "model.pt").model
     auc = report["metrics"]["test"]["click"]["auc"]
@@ -262,3 +268,32 @@ def test_cli_train_shard_under_torchrun_writes_once_with_per_rank_bytes(tmp_path
 
     again = task_metrics(data.test.labels.numpy(), predict(model, data.test), data.schema.label_names)
     assert abs(again["click"]["auc"] - auc) < 1e-9 and report["export_max_abs_diff"] == 0.0
+
+
+def _importance_worker(model_path: str, out: str, kind: str) -> dict[str, object]:
+    from sharkrec import distributed
+    from sharkrec.importance.run import run_importance
+    from sharkrec.train.checkpoint import load_model
+
+    distributed.init_from_env()
+    return run_importance(load_model(model_path), _data(), "taylor2", out, batch_size=64, shard=kind)
+
+
+@pytest.mark.parametrize("kind", ["table_wise", "row_wise"])
+def test_importance_with_shard_scores_a_saved_model_with_its_tables_sharded(runs, tmp_path, kind: str) -> None:
+    """``sharkrec importance --shard``: the saved fp32 model sharded across 2 ranks scores like one process."""
+    import json
+
+    from sharkrec.importance import field_importance
+    from sharkrec.train.checkpoint import load_model
+
+    path = runs["dir"][0]["path"] / kind / "model" / "model.pt"
+    rank0, rank1 = run_ranks(_importance_worker, tmp_path / "ranks", str(path), str(tmp_path / "out"), kind)
+    assert rank0["scores"] == rank1["scores"]
+    single = field_importance(load_model(path).model, _data().valid, "taylor2", batch_size=64)
+    scores = np.array([rank0["scores"][name] for name in single.field_names])
+    assert np.abs(scores - single.scores).max() < 1e-4 and np.abs(single.scores).max() > 1e-3
+    written = json.loads((tmp_path / "out" / "report.json").read_text())
+    per_rank = written["sharding"]["memory"]["embedding_bytes_per_rank"]
+    assert len(per_rank) == 2 and max(per_rank) <= 0.55 * written["sharding"]["memory"]["embedding_bytes_fp32"]
+    assert {t["type"] for t in written["sharding"]["tables"].values()} == {kind}

@@ -25,10 +25,13 @@ CHART_FILE = "importance.png"
 
 def run_importance(bundle: ModelBundle, data: PreparedData, method: str = "default", out_dir: str | Path | None = None,
                    *, split: str = "valid", batch_size: int = 4096, max_samples: int | None = None,
-                   repeats: int | None = None, fields: Sequence[str] | None = None, seed: int = 0) -> dict[str, Any]:
+                   repeats: int | None = None, fields: Sequence[str] | None = None, seed: int = 0,
+                   shard: str | None = None) -> dict[str, Any]:
     """Score every field of ``bundle.model`` on ``data.<split>``; with ``out_dir`` write report.json and a PNG.
 
     ``repeats`` is passed to methods that repeat (permutation: shuffles T); others reject it.
+    ``shard`` (under torchrun): score with the tables sharded across the ranks by TorchRec
+    (:func:`sharkrec.train.sharded.field_scores`; taylor, taylor-abs or taylor2; default taylor2).
     Nothing is written unless scoring succeeded.
     """
     from sharkrec.prune.loop import check_model_matches
@@ -42,10 +45,24 @@ def run_importance(bundle: ModelBundle, data: PreparedData, method: str = "defau
     if len(scored) == 0:
         raise ConfigError(f"the {split} split is empty; score on a split with samples (--score-split)")
     options: dict[str, Any] = {"repeats": repeats} if repeats is not None else {}
-    result = field_importance(model, scored, method, batch_size=batch_size, max_samples=max_samples,
-                              fields=fields, seed=seed, **options)
+    sharding: dict[str, Any] | None = None
+    if shard is not None:
+        from sharkrec.train.sharded import field_scores, shard_trained
+
+        if max_samples is not None or repeats is not None or fields:
+            raise ConfigError("--shard scores every field on the whole split; drop --max-samples, --repeats and "
+                              "--fields")
+        sharded = shard_trained(model, shard)
+        result = field_scores(sharded, scored, batch_size=batch_size,
+                              method="taylor2" if method == "default" else method)
+        sharding = {"kind": shard, "tables": sharded.sharding(), "memory": sharded.memory()}
+    else:
+        result = field_importance(model, scored, method, batch_size=batch_size, max_samples=max_samples,
+                                  fields=fields, seed=seed, **options)
     report = {"command": "importance", **_finite(result.to_dict()), "importance_seconds": result.seconds,
               "split": split, "batch_size": batch_size}
+    if sharding is not None:
+        report["sharding"] = sharding
     report["seconds"] = time.perf_counter() - started
     if out_dir is not None and distributed.is_main():  # under torchrun every rank holds the scores
         out = Path(out_dir)

@@ -73,26 +73,29 @@ class Precision(str, enum.Enum):
 _ORDER = (Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT4)
 
 
-def _round(x: Tensor, stochastic: bool) -> Tensor:
-    """Round to integers: nearest, or up with probability frac(x) (unbiased)."""
+def _round(x: Tensor, stochastic: bool, noise: Tensor | None = None) -> Tensor:
+    """Round to integers: nearest, or up with probability frac(x) (unbiased); ``noise``: the uniform [0, 1)
+    draws to use (same shape as ``x``; default ``torch.rand_like``)."""
     if stochastic:
-        return torch.floor(x + torch.rand_like(x))
+        return torch.floor(x + (torch.rand_like(x) if noise is None else noise))
     return torch.round(x)
 
 
-def quantize_symmetric(rows: Tensor, max_level: int, stochastic: bool = False) -> tuple[Tensor, Tensor]:
+def quantize_symmetric(rows: Tensor, max_level: int, stochastic: bool = False,
+                       noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Row-wise symmetric quantization (Eq. 5 with scale = max|e| / I_max).
 
     Args:
         rows: (N, D) float32.
         max_level: I_max (127 for int8, 7 for int4).
+        noise: (N, D) uniform [0, 1) draws for stochastic rounding (default: torch's global generator).
     Returns:
         codes (N, D) int8 in [-I_max, I_max] and scales (N,) float32 (0 for an all-zero row).
     """
     rows = rows.float()
     scales = rows.abs().amax(dim=1) / max_level if rows.shape[1] else rows.new_zeros(rows.shape[0])  # (N,)
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))
-    codes = _round(rows / safe.unsqueeze(1), stochastic).clamp_(-max_level, max_level)
+    codes = _round(rows / safe.unsqueeze(1), stochastic, noise).clamp_(-max_level, max_level)
     return codes.to(torch.int8), scales
 
 
@@ -101,9 +104,9 @@ def dequantize_symmetric(codes: Tensor, scales: Tensor) -> Tensor:
     return codes.float() * scales.unsqueeze(1)
 
 
-def quantize_int8(rows: Tensor, stochastic: bool = False) -> tuple[Tensor, Tensor]:
+def quantize_int8(rows: Tensor, stochastic: bool = False, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(N, D) float32 → int8 codes (N, D), scales (N,) float32; error ≤ scale/2 (nearest) or < scale."""
-    return quantize_symmetric(rows, 127, stochastic)
+    return quantize_symmetric(rows, 127, stochastic, noise)
 
 
 def pack_int4(codes: Tensor) -> Tensor:
@@ -122,9 +125,9 @@ def unpack_int4(packed: Tensor, dim: int) -> Tensor:
     return torch.stack([low, high], dim=2).reshape(packed.shape[0], -1)[:, :dim]
 
 
-def quantize_int4(rows: Tensor, stochastic: bool = False) -> tuple[Tensor, Tensor]:
+def quantize_int4(rows: Tensor, stochastic: bool = False, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(N, D) float32 → packed (N, ceil(D/2)) uint8, scales (N,) float32 (scale = max|e| / 7)."""
-    codes, scales = quantize_symmetric(rows, 7, stochastic)
+    codes, scales = quantize_symmetric(rows, 7, stochastic, noise)
     return pack_int4(codes), scales
 
 
@@ -132,7 +135,7 @@ def dequantize_int4(packed: Tensor, scales: Tensor, dim: int) -> Tensor:
     return dequantize_symmetric(unpack_int4(packed, dim), scales)
 
 
-def to_fp16(rows: Tensor, stochastic: bool = False) -> Tensor:
+def to_fp16(rows: Tensor, stochastic: bool = False, noise: Tensor | None = None) -> Tensor:
     """(N, D) float32 → float16, round-to-nearest or stochastic between the two fp16 neighbours.
 
     Values beyond the fp16 range (±65504) are clamped first so no row becomes infinite.
@@ -150,5 +153,6 @@ def to_fp16(rows: Tensor, stochastic: bool = False) -> Tensor:
     gap = (other_f - back).abs()
     p_other = torch.where(gap > 0, (rows - back).abs() / torch.where(gap > 0, gap, torch.ones_like(gap)),
                           torch.zeros_like(gap))
-    pick_other = (torch.rand_like(rows) < p_other) & (back != rows) & torch.isfinite(other_f)
+    draws = torch.rand_like(rows) if noise is None else noise
+    pick_other = (draws < p_other) & (back != rows) & torch.isfinite(other_f)
     return torch.where(pick_other, other, nearest)

@@ -130,6 +130,10 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         self._groups: dict[int, TierGroups] = {}  # per field: where the last forward's rows live (for the step)
         self._unique: list[tuple[Tensor, Tensor, Tensor]] = []  # (ids, rows, inverse) of the observed batch
         self._optimizer_ref: weakref.ref[TierOptimizer] | None = None
+        #: optional draws for stochastic rounding: ``row_noise(field, rows (U,), D, purpose)`` → (U, D) uniform
+        #: [0, 1), purpose 0 = an optimizer write, 1 = a tier move; ``None``: torch's global generator. A keyed
+        #: function of the row (sharkrec.train.sharded_fq) makes the draws independent of where the row lives.
+        self.row_noise: Any = None
         start = Precision.parse(initial)
         d, half = self.embedding_dim, (self.embedding_dim + 1) // 2
         for i, rows in enumerate(int(r) for r in field_rows.values()):
@@ -259,7 +263,8 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         for tier, where in by_tier:
             tier_values = values if where is None else values.index_select(0, where)
             tier_slots = slots if where is None else slots.index_select(0, where)
-            payload, scales = self._encode(tier, tier_values)
+            payload, scales = self._encode(tier, tier_values, field, rows if where is None else
+                                           rows.index_select(0, where))
             self._buffer(f"{tier.value}_{field}").index_copy_(0, tier_slots, payload)
             if scales is not None:
                 self._buffer(f"{tier.value}_scale_{field}").index_copy_(0, tier_slots, scales)
@@ -275,14 +280,19 @@ class MixedPrecisionEmbedding(FieldEmbedding):
             return codec.dequantize_symmetric(payload, scales)
         return codec.dequantize_int4(payload, scales, self.embedding_dim)
 
-    def _encode(self, tier: Precision, values: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _encode(self, tier: Precision, values: Tensor, field: int = 0, rows: Tensor | None = None,
+                purpose: int = 0) -> tuple[Tensor, Tensor | None]:
         if tier is Precision.FP32:
             return values.float(), None
+        stochastic = self.stochastic_fp16 if tier is Precision.FP16 else self.stochastic_int
+        noise = None
+        if stochastic and self.row_noise is not None and rows is not None:
+            noise = self.row_noise(field, rows, values.shape[1], purpose)
         if tier is Precision.FP16:
-            return codec.to_fp16(values, self.stochastic_fp16), None
+            return codec.to_fp16(values, stochastic, noise), None
         if tier is Precision.INT8:
-            return codec.quantize_int8(values, self.stochastic_int)
-        return codec.quantize_int4(values, self.stochastic_int)
+            return codec.quantize_int8(values, stochastic, noise)
+        return codec.quantize_int4(values, stochastic, noise)
 
     @torch.no_grad()
     def set_tiers(self, field: int, codes: Tensor) -> int:
@@ -309,7 +319,7 @@ class MixedPrecisionEmbedding(FieldEmbedding):
             position_kept = (~changed[members]).nonzero().squeeze(1)
             position_moved = changed[members].nonzero().squeeze(1)
             new_payload[position_kept] = payload.index_select(0, old_slots[kept])
-            encoded, encoded_scales = self._encode(tier, self.read_rows(field, moved))
+            encoded, encoded_scales = self._encode(tier, self.read_rows(field, moved), field, moved, purpose=1)
             new_payload[position_moved] = encoded
             pools[f"{tier.value}_{field}"] = new_payload
             if scales is not None:

@@ -18,9 +18,8 @@ What TorchRec's kernels cannot do: fbgemm's TBE holds one dtype per table, not p
 forward then equals the F-Q model's forward), and :func:`tiered_model` gives a model whose lookups read each
 rank's rows from their tiers only (:class:`TieredShards`: ids all-gathered, partial pooled sums all-reduced),
 so the fp32 shards can be let go. Export gathers tier codes and rows into one mixed-precision artifact.
-Training with changing tiers (Eq. 7 decay, re-tiering every N batches) on sharded tables is not built: it
-needs gradients sent back from :class:`TieredShards` to the owning ranks and the store's tier optimizer
-stepping there (docs/distributed.md, F-Quantization).
+Training with changing tiers (Eq. 7 decay, re-tiering every N batches) on sharded tables is
+:mod:`sharkrec.train.sharded_fq`, which reuses :func:`tier_codes` for the global cut.
 """
 
 from __future__ import annotations
@@ -101,12 +100,30 @@ def global_tiers(priorities: Mapping[str, list[tuple[int, Tensor]]], field_rows:
     if sum(counts) != total:
         raise ConfigError(f"tier counts {counts} do not add up to the {total} rows of the tables")
     blocks = [(field, first, values) for field, parts in priorities.items() for first, values in parts]
-    keys = torch.cat([v.float().contiguous().view(torch.int32).long() for _, _, v in blocks]) if blocks else \
-        torch.zeros(0, dtype=torch.int64)
-    if bool((keys < 0).any()):
-        raise ConfigError("row priorities must be non-negative (Eq. 7's bracket is)")
+    keys = torch.cat([priority_keys(v) for _, _, v in blocks]) if blocks else torch.zeros(0, dtype=torch.int64)
     index = torch.cat([bases[f] + first + torch.arange(v.numel()) for f, first, v in blocks]) if blocks else \
         torch.zeros(0, dtype=torch.int64)
+    codes = tier_codes(keys, index, counts, total)
+    out: dict[str, list[tuple[int, Tensor]]] = {}
+    position = 0
+    for field, first, values in blocks:
+        out.setdefault(field, []).append((first, codes[position:position + values.numel()]))
+        position += values.numel()
+    return out
+
+
+def priority_keys(values: Tensor) -> Tensor:
+    """(n,) int64 sort keys of non-negative float32 priorities (their bits order like the floats)."""
+    keys = values.float().contiguous().view(torch.int32).long()
+    if bool((keys < 0).any()):
+        raise ConfigError("row priorities must be non-negative (Eq. 7's bracket is)")
+    return keys
+
+
+def tier_codes(keys: Tensor, index: Tensor, counts: Sequence[int], total: int) -> Tensor:
+    """(n,) int8 tier codes of this rank's rows: ``keys`` (:func:`priority_keys`) and ``index`` (flat row index over
+    all tables, the tie-break) of its rows, ``counts`` rows per tier over all ranks' ``total`` rows. Collective:
+    the same order as one process sorting all rows (priority descending, then flat index)."""
     codes = torch.zeros(keys.numel(), dtype=torch.int8)
     taken = 0
     for count in counts[:-1]:  # rows outside the first `taken` hottest move one tier down per boundary
@@ -119,12 +136,7 @@ def global_tiers(priorities: Mapping[str, list[tuple[int, Tensor]]], field_rows:
         bits, cut = _cut(keys, index, taken, total)
         inside = (keys > bits) | ((keys == bits) & (index < cut))
         codes += (~inside).to(torch.int8)
-    out: dict[str, list[tuple[int, Tensor]]] = {}
-    position = 0
-    for field, first, values in blocks:
-        out.setdefault(field, []).append((first, codes[position:position + values.numel()]))
-        position += values.numel()
-    return out
+    return codes
 
 
 def row_priorities(vocabularies: Mapping[str, Any], field: str, first: int, rows: int, alpha: float) -> Tensor:

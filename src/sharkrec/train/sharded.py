@@ -14,8 +14,9 @@ and because DMP averages the table gradients over ranks like DDP averages the de
 Export gathers the shards table by table onto rank 0 (:func:`~sharkrec.interop.sharding.gather_tables`) and
 writes one ordinary sharkrec model file (fp32 tables, or a pruned layer around them) and its serving
 artifact: ``sharkrec.load``, ``export`` and serving read them unchanged. F-Permutation (:func:`field_scores`)
-and pruning (:func:`prune_sharded`) work on the sharded model; F-Quantization of its shards is
-:mod:`sharkrec.quant.sharded`.
+and pruning (:func:`prune_sharded`) work on the sharded model; F-Quantization of its shards after training is
+:mod:`sharkrec.quant.sharded`, during training :mod:`sharkrec.train.sharded_fq`. Validation, early stopping,
+checkpoints and ``--resume``: :mod:`sharkrec.train.sharded_loop`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from sharkrec.io import write_json
 from sharkrec.model.dlrm import DLRM
 from sharkrec.model.embedding import FloatEmbedding, layers, replace_storage
 from sharkrec.train.metrics import task_metrics
-from sharkrec.train.trainer import TrainConfig, loss_from_outputs
+from sharkrec.train.trainer import TrainConfig
 
 REPORT_FILE = "report.json"
 MODEL_FILE = "model.pt"
@@ -68,6 +69,37 @@ class ShardedDLRM:
         return {names[t]: {"type": p.sharding_type, "ranks": list(p.ranks or []), "kernel": p.compute_kernel}
                 for t, p in module_plan.items()}
 
+    # ---------------------------------------------------------------- the training loop's interface
+    def observe(self, batch: Any) -> None:
+        """Nothing to count before an fp32 step."""
+
+    def forward(self, batch: Any) -> tuple[Tensor, Tensor]:
+        return self.dmp(batch)
+
+    def table_optimizer(self, config: Any) -> None:
+        return None  # fused into the kernels
+
+    def signature(self) -> dict[str, Any]:
+        return {"kind": self.kind, "world": distributed.world_size(), "plan": self.sharding()}
+
+    @torch.no_grad()
+    def table_state(self, optimizer: Any = None) -> dict[str, Any]:
+        """This rank's shards and their fused optimizer state (copies)."""
+        rows = {field: [t.detach().clone() for _, t in shards] for field, shards in local_shards(self.tables).items()}
+        return {"rows": rows, "optimizer": {key: {name: [t.clone() for t in _local(value)]
+                                                  for name, value in state.items()}
+                                            for key, state in self.dmp.fused_optimizer.state_dict()["state"].items()}}
+
+    @torch.no_grad()
+    def load_table_state(self, state: dict[str, Any], optimizer: Any = None) -> None:
+        for field, shards in local_shards(self.tables).items():
+            for (_, tensor), saved in zip(shards, state["rows"][field], strict=True):
+                tensor.copy_(saved)
+        for key, entries in self.dmp.fused_optimizer.state_dict()["state"].items():
+            for name, value in entries.items():
+                for tensor, saved in zip(_local(value), state["optimizer"][key][name], strict=True):
+                    tensor.copy_(saved)
+
     def memory(self) -> dict[str, Any]:
         """Bytes of table tensors each rank holds (gathered), next to the fp32 bytes of the whole tables."""
         held = torch.tensor([self.tables.embedding_bytes()], dtype=torch.int64)
@@ -79,6 +111,15 @@ class ShardedDLRM:
         return {"embedding_bytes": sum(per_rank) + constants, "embedding_bytes_fp32": total, "embedding_rows": rows,
                 "embedding_bytes_per_rank": per_rank, "constant_bytes": constants,
                 "share_per_rank": [b / total if total else 0.0 for b in per_rank]}
+
+
+def _local(value: Any) -> list[Tensor]:
+    """The local tensors of a (sharded) optimizer state value."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    if isinstance(value, ShardedTensor):
+        return [s.tensor for s in value.local_shards()]
+    return [value] if isinstance(value, Tensor) else []
 
 
 def build_sharded(data: PreparedData, kind: str, *, seed: int = 0, optimizer: str = "adagrad", lr: float = 0.05,
@@ -95,6 +136,20 @@ def build_sharded(data: PreparedData, kind: str, *, seed: int = 0, optimizer: st
     return sharded
 
 
+def shard_trained(model: DLRM, kind: str, rank_memory: int | None = None) -> ShardedDLRM:
+    """A trained one-process DLRM with fp32 tables (e.g. a loaded ``model.pt``) sharded by ``kind``: dense weights
+    copied, every rank copies its shards from ``model``'s tables (which the caller can then let go)."""
+    if model.embedding.kind != "float":
+        raise ConfigError(f"--shard scores a model with fp32 tables; this one has {model.embedding.kind!r} tables: "
+                          "score it without --shard")
+    tables = TorchRecTables(model.embedding.num_rows(), model.embedding.embedding_dim)
+    clone = _rebuilt(model, tables)
+    dmp, plan = shard_model(clone, kind, rank_memory=rank_memory)
+    sharded = ShardedDLRM(dmp, plan, kind)
+    init_shards(sharded.tables, 0, source={f: model.embedding.table(f) for f in tables.field_names})
+    return sharded
+
+
 def global_batches(split: EncodedSplit, batch_size: int, epoch: int, seed: int) -> list[Tensor]:
     """This rank's sample indices of every global batch of one epoch (see the module docstring)."""
     world, rank = distributed.world_size(), distributed.rank()
@@ -107,34 +162,13 @@ def global_batches(split: EncodedSplit, batch_size: int, epoch: int, seed: int) 
     return [order[k * step + rank * batch_size:k * step + (rank + 1) * batch_size] for k in range(count)]
 
 
-def fit(sharded: ShardedDLRM, data: PreparedData, config: TrainConfig) -> dict[str, Any]:
-    """Train for ``config.epochs`` (or ``max_steps``); the tables' fused optimizer steps inside ``backward``."""
-    model = sharded.model
-    dense = [p for name, p in model.named_parameters() if not name.startswith("embedding.")]
-    kinds = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
-    optimizer = kinds[config.optimizer.value](dense, lr=config.lr, weight_decay=config.weight_decay)
-    weights = torch.tensor(config.task_weights or [1.0] * model.num_tasks)
-    steps, samples, started, losses = 0, 0, time.perf_counter(), []
-    sharded.dmp.train()
-    for epoch in range(config.epochs):
-        for index in global_batches(data.train, config.batch_size, epoch, config.seed):
-            batch = data.train.batch(index)
-            vectors, logits = sharded.dmp(batch)  # (B, F, D), (B, T)
-            loss = loss_from_outputs(vectors, logits, batch, weights, config.embedding_l2)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            steps += 1
-            samples += len(index) * distributed.world_size()
-            losses.append(float(loss.detach()))
-            if config.max_steps is not None and steps >= config.max_steps:
-                break
-        if config.max_steps is not None and steps >= config.max_steps:
-            break
-    seconds = time.perf_counter() - started
-    return {"steps": steps, "samples": samples, "train_seconds": seconds, "best_step": steps, "stopped_early": False,
-            "samples_per_second": samples / seconds if seconds > 0 else 0.0,
-            "final_loss": float(np.mean(losses[-20:])) if losses else None}
+def fit(sharded: ShardedDLRM, data: PreparedData, config: TrainConfig, out_dir: str | Path | None = None,
+        resume: bool = False) -> dict[str, Any]:
+    """Train (:func:`sharkrec.train.sharded_loop.run_training`: validation, early stopping, checkpoints); the
+    tables' fused optimizer steps inside ``backward``."""
+    from sharkrec.train.sharded_loop import run_training
+
+    return run_training(sharded, data, config, out_dir, resume)
 
 
 @torch.no_grad()
@@ -159,8 +193,8 @@ def export_model(sharded: ShardedDLRM) -> DLRM | None:
 
 
 def train_sharded(data: PreparedData, config: TrainConfig, out_dir: str | Path | None = None, *, shard: str,
-                  rank_memory: int | None = None, model_options: dict[str, Any] | None = None
-                  ) -> tuple[ShardedDLRM, dict[str, Any]]:
+                  rank_memory: int | None = None, model_options: dict[str, Any] | None = None,
+                  resume: bool = False) -> tuple[ShardedDLRM, dict[str, Any]]:
     """``sharkrec train --shard``: build, train, evaluate (test and valid), report per-rank bytes; with ``out_dir``
     rank 0 writes ``model.pt`` (the gathered model), ``artifact/`` (its serving artifact) and ``report.json``."""
     from sharkrec.export.artifact import save_artifact
@@ -171,7 +205,7 @@ def train_sharded(data: PreparedData, config: TrainConfig, out_dir: str | Path |
         sharded = build_sharded(data, shard, seed=config.seed, optimizer=config.optimizer.value,
                                 lr=config.embedding_lr or config.lr, rank_memory=rank_memory,
                                 model_options=model_options)
-        training = fit(sharded, data, config)
+        training = fit(sharded, data, config, out_dir, resume)
         metrics, outputs = {}, {}
         for name in ("valid", "test"):
             split = data.split(name)
