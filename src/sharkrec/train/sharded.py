@@ -192,44 +192,54 @@ def export_model(sharded: ShardedDLRM) -> DLRM | None:
     return model.with_embedding(replace_storage(model.embedding, store)).eval()
 
 
+def finish_run(sharded: Any, data: PreparedData, config: TrainConfig, out_dir: str | Path | None,
+               training: dict[str, Any], exported: Any, started: float, *, sharding: dict[str, Any],
+               model_config: dict[str, Any]) -> dict[str, Any]:
+    """The end of a sharded training run (fp32 or F-Q): valid / test metrics of the sharded model, per-rank
+    bytes, the largest difference of the gathered ``exported`` model (rank 0) from the sharded one, and on
+    rank 0 with ``out_dir``: ``model.pt``, ``artifact/`` (what ``sharkrec.load`` reads) and ``report.json``."""
+    from sharkrec.export.artifact import save_artifact
+    from sharkrec.train.checkpoint import save_model
+
+    metrics, outputs = {}, {}
+    for name in ("valid", "test"):
+        split = data.split(name)
+        if len(split):
+            outputs[name] = predict(sharded.model, split, config.eval_batch_size)
+            metrics[name] = task_metrics(split.labels.numpy(), outputs[name], data.schema.label_names)
+    report: dict[str, Any] = {
+        "command": "train", "metrics": metrics, "memory": sharded.memory(), "training": training,
+        "sharding": {"kind": sharding["kind"], "tables": sharded.sharding(), **sharding},
+        "config": model_config, "distributed": distributed.summary(),
+    }
+    if exported is not None and "test" in outputs:  # the saved model answers like the sharded one
+        one = predict(exported, data.test, config.eval_batch_size)
+        report["export_max_abs_diff"] = float(np.abs(one - outputs["test"]).max())
+    report["seconds"] = time.perf_counter() - started
+    if out_dir is not None and exported is not None:
+        out = Path(out_dir)
+        save_model(out / MODEL_FILE, exported, data.schema, data.vocabularies,
+                   info={"train_config": config.to_dict(), "metrics": metrics, "sharding": report["sharding"]})
+        save_artifact(exported, data.schema, data.vocabularies, out / ARTIFACT_DIR)
+        write_json(out / REPORT_FILE, report)
+    return report
+
+
 def train_sharded(data: PreparedData, config: TrainConfig, out_dir: str | Path | None = None, *, shard: str,
                   rank_memory: int | None = None, model_options: dict[str, Any] | None = None,
                   resume: bool = False) -> tuple[ShardedDLRM, dict[str, Any]]:
     """``sharkrec train --shard``: build, train, evaluate (test and valid), report per-rank bytes; with ``out_dir``
     rank 0 writes ``model.pt`` (the gathered model), ``artifact/`` (its serving artifact) and ``report.json``."""
-    from sharkrec.export.artifact import save_artifact
-    from sharkrec.train.checkpoint import save_model
-
     started = time.perf_counter()
     with distributed.hold_output(out_dir, "train"):
         sharded = build_sharded(data, shard, seed=config.seed, optimizer=config.optimizer.value,
                                 lr=config.embedding_lr or config.lr, rank_memory=rank_memory,
                                 model_options=model_options)
         training = fit(sharded, data, config, out_dir, resume)
-        metrics, outputs = {}, {}
-        for name in ("valid", "test"):
-            split = data.split(name)
-            if len(split):
-                outputs[name] = predict(sharded.model, split, config.eval_batch_size)
-                metrics[name] = task_metrics(split.labels.numpy(), outputs[name], data.schema.label_names)
-        report: dict[str, Any] = {
-            "command": "train", "metrics": metrics, "memory": sharded.memory(), "training": training,
-            "sharding": {"kind": shard, "tables": sharded.sharding(), "rank_memory": rank_memory,
-                         "embedding_optimizer": "sgd" if config.optimizer.value == "sgd" else "rowwise-adagrad"},
-            "config": {"train": config.to_dict(), "model": sharded.model.config.to_dict()},
-            "distributed": distributed.summary(),
-        }
-        exported = export_model(sharded)
-        if exported is not None and "test" in outputs:  # the saved model answers like the sharded one
-            one = predict(exported, data.test, config.eval_batch_size)
-            report["export_max_abs_diff"] = float(np.abs(one - outputs["test"]).max())
-        report["seconds"] = time.perf_counter() - started
-        if out_dir is not None and exported is not None:
-            out = Path(out_dir)
-            save_model(out / MODEL_FILE, exported, data.schema, data.vocabularies,
-                       info={"train_config": config.to_dict(), "metrics": metrics, "sharding": report["sharding"]})
-            save_artifact(exported, data.schema, data.vocabularies, out / ARTIFACT_DIR)  # what sharkrec.load reads
-            write_json(out / REPORT_FILE, report)
+        optimizer = "sgd" if config.optimizer.value == "sgd" else "rowwise-adagrad"
+        report = finish_run(sharded, data, config, out_dir, training, export_model(sharded), started,
+                            sharding={"kind": shard, "rank_memory": rank_memory, "embedding_optimizer": optimizer},
+                            model_config={"train": config.to_dict(), "model": sharded.model.config.to_dict()})
         distributed.barrier()
     return sharded, report
 

@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -544,11 +543,7 @@ def train_sharded_fq(data: PreparedData, config: Any, out_dir: str | Path | None
                      ) -> tuple[ShardedFQModel, dict[str, Any]]:
     """``sharkrec train --shard ... --precision f-quant``: build, train, evaluate, report per-rank bytes in tiers;
     with ``out_dir`` rank 0 writes ``model.pt`` (the gathered F-Q model), ``artifact/`` and ``report.json``."""
-    from sharkrec.export.artifact import save_artifact
-    from sharkrec.io import write_json
-    from sharkrec.train.checkpoint import save_model
-    from sharkrec.train.metrics import task_metrics
-    from sharkrec.train.sharded import ARTIFACT_DIR, MODEL_FILE, REPORT_FILE, predict
+    from sharkrec.train.sharded import finish_run
     from sharkrec.train.sharded_loop import run_training
 
     started = time.perf_counter()
@@ -558,30 +553,10 @@ def train_sharded_fq(data: PreparedData, config: Any, out_dir: str | Path | None
                                    global_batch=config.batch_size * distributed.world_size(),
                                    rank_memory=rank_memory, model_options=model_options)
         training = run_training(sharded, data, config, out_dir, resume)
-        metrics, outputs = {}, {}
-        for name in ("valid", "test"):
-            split = data.split(name)
-            if len(split):
-                outputs[name] = predict(sharded.model, split, config.eval_batch_size)
-                metrics[name] = task_metrics(split.labels.numpy(), outputs[name], data.schema.label_names)
-        report: dict[str, Any] = {
-            "command": "train", "metrics": metrics, "memory": sharded.memory(), "training": training,
-            "sharding": {"kind": shard, "tables": sharded.sharding(), "rank_memory": rank_memory,
-                         "embedding_optimizer": config.optimizer.value},
-            "config": {"train": config.to_dict(), "model": sharded.model.config.to_dict(),
-                       "precision": {"scheme": "f-quant", **policy.to_dict()}},
-            "distributed": distributed.summary(),
-        }
-        exported = export_fq(sharded)
-        if exported is not None and "test" in outputs:  # the saved model answers like the sharded one
-            one = predict(exported, data.test, config.eval_batch_size)
-            report["export_max_abs_diff"] = float(np.abs(one - outputs["test"]).max())
-        report["seconds"] = time.perf_counter() - started
-        if out_dir is not None and exported is not None:
-            out = Path(out_dir)
-            save_model(out / MODEL_FILE, exported, data.schema, data.vocabularies,
-                       info={"train_config": config.to_dict(), "metrics": metrics, "sharding": report["sharding"]})
-            save_artifact(exported, data.schema, data.vocabularies, out / ARTIFACT_DIR)
-            write_json(out / REPORT_FILE, report)
+        report = finish_run(sharded, data, config, out_dir, training, export_fq(sharded), started,
+                            sharding={"kind": shard, "rank_memory": rank_memory,
+                                      "embedding_optimizer": config.optimizer.value},
+                            model_config={"train": config.to_dict(), "model": sharded.model.config.to_dict(),
+                                          "precision": {"scheme": "f-quant", **policy.to_dict()}})
         distributed.barrier()
     return sharded, report
