@@ -1,4 +1,5 @@
-"""HTTP serving: ``POST /predict`` (JSON rows of raw values → scores) and ``GET /health``.
+"""HTTP serving: ``POST /predict`` (JSON rows of raw values → scores), ``GET /health``, the KServe v2
+routes and ``GET /metrics``.
 
 Request ``{"rows": [{"C1": "68fd1e64", "I1": 3, "genres": ["Drama", "War"]}, ...]}``; response
 ``{"tasks": ["label"], "scores": [[0.031], ...]}``. Bad requests never reach the model:
@@ -16,6 +17,18 @@ the training cell rules (:class:`~sharkrec.export.records.RecordEncoder`, no pan
 them as one batch. If the merged rows do not encode, each request is encoded alone: a bad one gets
 its 400, the others their scores.
 
+The same model answers the Open Inference Protocol (KServe v2 REST, :mod:`sharkrec.export.oip`):
+``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``GET /v2/models/{name}`` (metadata: one
+input per schema field, one FP32 output per task), ``/v2/models/{name}/ready`` and ``POST
+/v2/models/{name}/infer`` (column tensors, turned into rows and queued with the ``/predict``
+requests, so the scores are the same). ``name`` is the artifact directory's name unless
+:func:`create_app` is given one; an unknown name is a 404, a bad tensor a 400, both as
+``{"error": ...}``.
+
+``GET /metrics`` is Prometheus text (:mod:`sharkrec.export.metrics`): requests by endpoint and
+status, request latency and rows per model batch (histograms), queue depth, model load seconds and
+the artifact's manifest digest (``sharkrec_artifact_info``).
+
 A user-model artifact (:mod:`sharkrec.export.user_artifact`) is served by :func:`create_user_app`:
 ``{"inputs": [arg_1, ...]}`` (one JSON value per positional argument of the model's forward, tensors
 as nested lists) → ``{"output": ...}`` (the model's output, tensors as nested lists); a value that
@@ -25,11 +38,16 @@ does not fit the exported inputs gets a 400 naming it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
+import json
+import math
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
@@ -42,7 +60,9 @@ from torch import nn
 
 from sharkrec.data.batch import Batch
 from sharkrec.errors import ConfigError, DataError, SharkrecError
+from sharkrec.export import metrics as prom
 from sharkrec.export.engine import ServingModel
+from sharkrec.export.oip import model_metadata, request_rows
 from sharkrec.export.records import RecordEncoder
 
 #: one cell: a string or number, a list of them (multi-hot), or null (missing)
@@ -77,6 +97,11 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[tuple[list[dict[str, Any]], asyncio.Future[np.ndarray]]] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self.on_batch: Callable[[int], None] | None = None  # called with the rows of every model batch
+
+    def queue_depth(self) -> int:
+        """Requests waiting for the model thread (not counting the batch being scored)."""
+        return 0 if self._queue is None else self._queue.qsize()
 
     async def predict(self, rows: list[dict[str, Any]]) -> np.ndarray:
         """(N, T) probabilities of raw ``rows`` (JSON records), scored in a batch with whatever else is waiting.
@@ -120,7 +145,10 @@ class Batcher:
             except Exception as exc:  # answer every waiting request; the worker keeps running
                 answers = [exc] * len(items)
             self.batches += 1
-            self.rows += sum(len(a) for a in answers if isinstance(a, np.ndarray))
+            scored = sum(len(a) for a in answers if isinstance(a, np.ndarray))
+            self.rows += scored
+            if self.on_batch is not None:
+                self.on_batch(scored)
             for (_, future), answer in zip(items, answers, strict=True):
                 if future.done():
                     continue
@@ -161,17 +189,28 @@ class Batcher:
 
 
 def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_rows: int = 4096,
-               max_wait_ms: float = 2.0, max_request_rows: int = 10000) -> FastAPI:
+               max_wait_ms: float = 2.0, max_request_rows: int = 10000, name: str | None = None) -> FastAPI:
     """A FastAPI app serving ``artifact`` (a path, a loaded :class:`ServingModel` or a user model's
-    :class:`~sharkrec.export.user_artifact.UserServingModel`)."""
+    :class:`~sharkrec.export.user_artifact.UserServingModel`).
+
+    ``name`` is the model's name in the v2 routes (``/v2/models/{name}``): by default the artifact
+    directory's name (``model`` for an artifact passed already loaded).
+    """
     from sharkrec.export.artifact import load_artifact
 
     if max_batch_rows < 1 or max_request_rows < 1 or not max_wait_ms >= 0:
         raise ConfigError("max_batch_rows and max_request_rows must be >= 1 and max_wait_ms >= 0")
+    started = time.perf_counter()
     model = artifact if isinstance(artifact, nn.Module) else load_artifact(artifact)
+    load_seconds = math.nan if isinstance(artifact, nn.Module) else time.perf_counter() - started
     if not isinstance(model, ServingModel):
         return create_user_app(model)
+    if name is None:
+        name = "model" if isinstance(artifact, nn.Module) else Path(artifact).resolve().name
+    if not name or "/" in name:
+        raise ConfigError(f"model name {name!r} is not usable in a URL; give a name without '/'")
     batcher = Batcher(model, max_batch_rows, max_wait_ms)
+    registry, requests, latency = _server_metrics(model, batcher, load_seconds, _artifact_id(artifact, model))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -181,6 +220,12 @@ def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_row
     app = FastAPI(title="sharkrec", lifespan=lifespan)
     app.state.model = model
     app.state.batcher = batcher
+    app.state.model_name = name
+    app.add_middleware(prom.RequestMetrics, requests=requests, latency=latency)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(registry.render(), media_type=prom.CONTENT_TYPE)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -213,7 +258,100 @@ def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_row
         return Response(pydantic_core.to_json({"tasks": tasks, "scores": scores.tolist()}),
                         media_type="application/json")
 
+    _add_v2_routes(app, model, batcher, name, max_request_rows)
     return app
+
+
+def _artifact_id(artifact: str | os.PathLike[str] | ServingModel, model: ServingModel) -> str:
+    """The artifact's ``manifest.sha256`` digest (checked by the load), or for an artifact given loaded
+    ``json-sha256:`` + the sha256 of its manifest as sorted-key JSON."""
+    from sharkrec.export.artifact import DIGEST, artifact_dir
+
+    if not isinstance(artifact, nn.Module):
+        digest = artifact_dir(artifact) / DIGEST
+        if digest.is_file():
+            return digest.read_text(encoding="ascii").split()[0]
+        return "none"  # an artifact written before the digest existed
+    text = json.dumps(model.manifest, sort_keys=True, default=str).encode()
+    return "json-sha256:" + hashlib.sha256(text).hexdigest()
+
+
+def _server_metrics(model: ServingModel, batcher: Batcher, load_seconds: float,
+                    artifact_id: str) -> tuple[prom.Registry, prom.Counter, prom.Histogram]:
+    """The app's metrics registry; the batcher reports its batch sizes into it."""
+    registry = prom.Registry()
+    requests = registry.add(prom.Counter("sharkrec_http_requests_total",
+                                         "HTTP requests answered, by endpoint and status.", ("endpoint", "status")))
+    latency = registry.add(prom.Histogram("sharkrec_http_request_duration_seconds",
+                                          "HTTP request latency in seconds, by endpoint.", prom.LATENCY_BUCKETS,
+                                          ("endpoint",)))
+    batch_rows = registry.add(prom.Histogram("sharkrec_batch_rows", "Rows scored per model batch.",
+                                             prom.ROWS_BUCKETS))
+    batcher.on_batch = batch_rows.observe
+    registry.add(prom.Gauge("sharkrec_queue_depth", "Requests waiting for the model thread.",
+                            function=batcher.queue_depth))
+    registry.add(prom.Gauge("sharkrec_model_load_seconds",
+                            "Seconds to load the artifact (NaN when given a loaded model).",
+                            function=lambda: load_seconds))
+    info = registry.add(prom.Gauge("sharkrec_artifact_info", "The served artifact: its manifest digest and version.",
+                                   ("digest", "format_version")))
+    info.set(1, artifact_id, str(model.manifest.get("version")))
+    return registry, requests, latency
+
+
+def _add_v2_routes(app: FastAPI, model: ServingModel, batcher: Batcher, name: str, max_request_rows: int) -> None:
+    """The Open Inference Protocol (KServe v2) REST routes; errors are ``{"error": ...}`` (400, or 404 for an
+    unknown model)."""
+    from sharkrec import __version__
+
+    metadata = model_metadata(model, name, None)
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse(status_code=status, content={"error": message})
+
+    def unknown(model_name: str) -> JSONResponse:
+        return error(404, f"model {model_name!r} is not served here; this server serves {name!r}")
+
+    @app.get("/v2")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": "sharkrec", "version": __version__, "extensions": []}
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, Any]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> dict[str, Any]:
+        return {"ready": True}  # the model is loaded before the app exists
+
+    @app.get("/v2/models/{model_name}")
+    async def v2_metadata(model_name: str) -> Any:
+        return metadata if model_name == name else unknown(model_name)
+
+    @app.get("/v2/models/{model_name}/ready")
+    async def v2_model_ready(model_name: str) -> Any:
+        return {"name": name, "ready": True} if model_name == name else unknown(model_name)
+
+    @app.post("/v2/models/{model_name}/infer")
+    async def v2_infer(model_name: str, request: Request) -> Response:
+        if model_name != name:
+            return unknown(model_name)
+        try:
+            body = pydantic_core.from_json(await request.body())
+        except ValueError as exc:
+            return error(400, f"the request body is not JSON ({exc}); send a v2 infer request object")
+        try:
+            rows, outputs = request_rows(model, body, max_request_rows)
+            scores = await batcher.predict(rows)  # DataError: a value the encoder rejects
+        except DataError as exc:
+            return error(400, str(exc))
+        column = {task: i for i, task in enumerate(model.task_names)}
+        answer: dict[str, Any] = {"model_name": name}
+        if isinstance(body, dict) and "id" in body:
+            answer["id"] = body["id"]
+        answer["outputs"] = [{"name": task, "datatype": "FP32", "shape": [len(rows)],
+                              "data": scores[:, column[task]].tolist()} for task in outputs]
+        return Response(pydantic_core.to_json(answer), media_type="application/json")
 
 
 class UserPredictRequest(BaseModel):
