@@ -681,13 +681,17 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
     max_wait_ms: Annotated[float, typer.Option(help="How long a request may wait to be batched with others.")] = 2.0,
+    max_queue: Annotated[int, typer.Option(
+        help="Requests that may wait for the model; the next one gets 503 with Retry-After.")] = 1024,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body; a larger one gets 413.")] = 16 << 20,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Serve an artifact over HTTP: POST /predict (JSON rows in, scores out), GET /health."""
+    """Serve an artifact over HTTP: POST /predict, the KServe v2 routes (/v2/...), GET /health, GET /metrics."""
     from sharkrec.export.server import serve as run_server
 
     _threads(threads)
-    run_server(model, host=host, port=port, max_wait_ms=max_wait_ms)
+    run_server(model, host=host, port=port, max_wait_ms=max_wait_ms, max_queue=max_queue,
+               max_body_bytes=max_body_bytes)
 
 
 def main() -> None:

@@ -83,12 +83,71 @@ class PredictResponse(BaseModel):
     scores: list[list[float]]
 
 
+class Overloaded(Exception):
+    """The request queue is full: answered 503 with ``Retry-After`` instead of a wait without bound."""
+
+
+RETRY_AFTER_S = 1
+
+
+class BodyLimit:
+    """ASGI middleware answering 413 to a request body over ``max_bytes`` (declared by Content-Length: refused
+    at the route's first read, before any byte is read; or counted while a chunked body arrives), before the
+    route parses it."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
+        too_long = declared is not None and declared.isdigit() and int(declared) > self.max_bytes
+        seen = [0]
+        started = [False]
+
+        async def counted() -> dict[str, Any]:  # the route's first read fails: routed (metrics), nothing read
+            if too_long:
+                raise _TooLarge
+            message = await receive()
+            if message["type"] == "http.request":
+                seen[0] += len(message.get("body", b""))
+                if seen[0] > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def watch(message: dict[str, Any]) -> None:
+            started[0] = started[0] or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watch)
+        except _TooLarge:
+            if not started[0]:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = pydantic_core.to_json({"error": f"the request body is over {self.max_bytes} bytes; send fewer "
+                                               "rows per request (sharkrec serve --max-body-bytes to raise it)"})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
 class Batcher:
     """Gathers the rows of concurrent requests into batches for one model thread (encode, score)."""
 
-    def __init__(self, model: ServingModel, max_batch_rows: int, max_wait_ms: float) -> None:
+    def __init__(self, model: ServingModel, max_batch_rows: int, max_wait_ms: float, max_queue: int = 1024) -> None:
         self.model = model
         self.max_batch_rows = max_batch_rows
+        self.max_queue = max_queue  # requests waiting; one more is refused (503) instead of waiting longer
+        self.refused = 0
         self.max_wait_s = max_wait_ms / 1000.0
         self.batches = 0
         self.rows = 0
@@ -112,8 +171,12 @@ class Batcher:
         if self._loop is not loop or self._queue is None or self._worker is None or self._worker.done():
             self._loop, self._queue = loop, asyncio.Queue()
             self._worker = loop.create_task(self._run(self._queue))
+        if self._queue.qsize() >= self.max_queue:
+            self.refused += 1
+            raise Overloaded(f"{self._queue.qsize()} requests are waiting for the model (the limit is "
+                             f"{self.max_queue}); retry after a second, or add workers")
         future: asyncio.Future[np.ndarray] = loop.create_future()
-        await self._queue.put((rows, future))
+        self._queue.put_nowait((rows, future))
         return await future
 
     async def stop(self) -> None:
@@ -189,17 +252,20 @@ class Batcher:
 
 
 def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_rows: int = 4096,
-               max_wait_ms: float = 2.0, max_request_rows: int = 10000, name: str | None = None) -> FastAPI:
+               max_wait_ms: float = 2.0, max_request_rows: int = 10000, name: str | None = None,
+               max_queue: int = 1024, max_body_bytes: int = 16 << 20) -> FastAPI:
     """A FastAPI app serving ``artifact`` (a path, a loaded :class:`ServingModel` or a user model's
     :class:`~sharkrec.export.user_artifact.UserServingModel`).
 
     ``name`` is the model's name in the v2 routes (``/v2/models/{name}``): by default the artifact
-    directory's name (``model`` for an artifact passed already loaded).
+    directory's name (``model`` for an artifact passed already loaded). ``max_queue`` requests may wait for
+    the model; the next gets 503 with ``Retry-After``. A body over ``max_body_bytes`` gets 413 unread.
     """
     from sharkrec.export.artifact import load_artifact
 
-    if max_batch_rows < 1 or max_request_rows < 1 or not max_wait_ms >= 0:
-        raise ConfigError("max_batch_rows and max_request_rows must be >= 1 and max_wait_ms >= 0")
+    if max_batch_rows < 1 or max_request_rows < 1 or not max_wait_ms >= 0 or max_queue < 1 or max_body_bytes < 1:
+        raise ConfigError("max_batch_rows, max_request_rows, max_queue and max_body_bytes must be >= 1 and "
+                          "max_wait_ms >= 0")
     started = time.perf_counter()
     model = artifact if isinstance(artifact, nn.Module) else load_artifact(artifact)
     load_seconds = math.nan if isinstance(artifact, nn.Module) else time.perf_counter() - started
@@ -209,7 +275,7 @@ def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_row
         name = "model" if isinstance(artifact, nn.Module) else Path(artifact).resolve().name
     if not name or "/" in name:
         raise ConfigError(f"model name {name!r} is not usable in a URL; give a name without '/'")
-    batcher = Batcher(model, max_batch_rows, max_wait_ms)
+    batcher = Batcher(model, max_batch_rows, max_wait_ms, max_queue)
     registry, requests, latency = _server_metrics(model, batcher, load_seconds, _artifact_id(artifact, model))
 
     @asynccontextmanager
@@ -221,7 +287,13 @@ def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_row
     app.state.model = model
     app.state.batcher = batcher
     app.state.model_name = name
-    app.add_middleware(prom.RequestMetrics, requests=requests, latency=latency)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(prom.RequestMetrics, requests=requests, latency=latency)  # outermost: counts 413s too
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"error": str(exc)},
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -239,7 +311,8 @@ def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_row
     async def health() -> dict[str, Any]:
         return {"status": "ok", "format_version": model.manifest.get("version"), "tasks": list(model.task_names),
                 "fields": list(model.schema.sparse_names) + list(model.schema.dense_names),
-                "batches": batcher.batches, "rows": batcher.rows, "lookup": model.embedding.backend,
+                "batches": batcher.batches, "rows": batcher.rows, "refused": batcher.refused,
+                "lookup": model.embedding.backend,
                 "embedding_bytes": model.embedding.embedding_bytes()}
 
     tasks = list(model.task_names)
