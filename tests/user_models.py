@@ -110,6 +110,24 @@ def train_plain(model: nn.Module, inputs: Tensor | tuple[Tensor, ...], y: Tensor
     return model.eval()
 
 
+def train_fquant(qmodel: nn.Module, items, dense_lr: float, rows_lr: float) -> nn.Module:
+    """The README's F-Quantization loop in the user's hands: ``observe`` labels, then an ordinary step with
+    Adam on the dense part and the embedding's own row optimizer. ``items``: ``(inputs tuple, labels (B,))``."""
+    dense_opt = torch.optim.Adam(qmodel.dense_parameters(), lr=dense_lr)
+    rows_opt = qmodel.embedding.make_sparse_optimizer("adagrad", rows_lr)
+    qmodel.train()
+    for x, y in items:
+        qmodel.observe(y)
+        logits = qmodel(*x)
+        loss = F.binary_cross_entropy_with_logits(logits.reshape(len(y), -1)[:, 0], y.float())
+        dense_opt.zero_grad()
+        rows_opt.zero_grad()
+        loss.backward()
+        dense_opt.step()
+        rows_opt.step()
+    return qmodel.eval()
+
+
 def auc(model: nn.Module, inputs: Tensor | tuple[Tensor, ...], y: Tensor) -> float:
     with torch.no_grad():
         scores = torch.sigmoid(call(model.eval(), inputs))

@@ -86,6 +86,17 @@ def csv_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[DLRM, PreparedD
     return _train(data, interaction="dot-concat"), data
 
 
+@pytest.fixture(scope="module")
+def artifact_path(csv_model: tuple[DLRM, PreparedData], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The serving artifact of :func:`csv_model`, in a directory named ``shop-ctr`` (the v2 model name)."""
+    from sharkrec.export import save_artifact
+
+    model, data = csv_model
+    path = tmp_path_factory.mktemp("art") / "shop-ctr"
+    save_artifact(model, data.schema, data.vocabularies, path)
+    return path
+
+
 def write_libfm(path: Path, rows: int, seed: int, pairs: int = 10, label: bool = True) -> Path:
     """``rows`` libFM lines of ``pairs`` pairs; pair j holds one of 5 global indices of field j."""
     rng = np.random.default_rng(seed)

@@ -13,18 +13,9 @@ pytest.importorskip("fastapi", reason="the serve extra (fastapi, httpx) is not i
 import httpx
 from fastapi.testclient import TestClient
 
-from sharkrec.export import save_artifact
 from sharkrec.export.server import create_app
 
 ROW = {"user": "u1", "city": "paris", "tags": ["t1"], "age": 31}
-
-
-@pytest.fixture(scope="module")
-def artifact_path(csv_model, tmp_path_factory):
-    model, data = csv_model
-    path = tmp_path_factory.mktemp("art") / "shop-ctr"
-    save_artifact(model, data.schema, data.vocabularies, path)
-    return path
 
 
 def test_full_queue_answers_503_with_retry_after(artifact_path):

@@ -33,14 +33,6 @@ CSV_TYPES = {"user": "BYTES", "city": "BYTES", "tags": "BYTES", "age": "FP32"}
 
 
 @pytest.fixture(scope="module")
-def artifact_path(csv_model, tmp_path_factory):
-    model, data = csv_model
-    path = tmp_path_factory.mktemp("art") / "shop-ctr"
-    save_artifact(model, data.schema, data.vocabularies, path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def client(artifact_path):
     with TestClient(create_app(artifact_path, max_wait_ms=5, max_request_rows=50)) as test_client:
         yield test_client

@@ -12,7 +12,6 @@ import pytest
 pytest.importorskip("torchrec")
 
 import torch
-import torch.nn.functional as F
 import torchrec
 
 from sharkrec.cluster import cluster_model
@@ -25,6 +24,7 @@ from sharkrec.model.fieldmap import find_fields
 from sharkrec.model.wrapped import FieldModel
 from sharkrec.quant import FQuantPolicy, quantize
 from tests.interop.test_user_torchrec import _auc, _state, trained  # noqa: F401
+from tests.user_models import train_fquant
 
 
 def test_dlrm_dcn_through_fq_saec_compress_and_export(trained, tmp_path) -> None:  # noqa: F811
@@ -39,18 +39,7 @@ def test_dlrm_dcn_through_fq_saec_compress_and_export(trained, tmp_path) -> None
         base = _auc(torch.cat([wrapped(x.dense_features, x.sparse_features) for x in data["test"]]), data["test"])
 
     qmodel = quantize(model, policy=FQuantPolicy(memory_budget=0.6, recheck_every=2), example=example)
-    dense_opt = torch.optim.Adam(qmodel.dense_parameters(), lr=1e-3)
-    rows_opt = qmodel.embedding.make_sparse_optimizer("adagrad", 0.01)
-    qmodel.train()
-    for x in data["train"]:
-        qmodel.observe(x.labels)
-        loss = F.binary_cross_entropy_with_logits(qmodel(x.dense_features, x.sparse_features)[:, 0], x.labels.float())
-        dense_opt.zero_grad()
-        rows_opt.zero_grad()
-        loss.backward()
-        dense_opt.step()
-        rows_opt.step()
-    qmodel.eval()
+    train_fquant(qmodel, [((x.dense_features, x.sparse_features), x.labels) for x in data["train"]], 1e-3, 0.01)
     assert qmodel.embedding.embedding_bytes() <= 0.6 * wrapped.embedding.embedding_bytes() + 64
     with torch.no_grad():
         q_auc = _auc(torch.cat([qmodel(x.dense_features, x.sparse_features) for x in data["test"]]), data["test"])

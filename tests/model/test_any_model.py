@@ -9,7 +9,6 @@ import functools
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 from torch import nn
@@ -38,6 +37,7 @@ from tests.model.families import (
     inputs_of,
     train,
 )
+from tests.user_models import train_fquant
 
 STARTS = np.cumsum([0, *ROWS[:-1]]).tolist()
 #: the field map each family must produce: (name, module, rows, dim, key, row_start, pooling)
@@ -157,18 +157,7 @@ def test_every_stage_on_a_user_model(family, tmp_path):
 
     # F-Quantization in the user's own loop: the drop-in has the model's forward; tiers follow Eq. 7
     qmodel = quantize(model, policy=FQuantPolicy(memory_budget=0.6, recheck_every=4), fields=fmap)
-    dense_opt = torch.optim.Adam(qmodel.dense_parameters(), lr=0.005)
-    rows_opt = qmodel.embedding.make_sparse_optimizer("adagrad", 0.02)
-    qmodel.train()
-    for xb, yb in batches(model, logs()["train"], 256):
-        qmodel.observe(yb)
-        loss = F.binary_cross_entropy_with_logits(qmodel(*xb), yb)
-        dense_opt.zero_grad()
-        rows_opt.zero_grad()
-        loss.backward()
-        dense_opt.step()
-        rows_opt.step()
-    qmodel.eval()
+    train_fquant(qmodel, batches(model, logs()["train"], 256), 0.005, 0.02)
     assert qmodel.embedding.embedding_bytes() <= 0.6 * wrapped.embedding.embedding_bytes() + 64
     assert auc(qmodel, data.test) > base_auc - 0.03
     frozen = post_training(wrapped, data, memory_budget=0.6)  # tiers from counted frequencies, no retraining

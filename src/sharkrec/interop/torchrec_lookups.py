@@ -89,7 +89,14 @@ def _table_rows(tables: nn.ModuleDict, configs: Sequence[Any], field: Field) -> 
     return weight.detach().float()
 
 
-class EmbeddingBagCollectionKind(LookupKind):
+class _KJTKind(LookupKind):
+    """What both TorchRec collections share: called with one KeyedJaggedTensor (not registered itself)."""
+
+    def batch_size(self, fields: Sequence[Field], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return _kjt_argument(args, kwargs, f"lookup {fields[0].module!r}").stride()  # from shapes: traceable
+
+
+class EmbeddingBagCollectionKind(_KJTKind):
     """TorchRec ``EmbeddingBagCollection``: KJT → ``KeyedTensor`` of one pooled (B, D) vector per feature."""
 
     module_type = EmbeddingBagCollection
@@ -136,9 +143,6 @@ class EmbeddingBagCollectionKind(LookupKind):
             out.append(FieldIds(values, offsets, weights))
         return out
 
-    def batch_size(self, fields: Sequence[Field], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return _kjt_argument(args, kwargs, f"lookup {fields[0].module!r}").stride()  # from shapes: traceable
-
     def output(self, fields: Sequence[Field], vectors: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         batch, count, dim = vectors.shape
         return KeyedTensor(keys=[str(f.key) for f in fields], values=vectors.reshape(batch, count * dim),
@@ -149,7 +153,7 @@ class EmbeddingBagCollectionKind(LookupKind):
         return _table_rows(module.embedding_bags, module.embedding_bag_configs(), field)
 
 
-class EmbeddingCollectionKind(LookupKind):
+class EmbeddingCollectionKind(_KJTKind):
     """TorchRec ``EmbeddingCollection`` with one id per sample and feature: KJT → ``{key: JaggedTensor}`` of
     (B, D) values with lengths 1. Sequences (several ids per sample, one vector each) are refused: sharkrec's
     fields are one vector per sample."""
@@ -189,9 +193,6 @@ class EmbeddingCollectionKind(LookupKind):
                                 "map reads this EmbeddingCollection with exactly one id per sample")
             out.append(FieldIds(jagged.values().to(torch.int64)))
         return out
-
-    def batch_size(self, fields: Sequence[Field], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return _kjt_argument(args, kwargs, f"lookup {fields[0].module!r}").stride()  # from shapes: traceable
 
     def output(self, fields: Sequence[Field], vectors: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         ones = torch.ones(vectors.shape[0], dtype=torch.int64)  # one id per sample (checked when the map was read)

@@ -263,8 +263,10 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         for tier, where in by_tier:
             tier_values = values if where is None else values.index_select(0, where)
             tier_slots = slots if where is None else slots.index_select(0, where)
-            payload, scales = self._encode(tier, tier_values, field, rows if where is None else
-                                           rows.index_select(0, where))
+            keyed = None  # the rows' ids, only when keyed rounding draws need them (not on the plain hot path)
+            if self.row_noise is not None:
+                keyed = rows if where is None else rows.index_select(0, where)
+            payload, scales = self._encode(tier, tier_values, field, keyed)
             self._buffer(f"{tier.value}_{field}").index_copy_(0, tier_slots, payload)
             if scales is not None:
                 self._buffer(f"{tier.value}_scale_{field}").index_copy_(0, tier_slots, scales)
