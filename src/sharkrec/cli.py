@@ -680,17 +680,29 @@ def serve(
     model: Annotated[Path, typer.Option("--model", help="Artifact directory (or the folder compress wrote).")],
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
-    max_wait_ms: Annotated[float, typer.Option(help="How long a request may wait to be batched with others.")] = 2.0,
+    workers: Annotated[int, typer.Option(
+        help="Processes serving the artifact; its tables are memory-mapped once for all of them.")] = 1,
+    server: Annotated[str, typer.Option(
+        help="HTTP stack: uvicorn (httptools + uvloop), granian, or uvicorn-h11 (pure Python, for comparison).")
+    ] = "uvicorn",
+    max_wait_ms: Annotated[float, typer.Option(
+        help="Longest a batch waits for requests already being read (the window adapts: 0 when idle).")] = 2.0,
     max_queue: Annotated[int, typer.Option(
         help="Requests that may wait for the model; the next one gets 503 with Retry-After.")] = 1024,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body; a larger one gets 413.")] = 16 << 20,
+    access_log: Annotated[bool, typer.Option("--access-log", help="One JSON line per request on stderr.")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(
+        help="Where the memory-mapped serving cache of the tables is kept (default ~/.cache/sharkrec/serving).")
+    ] = None,
+    graceful_seconds: Annotated[int, typer.Option(
+        help="On SIGTERM, how long requests in flight may take to finish before exit.")] = 30,
     threads: ThreadsOpt = None,
 ) -> None:
     """Serve an artifact over HTTP: POST /predict, the KServe v2 routes (/v2/...), GET /health, GET /metrics."""
-    from sharkrec.export.server import serve as run_server
+    from sharkrec.serving import serve as run_server  # imports no torch: N workers get a small supervisor
 
-    _threads(threads)
-    run_server(model, host=host, port=port, max_wait_ms=max_wait_ms, max_queue=max_queue,
+    run_server(model, host=host, port=port, server=server, workers=workers, threads=threads, access_log=access_log,
+               cache_dir=cache_dir, graceful_seconds=graceful_seconds, max_wait_ms=max_wait_ms, max_queue=max_queue,
                max_body_bytes=max_body_bytes)
 
 

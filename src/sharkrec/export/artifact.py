@@ -41,7 +41,6 @@ what the manifest declares. Any problem is one :class:`CheckpointError` line nam
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -49,6 +48,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,8 @@ from sharkrec.data.vocab import Vocabulary
 from sharkrec.errors import CheckpointError, SharkrecError
 from sharkrec.export import integrity
 from sharkrec.export.engine import ServingEmbedding, ServingModel
+from sharkrec.export.fused import PackedPools
+from sharkrec.export.shared import SortedKeys, StrKeys, cache_file, cache_tensors, open_or_build, read_mapped
 from sharkrec.export.tables import TIERS, FieldTables, ServingVocabulary, TierPool, export_fields
 from sharkrec.io import parse_json, read_bounded
 from sharkrec.model.embedding import FieldEmbedding
@@ -327,10 +329,17 @@ def _check_digest(root: Path, manifest: Mapping[str, Any], raw: bytes) -> None:
                               f"{DIGEST} (edited or damaged after export); {_FIX}")
 
 
-def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fused") -> Any:
+def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fused",
+                  cache_dir: str | os.PathLike[str] | None = None) -> Any:
     """The inference model of artifact ``path``: a :class:`ServingModel` (sharkrec's DLRM) or, for a
     ``"user-model"`` artifact, a :class:`~sharkrec.export.user_artifact.UserServingModel`; ``kernel`` picks
-    the lookup path (see the engine)."""
+    the lookup path (see the engine).
+
+    With ``cache_dir`` (the fused kernel), the files are memory-mapped and the packed pools and sorted
+    vocabulary keys are mapped from a serving cache file in that folder, built by the first process that
+    loads the artifact (:mod:`sharkrec.export.shared`): processes serving the same artifact then share
+    one copy of the tables.
+    """
     from sharkrec.model.dlrm import DLRM, DLRMConfig
 
     manifest = read_manifest(path)
@@ -340,7 +349,8 @@ def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fused") -> Any
     try:
         config = DLRMConfig.from_dict(manifest["model"]["config"])  # bounded values (no 10^9 experts)
         schema = Schema.from_dict(manifest["schema"])
-        loaded = {name: load_file(str(root / name)) for name in FILES}
+        shared = cache_dir is not None and kernel == "fused"
+        loaded = {name: read_mapped(root / name)[0] if shared else load_file(str(root / name)) for name in FILES}
         integrity.check_dense(config, loaded["dense.safetensors"])  # before any layer is built
         section = manifest["embedding"]
         dim = integrity.integer(section["dim"], "embedding dim", 1)
@@ -352,7 +362,11 @@ def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fused") -> Any
                                   f"{integrity.names(config.sparse_names)}")
         tables, constants = _read_fields(section["fields"], dim, loaded)
         multi_hot = [spec.name for spec in schema.sparse if spec.is_multi_hot]
-        embedding = ServingEmbedding(names, tables, constants, dim, kernel=kernel, multi_hot=multi_hot)
+        pools = None
+        if shared:
+            assert cache_dir is not None
+            tables, pools = _shared_tables(tables, dim, cache_file(cache_dir, _manifest_sha256(root)))
+        embedding = ServingEmbedding(names, tables, constants, dim, kernel=kernel, multi_hot=multi_hot, pools=pools)
         network = DLRM(config, embedding)
         network.load_state_dict(loaded["dense.safetensors"], strict=True)
     except SharkrecError as exc:
@@ -361,6 +375,34 @@ def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fused") -> Any
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise CheckpointError(f"artifact {str(root)!r} is inconsistent ({reason}); {_FIX}") from None
     return ServingModel(network, schema, {t.name: t.vocabulary for t in tables}, manifest)
+
+
+def _manifest_sha256(root: Path) -> str:
+    return hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest()
+
+
+def _shared_tables(tables: list[FieldTables], dim: int, path: Path) -> tuple[list[FieldTables], PackedPools]:
+    """The kept fields' tables with their vocabularies searching mapped sorted keys, and the packed pools
+    mapped from serving cache file ``path`` (written first if absent or damaged)."""
+    names = [t.name for t in tables]
+
+    def build() -> tuple[dict[str, Tensor], dict[str, str]]:
+        keys = {k: SortedKeys.build(t.vocabulary.keys) for k, t in enumerate(tables)}
+        return cache_tensors(PackedPools.build(tables, dim).tensors(), keys), {"fields": json.dumps(names),
+                                                                              "dim": str(dim)}
+
+    mapped, metadata = open_or_build(path, build)
+    if metadata.get("fields") != json.dumps(names) or metadata.get("dim") != str(dim):
+        raise CheckpointError(f"serving cache {str(path)!r} was built for other fields; delete it")
+    pools = PackedPools.from_tensors(names, {k.removeprefix("pools."): v for k, v in mapped.items()
+                                             if k.startswith("pools.")}, dim)
+    shared = []
+    for k, table in enumerate(tables):
+        vocabulary = table.vocabulary
+        texts = vocabulary.keys if isinstance(vocabulary.keys, StrKeys) else None
+        lookup = SortedKeys(mapped[f"keys.{k}.sorted"].numpy(), mapped[f"keys.{k}.order"].numpy(), texts)
+        shared.append(replace(table, vocabulary=replace(vocabulary, lookup=lookup)))
+    return shared, pools
 
 
 def _load_user(root: Path, manifest: dict[str, Any], kernel: str) -> Any:
@@ -461,6 +503,7 @@ def _read_field(entry: Mapping[str, Any], dim: int, tensors: Mapping[str, Tensor
     pools = _read_tiers(entry, dim, tensors, declared)
     name, k, info = str(entry["name"]), int(entry["index"]), entry["vocabulary"]
     size = integrity.integer(info["size"], f"field {name!r} vocabulary size")
+    keys: np.ndarray | StrKeys
     if info["key_kind"] == "int":
         keys_name = f"vocab.{k}.keys"
         keys = integrity.check_tensor(keys_name, vocab, torch.int64, (size,)).numpy()
@@ -468,12 +511,11 @@ def _read_field(entry: Mapping[str, Any], dim: int, tensors: Mapping[str, Tensor
     elif info["key_kind"] == "str":
         bytes_name, offsets_name = f"vocab.{k}.key_bytes", f"vocab.{k}.key_offsets"
         blob_size = int(vocab[bytes_name].numel()) if bytes_name in vocab else 0
-        blob = integrity.check_tensor(bytes_name, vocab, torch.uint8, (blob_size,)).numpy().tobytes()
+        blob = integrity.check_tensor(bytes_name, vocab, torch.uint8, (blob_size,)).numpy()
         offsets_tensor = integrity.check_tensor(offsets_name, vocab, torch.int64, (size + 1,))
         integrity.check_offsets(offsets_name, offsets_tensor, len(blob))
         declared.update((bytes_name, offsets_name))
-        keys = np.asarray([blob[a:b].decode("utf-8", errors="surrogateescape")
-                           for a, b in itertools.pairwise(offsets_tensor.tolist())], dtype=object)
+        keys = StrKeys(blob, offsets_tensor.numpy())  # no Python string per key until one is needed
     else:
         raise CheckpointError(f"field {name!r} has key kind {info['key_kind']!r}; expected 'int' or 'str'")
     rows, oov_slot = sum(p.rows for p in pools), integrity.integer(info["oov_slot"], f"field {name!r} OOV slot")

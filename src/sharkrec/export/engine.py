@@ -180,6 +180,8 @@ class ServingEmbedding(FieldEmbedding):
         check_ids: raise :class:`DataError` for slots outside a field's range (one min/max per field;
             the fused kernel always checks, in its pass).
         multi_hot: kept fields whose ids come in bags (summed by the bag kernel under ``fused``).
+        pools: the kept fields' :class:`PackedPools`, already built (``fused`` only; e.g. mapped from a
+            serving cache, :mod:`sharkrec.export.shared`); default: built from ``tables``.
 
     Shapes: ``forward`` takes one :class:`FieldIds` of slots per field and returns (B, F, D) float32.
     """
@@ -188,10 +190,12 @@ class ServingEmbedding(FieldEmbedding):
 
     def __init__(self, field_names: Sequence[str], tables: Sequence[FieldTables], constants: Mapping[str, Tensor],
                  embedding_dim: int, *, kernel: str = "fused", check_ids: bool = True,
-                 multi_hot: Sequence[str] = ()) -> None:
+                 multi_hot: Sequence[str] = (), pools: PackedPools | None = None) -> None:
         super().__init__()
         if kernel not in KERNELS:
             raise ConfigError(f"unknown kernel {kernel!r}; use one of {', '.join(KERNELS)}")
+        if pools is not None and kernel != "fused":
+            raise ConfigError(f"packed pools are read by the fused kernel only, not {kernel!r}")
         self.field_names = tuple(field_names)
         self.embedding_dim = int(embedding_dim)
         self.kernel = kernel
@@ -214,7 +218,10 @@ class ServingEmbedding(FieldEmbedding):
         if kernel == "fused":
             kept = [name for name in self.field_names if name in self.tables]
             single = [name for name in kept if name not in set(multi_hot)]
-            self._pools = PackedPools.build([self.tables.pop(name) for name in kept], self.embedding_dim)
+            packed = [self.tables.pop(name) for name in kept]
+            if pools is not None and pools.names != tuple(kept):
+                raise ConfigError(f"the given pools hold fields {list(pools.names)}, not the kept fields {kept}")
+            self._pools = pools if pools is not None else PackedPools.build(packed, self.embedding_dim)
             self._packed = self._pools.select(single)
             self._packed_positions = torch.tensor([self.field_names.index(n) for n in single], dtype=torch.int64)
             self._packed_names = frozenset(single)  # their tables now live only in the packed pools

@@ -123,6 +123,19 @@ class PackedPools:
         return cls(tuple(t.name for t in tables), ends, shift, pools[Precision.FP32], pools[Precision.FP16],
                    pools[Precision.INT8], pools[Precision.INT4], dim)
 
+    def tensors(self) -> dict[str, Tensor]:
+        """The pools and tier maps by name (what :meth:`from_tensors` reads back)."""
+        return {"fp32": self.fp32, "fp16": self.fp16, "int8": self.int8, "int4": self.int4, "ends": self.ends,
+                "shift": self.shift}
+
+    @classmethod
+    def from_tensors(cls, names: Sequence[str], tensors: dict[str, Tensor], dim: int) -> PackedPools:
+        """Pools over tensors written by :meth:`tensors` (e.g. mapped from a serving cache file, not copied)."""
+        ends, shift = tensors["ends"], tensors["shift"]
+        if ends.shape != (len(names), 4) or shift.shape != (len(names), 4):
+            raise DataError(f"packed pools hold tier maps of shape {tuple(ends.shape)} for {len(names)} fields")
+        return cls(tuple(names), ends, shift, tensors["fp32"], tensors["fp16"], tensors["int8"], tensors["int4"], dim)
+
     @property
     def nbytes(self) -> int:
         """Bytes of the four pools (payloads and per-row scale words; ends/shift are 64 bytes a field)."""

@@ -14,7 +14,10 @@ Updates come from the event loop and the model thread; a lock per metric keeps t
 from __future__ import annotations
 
 import bisect
+import json
 import math
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -177,12 +180,15 @@ class Registry:
 
 class RequestMetrics:
     """ASGI middleware counting HTTP requests by endpoint (the route's path template, ``other`` when no
-    route matched) and status, and observing their latency in seconds."""
+    route matched) and status, and observing their latency in seconds; with ``log``, it is also called
+    with one access record per request (see :func:`access_line`)."""
 
-    def __init__(self, app: Any, requests: Counter, latency: Histogram) -> None:
+    def __init__(self, app: Any, requests: Counter, latency: Histogram,
+                 log: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.app = app
         self.requests = requests
         self.latency = latency
+        self.log = log
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -201,5 +207,20 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "other"
+            seconds = time.perf_counter() - start
             self.requests.inc(endpoint, str(status[0]))
-            self.latency.observe(time.perf_counter() - start, endpoint)
+            self.latency.observe(seconds, endpoint)
+            if self.log is not None:
+                client = scope.get("client") or ("", 0)
+                length = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), b"")
+                self.log({"time": round(time.time(), 6), "client": f"{client[0]}:{client[1]}",
+                          "method": scope.get("method"), "path": scope.get("path"), "endpoint": endpoint,
+                          "status": status[0], "ms": round(seconds * 1e3, 3),
+                          "request_bytes": int(length) if length.isdigit() else None, "pid": os.getpid()})
+
+
+def access_line(record: dict[str, Any]) -> None:
+    """Write one access record as a JSON line on stderr (the structured access log of ``sharkrec serve
+    --access-log``): time (Unix seconds), client, method, path, endpoint (route template), status, ms,
+    request_bytes (Content-Length), pid (the worker)."""
+    sys.stderr.write(json.dumps(record, separators=(",", ":")) + "\n")

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from sharkrec.data.vocab import Vocabulary
 from sharkrec.errors import CheckpointError, ConfigError
+from sharkrec.export.shared import SortedKeys, StrKeys
 from sharkrec.model.embedding import FieldEmbedding, layers
 from sharkrec.quant.codec import Precision
 
@@ -62,7 +63,8 @@ class TierPool:
 class ServingVocabulary:
     """Raw value → slot of one field.
 
-    ``keys`` (n,): without ``key_slots``, the raw values in slot order without the OOV slot (one key
+    ``keys`` (n,) (a loaded str vocabulary keeps them as :class:`~sharkrec.export.shared.StrKeys`):
+    without ``key_slots``, the raw values in slot order without the OOV slot (one key
     per slot); with ``key_slots`` (n,) int32, key ``keys[p]`` reads slot ``key_slots[p]`` (clustered
     fields, where keys share slots). ``key_kind`` is ``"int"`` (keys int64) or ``"str"``. Values of
     another type are converted (``"5"`` reads as 5 for an int vocabulary; 5 reads as ``"5"`` for a
@@ -71,9 +73,10 @@ class ServingVocabulary:
 
     name: str
     key_kind: str
-    keys: np.ndarray
+    keys: np.ndarray | StrKeys
     oov_slot: int
     key_slots: np.ndarray | None = None
+    lookup: SortedKeys | None = None  # binary search over mapped sorted keys instead of a hash table
 
     @property
     def num_slots(self) -> int:
@@ -90,7 +93,7 @@ class ServingVocabulary:
     def index(self) -> pd.Index:
         cached = self.__dict__.get("_index")
         if cached is None:
-            cached = pd.Index(self.keys)
+            cached = pd.Index(np.asarray(self.keys))
             object.__setattr__(self, "_index", cached)  # a cache, not state: the dataclass stays frozen
         return cached
 
@@ -106,9 +109,12 @@ class ServingVocabulary:
             lookup = np.where(whole, numbers, np.nan)
             positions = np.full(len(uniques), -1, dtype=np.int64)
             if whole.any():
-                positions[whole] = self.index().get_indexer(lookup[whole].astype(np.int64))
+                wanted = lookup[whole].astype(np.int64)
+                positions[whole] = self.index().get_indexer(wanted) if self.lookup is None else self.lookup.find(wanted)
         else:
-            positions = self.index().get_indexer(np.asarray([str(u) for u in uniques], dtype=object))
+            texts = [str(u) for u in uniques]
+            positions = (self.index().get_indexer(np.asarray(texts, dtype=object)) if self.lookup is None
+                         else self.lookup.find_texts(texts))
         positions = positions.astype(np.int64)
         if self.key_slots is not None:
             known = self.key_slots[np.maximum(positions, 0)] if len(self.key_slots) else positions
