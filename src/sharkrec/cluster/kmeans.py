@@ -32,7 +32,6 @@ import enum
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -108,13 +107,11 @@ def _argmin_rows(distances: Tensor) -> Tensor:
 
 
 def cluster_sums(points: Tensor, weights: Tensor, assignment: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """(K, D) float64 Σ w·x and (K,) Σ w over the members of each cluster (one flat bincount)."""
-    dim = points.shape[1]
+    """(K, D) float64 Σ w·x and (K,) Σ w over the members of each cluster."""
     weights = weights.to(torch.float64)
-    weighted = (points.to(torch.float64) * weights.unsqueeze(1)).numpy().reshape(-1)  # (N·D,)
-    slots = (assignment.unsqueeze(1) * dim + torch.arange(dim)).numpy().reshape(-1)  # (N·D,) cluster·D + d
-    sums = torch.from_numpy(np.bincount(slots, weights=weighted, minlength=k * dim).reshape(k, dim))
-    mass = torch.from_numpy(np.bincount(assignment.numpy(), weights=weights.numpy(), minlength=k))
+    weighted = points.to(torch.float64, copy=True).mul_(weights.unsqueeze(1))  # (N, D)
+    sums = torch.zeros(k, points.shape[1], dtype=torch.float64).index_add_(0, assignment, weighted)
+    mass = torch.zeros(k, dtype=torch.float64).index_add_(0, assignment, weights)
     return sums, mass
 
 
@@ -184,24 +181,26 @@ def _greedy_initial_centroids(points: Tensor, weights: Tensor, k: int, generator
     if int((mass > 0).sum()) < k:
         mass = mass + 1.0
     n = points.shape[0]
-    mass32 = mass.to(points.dtype)
+    mass32, mass_cumulative = mass.to(points.dtype), mass.cumsum(0)
+    uniforms = torch.rand(k, trials, dtype=torch.float64, generator=generator)  # (K, T), drawn up front
     centroids = torch.empty(k, points.shape[1], dtype=points.dtype)
     point_sq = (points * points).sum(1)  # (N,)
-    centroids[0] = points[_draw(mass.cumsum(0), generator)]
-    closest = torch.addmv(point_sq + centroids[0].dot(centroids[0]), points, centroids[0], alpha=-2.0).clamp_min_(0)
+    first = min(int(torch.searchsorted(mass_cumulative, uniforms[0, :1] * mass_cumulative[-1], right=True)), n - 1)
+    centroids[0] = points[first]
+    closest = torch.addmv(point_sq + point_sq[first], points, centroids[0], alpha=-2.0).clamp_min_(0)  # (N,)
     for i in range(1, k):
         cumulative = (mass * closest).cumsum(0)
-        if not float(cumulative[-1]) > 0:  # every weighted point already is a centroid
-            cumulative = mass.cumsum(0)
-        thresholds = torch.rand(trials, dtype=torch.float64, generator=generator) * cumulative[-1]
-        drawn = torch.searchsorted(cumulative, thresholds, right=True).clamp_max_(n - 1)  # (T,)
+        total = float(cumulative[-1])
+        if not total > 0:  # every weighted point already is a centroid
+            cumulative, total = mass_cumulative, float(mass_cumulative[-1])
+        drawn = torch.searchsorted(cumulative, uniforms[i] * total, right=True).clamp_max_(n - 1)  # (T,)
         candidates = points[drawn]  # (T, D)
-        distances = torch.addmm(point_sq.unsqueeze(1) + (candidates * candidates).sum(1), points, candidates.T,
-                                alpha=-2.0).clamp_min_(0)  # (N, T)
-        reached = torch.minimum(closest.unsqueeze(1), distances)  # (N, T)
-        best = int((mass32 @ reached).argmin())  # the first candidate of the lowest potential
+        reached = torch.addmm(point_sq, candidates, points.T, alpha=-2.0)  # (T, N) ‖x‖² − 2 x·c
+        reached.add_(point_sq[drawn].unsqueeze(1)).clamp_min_(0)
+        torch.minimum(reached, closest, out=reached)
+        best = int((reached @ mass32).argmin())  # the first candidate of the lowest potential
         centroids[i] = candidates[best]
-        closest = reached[:, best].contiguous()
+        closest = reached[best]
     return centroids
 
 
