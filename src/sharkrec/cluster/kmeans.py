@@ -38,6 +38,7 @@ from torch import Tensor
 from sharkrec.errors import ConfigError
 
 _CHUNK = 65_536  # points per block in the error sums
+_SUM_CHUNK = 16_384  # points per block in the cluster sums
 _HEAD_SAMPLE_PER_CLUSTER = 8  # the fast path's Lloyd sees about this many head points per cluster
 _ARGMIN_CHUNK = 512  # points per distance block: (512, K) floats stay in cache, which an argmin pass needs
 _GROUP = 64  # columns per group in the two-level argmin
@@ -107,10 +108,16 @@ def _argmin_rows(distances: Tensor) -> Tensor:
 
 
 def cluster_sums(points: Tensor, weights: Tensor, assignment: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """(K, D) float64 Σ w·x and (K,) Σ w over the members of each cluster."""
+    """(K, D) float64 Σ w·x and (K,) Σ w over the members of each cluster.
+
+    float64 ``index_add_`` over blocks of ``_SUM_CHUNK`` points: each block's float64 copy stays in
+    cache (one (N, D) float64 copy of a million points costs five times the sums themselves).
+    """
     weights = weights.to(torch.float64)
-    weighted = points.to(torch.float64, copy=True).mul_(weights.unsqueeze(1))  # (N, D)
-    sums = torch.zeros(k, points.shape[1], dtype=torch.float64).index_add_(0, assignment, weighted)
+    sums = torch.zeros(k, points.shape[1], dtype=torch.float64)
+    for start in range(0, points.shape[0], _SUM_CHUNK):
+        block = points[start:start + _SUM_CHUNK].to(torch.float64, copy=True)  # (C, D)
+        sums.index_add_(0, assignment[start:start + _SUM_CHUNK], block.mul_(weights[start:start + _SUM_CHUNK, None]))
     mass = torch.zeros(k, dtype=torch.float64).index_add_(0, assignment, weights)
     return sums, mass
 
