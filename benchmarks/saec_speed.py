@@ -4,20 +4,21 @@ No model is trained: the field's rows are synthetic with cluster structure, so t
 means something. ``--true-clusters`` centres are drawn from N(0, I_D); every value picks a centre at
 random and its row is that centre plus N(0, noise² I_D). Value frequencies follow a Zipf law
 (occurrences of the r-th hottest value ∝ r^-s, scaled to ``--occurrences``). Both methods cluster
-the same rows into ``--clusters`` clusters with the same seeded initialisation rule, ``max_iter`` and
-``tol``, side by side in one process, on one thread:
+the same rows into ``--clusters`` clusters with the same seed, ``max_iter`` and ``tol``, side by side
+in one process, on one thread:
 
 * full: frequency-weighted k-means on all values: weighted k-means++ (one draw per centroid), Lloyd;
 * fast (Saec): Lloyd on a threshold sample of the head covering each of ``--head-shares`` of the
   occurrences (greedy k-means++ start), then one nearest-centroid pass over all other values.
 
 Both share the distance kernels (blocked GEMM + two-level argmin, float64 cluster sums). Full k-means
-runs once per field and seed; each fast clustering ``--repeats`` times (same result every time, the
-median CPU time is kept). Reported: CPU seconds, iterations, head and sample sizes, the
-frequency-weighted within-cluster error Σ w‖x − row‖² (each method's rows are the weighted means of
-their members), the fast/full ratios next to the targets (≥ 30x, error ratio ≤ 1.01), and the CPU
-time of one assignment pass over all values — the part of the fast path no head saving removes, so
-full / pass bounds the speed-up any head/tail split can reach with an exact tail pass.
+runs once per field and seed; each fast clustering ``--repeats`` times, half before and half after
+full, after one discarded warm-up run (same result every time, the median CPU time is kept).
+Reported: CPU seconds, iterations, head and sample sizes, the frequency-weighted within-cluster
+error Σ w‖x − row‖² (each method's rows are the weighted means of their members), the fast/full
+ratios next to the targets (≥ 30x, error ratio ≤ 1.01), and the CPU time of one assignment pass over
+all values — the part of the fast path no head saving removes, so full / pass bounds the speed-up
+any head/tail split can reach with an exact tail pass.
 
     OMP_WAIT_POLICY=PASSIVE nice -n 10 python benchmarks/saec_speed.py --out benchmarks/results/saec_speed.json
 """
@@ -57,23 +58,36 @@ def field(values: int, dim: int, true_clusters: int, noise: float, exponent: flo
     return rows, weights
 
 
-def cluster(rows: torch.Tensor, weights: torch.Tensor, share: float, seed: int, args: argparse.Namespace,
-            repeats: int = 1) -> dict[str, Any]:
-    seconds, walls = [], []
-    for _ in range(repeats):
-        started, cpu_started = time.perf_counter(), time.process_time()
-        result = kmeans(rows, weights, args.clusters, head_share=share, max_iter=args.max_iter, tol=args.tol,
-                        seed=seed)
-        walls.append(time.perf_counter() - started)
-        seconds.append(time.process_time() - cpu_started)  # CPU seconds: the machine is shared, wall time swings
+def cluster(rows: torch.Tensor, weights: torch.Tensor, share: float, seed: int, args: argparse.Namespace
+            ) -> dict[str, Any]:
+    """One timed clustering and its figures."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    result = kmeans(rows, weights, args.clusters, head_share=share, max_iter=args.max_iter, tol=args.tol, seed=seed)
+    wall = time.perf_counter() - started
+    seconds = time.process_time() - cpu_started  # CPU seconds: the machine is shared, wall time swings 2-4x
     error = weighted_error(rows, weights, result.assignment, result.rows)
-    cpu, wall = float(np.median(seconds)), float(np.median(walls))
-    print(f"  head share {share}: {cpu:.2f} CPU s ({wall:.2f} s wall), {result.iterations} iterations, "
-          f"head {result.head_size:,}, Lloyd on {result.sample_size:,}, weighted error {error:.4e}", flush=True)
-    return {"head_share": share, "seconds": cpu, "wall_seconds": wall, "seconds_each": seconds,
-            "iterations": result.iterations, "head_size": result.head_size, "sample_size": result.sample_size,
-            "weighted_error": error, "clusters_used": int(torch.unique(result.assignment).numel()),
-            "centroids": result.centroids}
+    return {"head_share": share, "seconds": seconds, "wall_seconds": wall, "iterations": result.iterations,
+            "head_size": result.head_size, "sample_size": result.sample_size, "weighted_error": error,
+            "clusters_used": int(torch.unique(result.assignment).numel()), "centroids": result.centroids}
+
+
+def report(entry: dict[str, Any]) -> None:
+    print(f"  head share {entry['head_share']}: {entry['seconds']:.2f} CPU s ({entry['wall_seconds']:.2f} s wall), "
+          f"{entry['iterations']} iterations, head {entry['head_size']:,}, Lloyd on {entry['sample_size']:,}, "
+          f"weighted error {entry['weighted_error']:.4e}", flush=True)
+
+
+def fast_median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The runs of one fast clustering (identical results) as one entry with the median times."""
+    for other in runs[1:]:
+        if other["weighted_error"] != runs[0]["weighted_error"]:
+            raise RuntimeError("the fast clustering gave two results for one seed")
+    entry = dict(runs[0])
+    entry["seconds_each"] = [r["seconds"] for r in runs]
+    entry["seconds"] = float(np.median(entry["seconds_each"]))
+    entry["wall_seconds"] = float(np.median([r["wall_seconds"] for r in runs]))
+    entry.pop("centroids")
+    return entry
 
 
 def assignment_pass(rows: torch.Tensor, centroids: torch.Tensor) -> float:
@@ -84,21 +98,33 @@ def assignment_pass(rows: torch.Tensor, centroids: torch.Tensor) -> float:
 
 
 def run(args: argparse.Namespace, exponent: float, seed: int) -> dict[str, Any]:
-    """Full k-means once, then the fast clustering at every head share, on the same field."""
+    """Full k-means once, the fast clustering at every head share ``--repeats`` times, on the same field:
+    a discarded warm-up run, then half the fast runs (shares in turn), full, the other half."""
     rows, weights = field(args.values, args.dim, args.true_clusters, args.noise, exponent, args.occurrences, seed)
     print(f"Zipf s={exponent}, seed {seed}", flush=True)
-    fast = [cluster(rows, weights, share, seed, args, repeats=args.repeats) for share in args.head_shares]
-    full = cluster(rows, weights, 1.0, seed, args)
-    one_pass = assignment_pass(rows, full.pop("centroids"))
-    print(f"  one assignment pass over all {args.values:,} values: {one_pass:.2f} CPU s "
-          f"(full / pass = {full['seconds'] / one_pass:.1f}x)", flush=True)
+    cluster(rows, weights, args.head_shares[0], seed, args)  # warm-up: first touch of the big buffers
+    timed: dict[float, list[dict[str, Any]]] = {share: [] for share in args.head_shares}
+    passes = []
+    for rep in range(args.repeats):
+        if rep == args.repeats // 2:
+            full = cluster(rows, weights, 1.0, seed, args)
+            report(full)
+            centroids = full.pop("centroids")
+            passes.append(assignment_pass(rows, centroids))
+        for share in args.head_shares:
+            timed[share].append(cluster(rows, weights, share, seed, args))
+    passes.append(assignment_pass(rows, centroids))
+    fast = [fast_median(timed[share]) for share in args.head_shares]
+    one_pass = float(np.median(passes))
     for entry in fast:
-        entry.pop("centroids")
+        report(entry)
         entry["speedup"] = full["seconds"] / entry["seconds"]
         entry["speedup_wall"] = full["wall_seconds"] / entry["wall_seconds"]
         entry["error_ratio"] = entry["weighted_error"] / full["weighted_error"]
+    print(f"  one assignment pass over all {args.values:,} values: {one_pass:.2f} CPU s "
+          f"(full / pass = {full['seconds'] / one_pass:.1f}x)", flush=True)
     return {"zipf_exponent": exponent, "seed": seed, "occurrences": float(weights.sum()), "full": full, "fast": fast,
-            "assignment_pass_seconds": one_pass}
+            "assignment_pass_seconds": one_pass, "assignment_pass_seconds_each": passes}
 
 
 def summary(runs: list[dict[str, Any]], shares: list[float]) -> dict[str, Any]:
@@ -153,7 +179,8 @@ def markdown(payload: dict[str, Any]) -> str:
               "pass over all other values; full = weighted k-means++ (one draw per centroid) + Lloyd on all "
               f"values; both max_iter {s['max_iter']}, tol {s['tol']}, the same distance kernels, one thread, "
               "side by side in one process on a shared 2-core machine; times are the process's CPU seconds "
-              f"(fast: median of {s['repeats']} identical runs; full: one run; wall time, in the JSON, swings "
+              f"(fast: median of {s['repeats']} identical runs, half before and half after full, after one "
+              "warm-up run; full: one run; one pass: median of two; wall time, in the JSON, swings "
               "with the other jobs). Error = Σ w‖x − row‖² with each method's weighted-mean rows. Generated "
               "by benchmarks/saec_speed.py.", ""]
     return "\n".join(lines)
@@ -172,7 +199,8 @@ def main() -> None:
     parser.add_argument("--max-iter", type=int, default=20)
     parser.add_argument("--tol", type=float, default=1e-4)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each fast clustering (median time kept)")
+    parser.add_argument("--repeats", type=int, default=4,
+                        help="timed runs of each fast clustering, half before and half after full (median kept)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/saec_speed.json")
     args = parser.parse_args()
