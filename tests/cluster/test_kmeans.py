@@ -94,3 +94,76 @@ def test_bad_cluster_count_is_a_one_line_error():
     rows, weights, _ = blobs(values=10)
     with pytest.raises(ConfigError, match="cannot make 11 clusters of 10 values"):
         kmeans(rows, weights, 11)
+
+
+def test_two_level_argmin_matches_argmin_with_ties_and_padding():
+    from sharkrec.cluster.kmeans import _argmin_rows
+
+    g = torch.Generator().manual_seed(0)
+    for k in (256, 300, 1024):  # a multiple of the group width, a padded one, a large one
+        distances = torch.randint(0, 5, (700, k), generator=g).float()  # many ties: the first index must win
+        assert torch.equal(_argmin_rows(distances), distances.argmin(1))
+        distances = torch.randn(700, k, generator=g)
+        assert torch.equal(_argmin_rows(distances), distances.argmin(1))
+
+
+def test_nearest_centroid_matches_brute_force_for_both_metrics():
+    g = torch.Generator().manual_seed(1)
+    points, centroids = torch.randn(3000, 8, generator=g), torch.randn(500, 8, generator=g)
+    assert torch.equal(nearest_centroid(points, centroids), torch.cdist(points, centroids).argmin(1))
+    unit_points = torch.nn.functional.normalize(points, dim=1)
+    unit_centroids = torch.nn.functional.normalize(centroids, dim=1)
+    assert torch.equal(nearest_centroid(unit_points, unit_centroids, Metric.COSINE),
+                       (unit_points @ unit_centroids.T).argmax(1))
+
+
+def test_threshold_sample_keeps_hot_values_and_is_unbiased():
+    from sharkrec.cluster.kmeans import threshold_sample
+
+    weights = torch.arange(1, 20_001, dtype=torch.float64).pow(-1.2) * 1e6
+    sizes, totals = [], []
+    for seed in range(20):
+        chosen, kept = threshold_sample(weights, 2000, torch.Generator().manual_seed(seed))
+        assert torch.equal(chosen, chosen.sort().values) and bool((kept >= weights[chosen]).all())
+        tau = float(kept.min())
+        assert bool(torch.isin((weights >= tau).nonzero().squeeze(1), chosen).all())  # every hot value is in
+        sizes.append(chosen.numel())
+        totals.append(float(kept.sum()))
+    assert abs(sum(sizes) / 20 - 2000) < 60  # expected size is the size asked for
+    assert abs(sum(totals) / 20 / float(weights.sum()) - 1) < 0.01  # weighted sums are unbiased
+    again, _ = threshold_sample(weights, 2000, torch.Generator().manual_seed(3))
+    assert torch.equal(again, threshold_sample(weights, 2000, torch.Generator().manual_seed(3))[0])
+    everything, same = threshold_sample(weights[:100], 2000, torch.Generator().manual_seed(0))
+    assert torch.equal(everything, torch.arange(100)) and torch.equal(same, weights[:100])
+
+
+def test_greedy_seeding_is_deterministic_and_beats_one_draw_per_centroid():
+    from sharkrec.cluster.kmeans import _greedy_initial_centroids, _initial_centroids
+
+    rows, weights, _ = blobs(values=4000, centres=64, noise=0.3)
+
+    def potential(centroids: torch.Tensor) -> float:
+        return float((torch.cdist(rows, centroids).pow(2).amin(1).double() * weights).sum())
+
+    greedy = [_greedy_initial_centroids(rows, weights, 64, torch.Generator().manual_seed(s)) for s in range(4)]
+    plain = [_initial_centroids(rows, weights, 64, torch.Generator().manual_seed(s)) for s in range(4)]
+    assert torch.equal(greedy[0], _greedy_initial_centroids(rows, weights, 64, torch.Generator().manual_seed(0)))
+    assert not torch.equal(greedy[0], greedy[1])
+    # every centroid is one of the points
+    assert bool((greedy[0].unsqueeze(1) == rows.unsqueeze(0)).all(2).any(1).all())
+    assert sum(map(potential, greedy)) < 0.8 * sum(map(potential, plain))
+
+
+def test_fast_clustering_samples_the_head_and_matches_full_error():
+    rows, weights, _ = blobs(values=40_000, centres=128, noise=1.0, exponent=1.1)
+    ratios = []
+    for seed in range(4):  # local optima depend on the seed: compare the mean
+        fast = kmeans(rows, weights, 64, head_share=0.95, seed=seed)
+        full = kmeans(rows, weights, 64, head_share=1.0, seed=seed)
+        assert full.sample_size == 40_000 and fast.sample_size < fast.head_size  # Lloyd saw a sample of the head
+        assert torch.equal(fast.assignment, nearest_centroid(rows, fast.centroids))  # every value at its nearest
+        ratios.append(weighted_error(rows, weights, fast.assignment, fast.rows)
+                      / weighted_error(rows, weights, full.assignment, full.rows))
+    assert sum(ratios) / 4 < 1.01
+    again = kmeans(rows, weights, 64, head_share=0.95, seed=3)
+    assert torch.equal(again.assignment, fast.assignment) and torch.equal(again.rows, fast.rows)
