@@ -166,6 +166,35 @@ class _TooLarge(Exception):
     pass
 
 
+class FastRoute:
+    """ASGI middleware answering ``POST path`` with ``answer(body) -> Response`` directly, without the framework's
+    request object, dependency solving and exception layers (most of the server's CPU per one-row request);
+    everything else goes on to the app. ``route`` is recorded in the scope, as the router would, so the metrics
+    count the request under its route."""
+
+    def __init__(self, app: Any, path: str, answer: Callable[[bytes], Any], route: Any) -> None:
+        self.app = app
+        self.path = path
+        self.answer = answer
+        self.route = route
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = self.route
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        response = await self.answer(b"".join(chunks))
+        await response(scope, receive, send)
+
+
 class Batcher:
     """Gathers the rows of concurrent requests into batches for one model thread (encode, score)."""
 
@@ -318,9 +347,8 @@ def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_row
     app.state.model = model
     app.state.batcher = batcher
     app.state.model_name = name
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    app.add_middleware(prom.RequestMetrics, requests=requests, latency=latency,  # outermost: counts 413s too
-                       log=prom.access_line if access_log else None)
+    # middleware order, outermost first: metrics (and the access log), the body limit, the /predict fast route
+
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
@@ -349,10 +377,8 @@ def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_row
     tasks = list(model.task_names)
     body_schema = {"content": {"application/json": {"schema": PredictRequest.model_json_schema()}}, "required": True}
 
-    # the body is read and validated here, in one pass, instead of FastAPI's json.loads + model + response model
-    @app.post("/predict", response_model=PredictResponse, openapi_extra={"requestBody": body_schema})
-    async def predict(request: Request) -> Response:
-        raw = await request.body()
+    async def predict_answer(raw: bytes) -> Response:
+        """The answer to a ``/predict`` body: scores, or the 422 / 400 / 503 of a bad or refused request."""
         batcher.arriving += 1
         try:
             rows = json_rows(raw)
@@ -364,12 +390,31 @@ def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_row
         finally:
             batcher.arriving -= 1
         if len(rows) > max_request_rows:
-            raise ConfigError(f"the request has {len(rows)} rows; send at most {max_request_rows} per request")
-        scores = await batcher.predict(rows)  # a bad row fails this request alone
+            return JSONResponse(status_code=400, content={"error": f"the request has {len(rows)} rows; send at most "
+                                                                   f"{max_request_rows} per request"})
+        try:
+            scores = await batcher.predict(rows)  # a bad row fails this request alone
+        except SharkrecError as exc:
+            return JSONResponse(status_code=400, content={"error": str(exc)})
+        except Overloaded as exc:
+            return JSONResponse(status_code=503, content={"error": str(exc)},
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
         return Response(orjson.dumps({"tasks": tasks, "scores": scores.astype(np.float64)},
                                      option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
+    # the body is read and validated in one pass, instead of FastAPI's json.loads + model + response model; the
+    # ``FastRoute`` middleware answers POST /predict with the same function without the framework's routing
+    @app.post("/predict", response_model=PredictResponse, openapi_extra={"requestBody": body_schema})
+    async def predict(request: Request) -> Response:
+        return await predict_answer(await request.body())
+
+    route = next(r for r in app.router.routes if getattr(r, "path", None) == "/predict")
+    app.add_middleware(FastRoute, path="/predict", answer=predict_answer, route=route)  # inside metrics and limits
+
     _add_v2_routes(app, model, batcher, name, max_request_rows)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(prom.RequestMetrics, requests=requests, latency=latency,  # outermost: counts 413s too
+                       log=prom.access_line if access_log else None)
     return app
 
 
@@ -443,11 +488,8 @@ def _add_v2_routes(app: FastAPI, model: ServingModel, batcher: Batcher, name: st
     async def v2_model_ready(model_name: str) -> Any:
         return {"name": name, "ready": True} if model_name == name else unknown(model_name)
 
-    @app.post("/v2/models/{model_name}/infer")
-    async def v2_infer(model_name: str, request: Request) -> Response:
-        if model_name != name:
-            return unknown(model_name)
-        raw = await request.body()
+    async def infer_answer(raw: bytes) -> Response:
+        """The answer to a v2 infer body: FP32 output tensors, or a 400 / 503 ``{"error": ...}``."""
         batcher.arriving += 1
         try:
             body = orjson.loads(raw)
@@ -462,6 +504,9 @@ def _add_v2_routes(app: FastAPI, model: ServingModel, batcher: Batcher, name: st
             scores = await batcher.predict(rows)  # DataError: a value the encoder rejects
         except DataError as exc:
             return error(400, str(exc))
+        except Overloaded as exc:
+            return JSONResponse(status_code=503, content={"error": str(exc)},
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
         column = {task: i for i, task in enumerate(model.task_names)}
         answer: dict[str, Any] = {"model_name": name}
         if isinstance(body, dict) and "id" in body:
@@ -469,6 +514,15 @@ def _add_v2_routes(app: FastAPI, model: ServingModel, batcher: Batcher, name: st
         answer["outputs"] = [{"name": task, "datatype": "FP32", "shape": [len(rows)],
                               "data": scores[:, column[task]].tolist()} for task in outputs]
         return Response(orjson.dumps(answer), media_type="application/json")
+
+    @app.post("/v2/models/{model_name}/infer")
+    async def v2_infer(model_name: str, request: Request) -> Response:
+        if model_name != name:
+            return unknown(model_name)
+        return await infer_answer(await request.body())
+
+    route = next(r for r in app.router.routes if getattr(r, "path", None) == "/v2/models/{model_name}/infer")
+    app.add_middleware(FastRoute, path=f"/v2/models/{name}/infer", answer=infer_answer, route=route)
 
 
 class UserPredictRequest(BaseModel):
