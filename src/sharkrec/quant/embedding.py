@@ -112,6 +112,24 @@ class _Batch:
     integer_rows: Tensor | None
 
 
+class _SampleRows(torch.autograd.Function):
+    """(B·F, D) rows ``block[index]`` of a (U, D) block whose field slices are the ``leaves``; the backward
+    pass sums the incoming (B·F, D) gradient into one (U, D) block (one index_add) and hands each leaf its
+    slice, instead of one gather and one scatter per field."""
+
+    @staticmethod
+    def forward(ctx: Any, index: Tensor, block: Tensor, *leaves: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.sizes = [int(leaf.shape[0]) for leaf in leaves]
+        return block.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        (index,) = ctx.saved_tensors
+        summed = grad.new_zeros(sum(ctx.sizes), grad.shape[1]).index_add_(0, index, grad)
+        return None, None, *torch.split(summed, ctx.sizes)
+
+
 def _nbytes(tensor: Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
@@ -334,13 +352,35 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         """Move the rows of field ``field`` to the tiers ``codes`` (R,) int8; returns rows moved.
 
         Rows that keep their tier keep their stored bytes; a row that changes tier is re-encoded
-        from its current (dequantized) value. Pools are rebuilt in row order: O(R·D).
+        from its current (dequantized) value, the moved rows that land in an integer tier rounded with one
+        (M, D) draw in row order (:attr:`row_noise` purpose 1, else torch's generator). Pools are rebuilt in
+        row order: O(R·D), one C++ pass when the kernels build.
         """
         self._groups.clear()  # slots change: cached tier groups of the last forward are stale
         old_tiers = self._buffer(f"tier_{field}")
-        old_slots = self._buffer(f"slot_{field}").long()
-        codes = codes.to(torch.int8)
+        codes = codes.to(torch.int8).contiguous()
         changed = codes != old_tiers
+        moved_rows = int(changed.sum())
+        if moved_rows == 0:
+            return 0
+        self.rows_moved += moved_rows
+        into_integer = changed & (codes >= Precision.INT8.code)  # (R,) moved rows that are rounded
+        noise = None
+        if self.stochastic_int and bool(into_integer.any()):
+            moved_integer = into_integer.nonzero().squeeze(1)
+            noise = (self.row_noise(field, moved_integer, self.embedding_dim, 1) if self.row_noise is not None
+                     else torch.rand(moved_integer.shape[0], self.embedding_dim))  # (M, D)
+        module = self._kernels()
+        if module is not None and not self.stochastic_fp16:
+            storage = [self._buffer(f"{kind}_{field}") for kind in _STORAGE]
+            rebuilt = module.migrate_field(*storage, codes, _NO_NOISE if noise is None else noise.float().contiguous(),
+                                           noise is not None, self.embedding_dim)
+            for kind, tensor in zip(_STORAGE[1:], rebuilt, strict=True):
+                self._buffers[f"{kind}_{field}"] = tensor
+            self._buffers[f"tier_{field}"] = codes.clone()
+            return moved_rows
+        noise_row = torch.cumsum(into_integer, 0) - 1  # (R,) the noise row of each moved integer row
+        old_slots = self._buffer(f"slot_{field}").long()
         new_slots = torch.empty_like(old_slots)
         pools: dict[str, Tensor] = {}
         for tier in Precision:
@@ -354,7 +394,9 @@ class MixedPrecisionEmbedding(FieldEmbedding):
             position_kept = (~changed[members]).nonzero().squeeze(1)
             position_moved = changed[members].nonzero().squeeze(1)
             new_payload[position_kept] = payload.index_select(0, old_slots[kept])
-            encoded, encoded_scales = self._encode(tier, self.read_rows(field, moved), field, moved, purpose=1)
+            tier_noise = None if noise is None or not tier.max_level else noise.index_select(0, noise_row[moved])
+            encoded, encoded_scales = self._encode(tier, self.read_rows(field, moved), field, moved, purpose=1,
+                                                   noise=tier_noise)
             new_payload[position_moved] = encoded
             pools[f"{tier.value}_{field}"] = new_payload
             if scales is not None:
@@ -366,8 +408,6 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         self._buffers.update(pools)
         self._buffers[f"tier_{field}"] = codes.clone()
         self._buffers[f"slot_{field}"] = new_slots.to(torch.int32)
-        moved_rows = int(changed.sum())
-        self.rows_moved += moved_rows
         return moved_rows
 
     def tier_of_rows(self) -> dict[str, Tensor]:
@@ -402,21 +442,22 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         step_buffer += 1
         step = int(step_buffer)
         positive = (labels > 0.5).any(dim=1)  # (B,)
-        bases = self._row_bases
-        flat_ids, flags = [], []
-        for i, ids in enumerate(sparse):
-            flat_ids.append(ids.values.long() + bases[i])  # (nnz_i,) ids in the flat row space
-            flags.append(positive if ids.offsets is None else
-                         torch.repeat_interleave(positive, ids.offsets[1:] - ids.offsets[:-1]))
-        rows, inverse = torch.unique(torch.cat(flat_ids), return_inverse=True)  # (U,), (Σnnz,)
-        per_value = torch.where(torch.cat(flags), float(self.policy.alpha), 1.0).float()
+        self._check_field_count(sparse)
+        seen = self._flat_unique(sparse)  # (U,) rows of all fields, (Σnnz,) inverse; ids checked
+        rows, inverse = seen.rows, seen.inverse
+        if all(ids.offsets is None for ids in sparse):
+            flags = positive.repeat(len(sparse))  # (F·B,) the sample of every value, field-major
+        else:
+            flags = torch.cat([positive if ids.offsets is None else
+                               torch.repeat_interleave(positive, ids.offsets[1:] - ids.offsets[:-1]) for ids in sparse])
+        per_value = torch.where(flags, float(self.policy.alpha), 1.0).float()
         weights = torch.zeros(rows.shape[0]).index_add_(0, inverse, per_value)  # α·c⁺ + c⁻ per row
         counted_rows, counted = rows, weights
         if distributed.is_distributed():  # torchrun: counts of the global batch, so every rank holds the same tiers
             counted_rows, counted = distributed.sum_rows(rows, weights)
         lazy_update(self._buffer("priority"), self._buffer("last_step"), counted_rows, counted, step,
                     self.policy.keep, self.policy.gain)
-        self._unique = _FlatUnique(tuple(ids.values for ids in sparse), rows, inverse)  # for the same batch's forward
+        self._unique = seen  # for the same batch's forward
         if step % self.policy.recheck_every == 0:
             self.retier()
 
@@ -441,7 +482,7 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         All fields' rows are read in one pass (the C++ kernel, else field by field with PyTorch ops) into
         one (U, D) block; field ``i``'s leaf is its slice (U_i, D), so gradients stay per field.
         """
-        self._check_inputs(sparse)
+        self._check_field_count(sparse)
         record = torch.is_grad_enabled() and self.training
         self._touched = []
         self._groups = {}
@@ -449,7 +490,7 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         seen, self._unique = self._unique, None
         if seen is None or len(seen.values) != len(sparse) or any(
                 a is not ids.values for a, ids in zip(seen.values, sparse, strict=True)):
-            seen = self._flat_unique(sparse)
+            seen = self._flat_unique(sparse)  # checks the ids (observe_batch did for its batch)
         rows_per_field = torch.searchsorted(seen.rows, torch.tensor(self._row_bases))  # (F + 1,) block starts
         starts = rows_per_field.tolist()
         counts = rows_per_field.diff()  # (F,) unique rows per field
@@ -462,12 +503,8 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         if module is not None:
             integer_rows = module.gather_rows(local, rows_per_field, *self._storage_lists(), self.embedding_dim,
                                               values)  # (F,) rows in an integer tier
-        lengths = torch.tensor([int(ids.values.shape[0]) for ids in sparse])
-        inverse = seen.inverse - torch.repeat_interleave(rows_per_field[:-1], lengths,
-                                                         output_size=seen.inverse.shape[0])  # (Σnnz,) per field
-        value_starts = [0, *torch.cumsum(lengths, 0).tolist()]
-        vectors = []
-        for i, ids in enumerate(sparse):
+        leaves = []
+        for i in range(len(sparse)):
             rows, leaf = local[starts[i]:starts[i + 1]], values[starts[i]:starts[i + 1]]
             if module is None:
                 groups = self.tier_groups(i, rows)
@@ -477,20 +514,49 @@ class MixedPrecisionEmbedding(FieldEmbedding):
             if record:
                 leaf.requires_grad_(True)
                 self._touched.append((i, rows, leaf))
+            leaves.append(leaf)
+        if record:
+            self._batch = _Batch(self._touched, local, rows_per_field, values, integer_rows)
+        batch_size = sparse[0].batch_size() if sparse else 0
+        if all(ids.offsets is None and ids.values.shape[0] == batch_size for ids in sparse):
+            # single-hot: one gather of all (B, F) rows from the block, one scatter back in the backward pass
+            sample_major = seen.inverse.view(len(sparse), batch_size).t().reshape(-1)  # (B·F,) into the block
+            return _SampleRows.apply(sample_major, values, *leaves).view(batch_size, len(sparse), self.embedding_dim)
+        lengths = torch.tensor([int(ids.values.shape[0]) for ids in sparse])
+        inverse = seen.inverse - torch.repeat_interleave(rows_per_field[:-1], lengths,
+                                                         output_size=seen.inverse.shape[0])  # (Σnnz,) per field
+        value_starts = [0, *torch.cumsum(lengths, 0).tolist()]
+        vectors = []
+        for i, ids in enumerate(sparse):
+            leaf = leaves[i]
             field_inverse = inverse[value_starts[i]:value_starts[i + 1]]  # (nnz,) positions in the leaf
             if ids.offsets is None:
                 vectors.append(leaf.index_select(0, field_inverse))  # (B, D)
             else:
                 vectors.append(F.embedding_bag(field_inverse, leaf, ids.offsets, mode="sum", include_last_offset=True,
                                                per_sample_weights=ids.weights))  # (B, D)
-        if record:
-            self._batch = _Batch(self._touched, local, rows_per_field, values, integer_rows)
         return torch.stack(vectors, dim=1)  # (B, F, D)
 
     def _flat_unique(self, sparse: Sequence[FieldIds]) -> _FlatUnique:
-        """The batch's distinct rows in the flat row space of all fields (field i's from ``_row_bases[i]``)."""
-        flat = torch.cat([ids.values.long() + base for ids, base in zip(sparse, self._row_bases, strict=False)])
-        rows, inverse = torch.unique(flat, return_inverse=True)  # (U,), (Σnnz,)
+        """The batch's distinct rows in the flat row space of all fields (field i's from ``_row_bases[i]``);
+        raises :class:`DataError` for an id outside its field (with ``check_ids``)."""
+        local = torch.cat([ids.values for ids in sparse]).long()  # (Σnnz,) field-major
+        lengths = torch.tensor([int(ids.values.shape[0]) for ids in sparse])
+        if self.check_ids and local.numel():
+            limits = torch.tensor(self._row_bases).diff()  # (F,) rows per field
+            bad = (local < 0) | (local >= torch.repeat_interleave(limits, lengths, output_size=local.shape[0]))
+            if bool(bad.any()):  # one host synchronisation for all fields
+                first = int(bad.nonzero()[0, 0])
+                i = int(torch.searchsorted(lengths.cumsum(0), torch.tensor(first), right=True))
+                raise DataError(f"field {self.field_names[i]!r} has ids outside 0..{int(limits[i]) - 1}; encode the "
+                                "data with the vocabulary the model was built with")
+        bases = torch.tensor(self._row_bases[:-1])
+        flat = local + torch.repeat_interleave(bases, lengths, output_size=local.shape[0])
+        module = self._kernels()
+        if module is not None:
+            rows, inverse = module.flat_unique(flat, self._row_bases[-1])  # (U,), (Σnnz,)
+        else:
+            rows, inverse = torch.unique(flat, return_inverse=True)
         return _FlatUnique(tuple(ids.values for ids in sparse), rows, inverse)
 
     def _kernels(self) -> Any | None:
@@ -528,23 +594,10 @@ class MixedPrecisionEmbedding(FieldEmbedding):
             merged.append((field, field_rows, values))
         self._touched = merged
 
-    def _check_inputs(self, sparse: Sequence[FieldIds]) -> None:
+    def _check_field_count(self, sparse: Sequence[FieldIds]) -> None:
         if len(sparse) != self.num_fields:
             raise DataError(f"the batch has {len(sparse)} sparse fields but the embedding has {self.num_fields} "
                             f"({', '.join(self.field_names)}); build the batch with the model's schema")
-        if not self.check_ids:
-            return
-        checked = [i for i, ids in enumerate(sparse) if ids.values.numel()]
-        if not checked:
-            return
-        low_high = torch.stack([torch.stack(torch.aminmax(sparse[i].values)) for i in checked])  # (K, 2)
-        limits = torch.tensor([int(self._buffer(f"tier_{i}").shape[0]) for i in checked])
-        bad = (low_high[:, 0] < 0) | (low_high[:, 1] >= limits)
-        if bool(bad.any()):  # one host synchronisation for all fields
-            i = checked[int(bad.nonzero()[0, 0])]
-            rows = int(limits[checked.index(i)])
-            raise DataError(f"field {self.field_names[i]!r} has ids outside 0..{rows - 1}; encode the data with "
-                            "the vocabulary the model was built with")
 
     # ---------------------------------------------------------------- training
     def make_sparse_optimizer(self, kind: str, lr: float) -> TierOptimizer:

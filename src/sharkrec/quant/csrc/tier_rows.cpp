@@ -217,7 +217,111 @@ void step_rows(const torch::Tensor& rows, const torch::Tensor& starts, const tor
   }
 }
 
+// The distinct values of `flat` (N,) int64 in [0, total) and where each value sits among them:
+// returns {rows (U,) int64 sorted, inverse (N,) int64} (torch.unique(flat, return_inverse=True)) in
+// O(N + U log U) with a (total,) scratch map instead of a sort of all N values.
+std::vector<torch::Tensor> flat_unique(const torch::Tensor& flat, int64_t total) {
+  TORCH_CHECK(flat.scalar_type() == torch::kInt64 && flat.dim() == 1, "flat: (N,) int64");
+  const torch::Tensor ids = flat.contiguous();
+  const int64_t n = ids.size(0);
+  const int64_t* value = ids.data_ptr<int64_t>();
+  std::vector<int32_t> position(static_cast<size_t>(total), -1);
+  std::vector<int64_t> distinct;
+  distinct.reserve(static_cast<size_t>(std::min<int64_t>(n, total)));
+  for (int64_t k = 0; k < n; ++k) {
+    const int64_t v = value[k];
+    TORCH_CHECK(v >= 0 && v < total, "value ", v, " outside 0..", total - 1);
+    if (position[v] < 0) {
+      position[v] = 0;
+      distinct.push_back(v);
+    }
+  }
+  std::sort(distinct.begin(), distinct.end());
+  auto rows = torch::empty({static_cast<int64_t>(distinct.size())}, torch::kInt64);
+  int64_t* row = rows.data_ptr<int64_t>();
+  for (size_t u = 0; u < distinct.size(); ++u) {
+    row[u] = distinct[u];
+    position[distinct[u]] = static_cast<int32_t>(u);
+  }
+  auto inverse = torch::empty({n}, torch::kInt64);
+  int64_t* where = inverse.data_ptr<int64_t>();
+  for (int64_t k = 0; k < n; ++k) where[k] = position[value[k]];
+  return {rows, inverse};
+}
+
+// One field's rows moved to the tiers `codes` (R,) int8: pools rebuilt in row order (a row keeps its stored
+// bytes when its tier is unchanged, else it is decoded and re-encoded in its new tier, the i-th such row that
+// lands in an integer tier rounded with noise row i when `stochastic`). Returns {slot (R,) int32, fp32, fp16,
+// int8, int8_scale, int4, int4_scale}.
+std::vector<torch::Tensor> migrate_field(const torch::Tensor& tier, const torch::Tensor& slot,
+                                         const torch::Tensor& fp32, const torch::Tensor& fp16,
+                                         const torch::Tensor& int8, const torch::Tensor& int8_scale,
+                                         const torch::Tensor& int4, const torch::Tensor& int4_scale,
+                                         const torch::Tensor& codes, const torch::Tensor& noise, bool stochastic,
+                                         int64_t dim) {
+  const TensorList old_lists[8] = {{tier}, {slot}, {fp32}, {fp16}, {int8}, {int8_scale}, {int4}, {int4_scale}};
+  check_lists(1, old_lists[0], old_lists[1], old_lists[2], old_lists[3], old_lists[4], old_lists[5], old_lists[6],
+              old_lists[7]);
+  const int64_t rows = tier.size(0);
+  TORCH_CHECK(codes.scalar_type() == torch::kInt8 && codes.is_contiguous() && codes.size(0) == rows,
+              "codes: (R,) int8");
+  const Field old = field_storage(0, old_lists[0], old_lists[1], old_lists[2], old_lists[3], old_lists[4],
+                                  old_lists[5], old_lists[6], old_lists[7]);
+  const int8_t* code = codes.data_ptr<int8_t>();
+  int64_t count[4] = {0, 0, 0, 0};
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK(code[r] >= 0 && code[r] <= 3, "tier code ", int(code[r]), " is not 0..3");
+    ++count[code[r]];
+  }
+  const int64_t width = (dim + 1) / 2;
+  auto new_slot = torch::empty({rows}, torch::kInt32);
+  auto new_fp32 = torch::empty({count[0], dim}, torch::kFloat32);
+  auto new_fp16 = torch::empty({count[1], dim}, torch::kFloat16);
+  auto new_int8 = torch::empty({count[2], dim}, torch::kInt8);
+  auto new_int8_scale = torch::empty({count[2]}, torch::kFloat32);
+  auto new_int4 = torch::empty({count[3], width}, torch::kUInt8);
+  auto new_int4_scale = torch::empty({count[3]}, torch::kFloat32);
+  const Field fresh = {nullptr, nullptr, new_fp32.data_ptr<float>(), new_fp16.data_ptr<c10::Half>(),
+                       new_int8.data_ptr<int8_t>(), new_int8_scale.data_ptr<float>(), new_int4.data_ptr<uint8_t>(),
+                       new_int4_scale.data_ptr<float>()};
+  const float* draws = stochastic ? noise.data_ptr<float>() : nullptr;
+  const int64_t noise_rows = stochastic ? noise.size(0) : 0;
+  int32_t* slot_out = new_slot.data_ptr<int32_t>();
+  int64_t next[4] = {0, 0, 0, 0}, next_noise = 0;
+  std::vector<float> value(dim);
+  std::vector<int8_t> scratch(dim + 1);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int t = code[r], before = old.tier[r];
+    const int64_t s = next[t]++, from = old.slot[r];
+    slot_out[r] = static_cast<int32_t>(s);
+    if (t == before) {
+      switch (t) {
+        case 0: std::memcpy(fresh.fp32 + s * dim, old.fp32 + from * dim, dim * sizeof(float)); break;
+        case 1: std::memcpy(fresh.fp16 + s * dim, old.fp16 + from * dim, dim * sizeof(c10::Half)); break;
+        case 2:
+          std::memcpy(fresh.int8 + s * dim, old.int8 + from * dim, dim);
+          fresh.int8_scale[s] = old.int8_scale[from];
+          break;
+        default:
+          std::memcpy(fresh.int4 + s * width, old.int4 + from * width, width);
+          fresh.int4_scale[s] = old.int4_scale[from];
+      }
+      continue;
+    }
+    decode(old, before, from, dim, value.data());
+    const float* row_noise = nullptr;
+    if (t >= 2 && stochastic) {
+      TORCH_CHECK(next_noise < noise_rows, "noise has ", noise_rows, " rows; the moved integer rows need more");
+      row_noise = draws + (next_noise++) * dim;
+    }
+    encode(fresh, t, s, dim, value.data(), row_noise, scratch.data());
+  }
+  return {new_slot, new_fp32, new_fp16, new_int8, new_int8_scale, new_int4, new_int4_scale};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("flat_unique", &flat_unique, "distinct values and inverse of a (N,) int64 tensor in [0, total)");
+  m.def("migrate_field", &migrate_field, "one field's rows moved to new tiers, pools rebuilt in row order");
   m.def("gather_rows", &gather_rows, "every field's rows read from their tiers into one fp32 block");
   m.def("step_rows", &step_rows, "SGD / row-wise Adagrad on the touched rows, stored back in their tiers");
 }
