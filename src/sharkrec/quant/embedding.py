@@ -15,11 +15,18 @@ With a policy the layer also holds the Eq. 7 priorities of all fields in one fla
 (training extras, reported separately): one batch then costs one ``unique`` and one lazy update
 for all fields together, which the forward pass of the same batch reuses.
 
-Forward: per field, the unique rows a batch uses are gathered from their pools and dequantized
-into one fp32 leaf tensor (U, D) that requires grad; samples index it (single-hot) or sum-pool it
+Forward: the distinct rows a batch uses (all fields at once) are gathered from their pools and
+dequantized into one fp32 block (U, D); field i's slice (U_i, D) is its leaf that requires grad.
+Samples index the block (single-hot: one gather for all fields) or sum-pool a field's leaf
 (multi-hot, ``embedding_bag``). Gradients therefore cost O(rows touched). :class:`TierOptimizer`
 updates those rows in fp32 (SGD or row-wise Adagrad) and writes them back into their tier
-(stochastic rounding for int8/int4, configurable for fp16).
+(stochastic rounding for int8/int4 from one (N, D) draw per batch, configurable for fp16).
+
+Hot path: reading the block, the optimizer step with the write-back, the batch's distinct rows and
+a field's tier migration are each one pass of the C++ kernels in ``csrc/tier_rows.cpp``
+(:mod:`sharkrec.quant.kernels`) when they build, else the same algorithm in PyTorch ops, field by
+field (``use_extension = False`` or ``SHARKREC_NO_EXTENSION=1`` picks it; ``tests/quant/test_kernels.py``
+checks both write the same bytes).
 """
 
 from __future__ import annotations
@@ -646,6 +653,10 @@ class MixedPrecisionEmbedding(FieldEmbedding):
 
 class TierOptimizer(torch.optim.Optimizer):
     """Updates the rows the last forward pass touched, in fp32, and writes them back to their tiers.
+
+    After this layer's own forward pass every field is stepped in one kernel call (:meth:`_step_batch`);
+    rows gathered elsewhere (sharded training), keyed rounding draws (:attr:`MixedPrecisionEmbedding.row_noise`),
+    stochastic fp16 or a subclass's own write rule (ALPT) are stepped field by field.
 
     ``sgd``: ``e_r ← e_r − lr·g_r``. ``adagrad`` (row-wise, as :class:`RowWiseAdagrad`):
     ``G_r += mean(g_r²)``; ``e_r ← e_r − lr·g_r / (sqrt(G_r) + eps)`` with G (R,) float32 per field,
