@@ -364,6 +364,7 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         row order: O(R·D), one C++ pass when the kernels build.
         """
         self._groups.clear()  # slots change: cached tier groups of the last forward are stale
+        self._batch = None  # and so are its integer-row counts: a step after this one goes field by field
         old_tiers = self._buffer(f"tier_{field}")
         codes = codes.to(torch.int8).contiguous()
         changed = codes != old_tiers
