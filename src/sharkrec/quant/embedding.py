@@ -15,11 +15,18 @@ With a policy the layer also holds the Eq. 7 priorities of all fields in one fla
 (training extras, reported separately): one batch then costs one ``unique`` and one lazy update
 for all fields together, which the forward pass of the same batch reuses.
 
-Forward: per field, the unique rows a batch uses are gathered from their pools and dequantized
-into one fp32 leaf tensor (U, D) that requires grad; samples index it (single-hot) or sum-pool it
+Forward: the distinct rows a batch uses (all fields at once) are gathered from their pools and
+dequantized into one fp32 block (U, D); field i's slice (U_i, D) is its leaf that requires grad.
+Samples index the block (single-hot: one gather for all fields) or sum-pool a field's leaf
 (multi-hot, ``embedding_bag``). Gradients therefore cost O(rows touched). :class:`TierOptimizer`
 updates those rows in fp32 (SGD or row-wise Adagrad) and writes them back into their tier
-(stochastic rounding for int8/int4, configurable for fp16).
+(stochastic rounding for int8/int4 from one (N, D) draw per batch, configurable for fp16).
+
+Hot path: reading the block, the optimizer step with the write-back, the batch's distinct rows and
+a field's tier migration are each one pass of the C++ kernels in ``csrc/tier_rows.cpp``
+(:mod:`sharkrec.quant.kernels`) when they build, else the same algorithm in PyTorch ops, field by
+field (``use_extension = False`` or ``SHARKREC_NO_EXTENSION=1`` picks it; ``tests/quant/test_kernels.py``
+checks both write the same bytes).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from sharkrec import distributed
 from sharkrec.data.batch import FieldIds
 from sharkrec.errors import ConfigError, DataError
 from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding
-from sharkrec.quant import codec
+from sharkrec.quant import codec, kernels
 from sharkrec.quant.codec import Precision
 from sharkrec.quant.priority import (
     FQuantPolicy,
@@ -51,6 +58,9 @@ from sharkrec.quant.priority import (
 
 #: slots (U,) of a batch's rows and, per tier present, their positions in the batch (None: all of them)
 TierGroups = tuple[Tensor, list[tuple[Precision, Tensor | None]]]
+
+#: the buffers every field holds, in the order the C++ kernels (csrc/tier_rows.cpp) take them
+_STORAGE = ("tier", "slot", "fp32", "fp16", "int8", "int8_scale", "int4", "int4_scale")
 
 #: Table 1 of the paper: per-row extra words of the serving layout (precision, dimension, scale)
 HEADER_BYTES = {"precision": 1, "dimension": 2, "scale": 4}
@@ -85,6 +95,46 @@ class MemoryReport:
         out = dict(self.__dict__)
         out["fraction_of_fp32"] = self.fraction_of_fp32
         return out
+
+
+@dataclass(frozen=True)
+class _FlatUnique:
+    """A batch's distinct rows over all fields: ``rows`` (U,) sorted flat ids, ``inverse`` (Σnnz,) into them."""
+
+    values: tuple[Tensor, ...]  # the batch's id tensors (to recognise the same batch in forward)
+    rows: Tensor
+    inverse: Tensor
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """What a training forward read: field i's rows ``rows[starts[i]:starts[i + 1]]`` (U,) and their values
+    (U, D) (field i's leaf in ``touched`` is that slice); ``integer_rows`` (F,): rows in an integer tier
+    (``None`` on the PyTorch path)."""
+
+    touched: list[tuple[int, Tensor, Tensor]]
+    rows: Tensor
+    starts: Tensor
+    values: Tensor
+    integer_rows: Tensor | None
+
+
+class _SampleRows(torch.autograd.Function):
+    """(B·F, D) rows ``block[index]`` of a (U, D) block whose field slices are the ``leaves``; the backward
+    pass sums the incoming (B·F, D) gradient into one (U, D) block (one index_add) and hands each leaf its
+    slice, instead of one gather and one scatter per field."""
+
+    @staticmethod
+    def forward(ctx: Any, index: Tensor, block: Tensor, *leaves: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.sizes = [int(leaf.shape[0]) for leaf in leaves]
+        return block.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        (index,) = ctx.saved_tensors
+        summed = grad.new_zeros(sum(ctx.sizes), grad.shape[1]).index_add_(0, index, grad)
+        return None, None, *torch.split(summed, ctx.sizes)
 
 
 def _nbytes(tensor: Tensor) -> int:
@@ -128,7 +178,10 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         self.rows_moved = 0  # rows that changed tier since construction (not saved)
         self._touched: list[tuple[int, Tensor, Tensor]] = []  # (field, rows (U,), leaf (U, D)) of the last forward
         self._groups: dict[int, TierGroups] = {}  # per field: where the last forward's rows live (for the step)
-        self._unique: list[tuple[Tensor, Tensor, Tensor]] = []  # (ids, rows, inverse) of the observed batch
+        self._unique: _FlatUnique | None = None  # distinct rows of the observed batch, for its forward pass
+        self._batch: _Batch | None = None  # what the last training forward read (for TierOptimizer's fused step)
+        #: read and write rows with the C++ kernels when they build (False: the PyTorch path, e.g. to compare)
+        self.use_extension = True
         self._optimizer_ref: weakref.ref[TierOptimizer] | None = None
         #: optional draws for stochastic rounding: ``row_noise(field, rows (U,), D, purpose)`` → (U, D) uniform
         #: [0, 1), purpose 0 = an optimizer write, 1 = a tier move; ``None``: torch's global generator. A keyed
@@ -254,10 +307,13 @@ class MixedPrecisionEmbedding(FieldEmbedding):
             out.index_copy_(0, where, self._decode(field, tier, slots.index_select(0, where)))
         return out
 
-    def write_rows(self, field: int, rows: Tensor, values: Tensor, groups: TierGroups | None = None) -> None:
+    def write_rows(self, field: int, rows: Tensor, values: Tensor, groups: TierGroups | None = None,
+                   noise: Tensor | None = None) -> None:
         """Store (U, D) float32 ``values`` into ``rows`` (U,) of field ``field``, each in its own tier.
 
         ``groups``: :meth:`tier_groups` of ``rows`` if the caller has them (valid until tiers change).
+        ``noise``: (U, D) uniform draws for the stochastic rounding of the integer-tier rows (default: drawn
+        here, from :attr:`row_noise` or torch's global generator).
         """
         slots, by_tier = groups if groups is not None else self.tier_groups(field, rows)
         for tier, where in by_tier:
@@ -266,7 +322,10 @@ class MixedPrecisionEmbedding(FieldEmbedding):
             keyed = None  # the rows' ids, only when keyed rounding draws need them (not on the plain hot path)
             if self.row_noise is not None:
                 keyed = rows if where is None else rows.index_select(0, where)
-            payload, scales = self._encode(tier, tier_values, field, keyed)
+            tier_noise = None
+            if noise is not None and tier.max_level:
+                tier_noise = noise if where is None else noise.index_select(0, where)
+            payload, scales = self._encode(tier, tier_values, field, keyed, noise=tier_noise)
             self._buffer(f"{tier.value}_{field}").index_copy_(0, tier_slots, payload)
             if scales is not None:
                 self._buffer(f"{tier.value}_scale_{field}").index_copy_(0, tier_slots, scales)
@@ -283,12 +342,11 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         return codec.dequantize_int4(payload, scales, self.embedding_dim)
 
     def _encode(self, tier: Precision, values: Tensor, field: int = 0, rows: Tensor | None = None,
-                purpose: int = 0) -> tuple[Tensor, Tensor | None]:
+                purpose: int = 0, noise: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         if tier is Precision.FP32:
             return values.float(), None
         stochastic = self.stochastic_fp16 if tier is Precision.FP16 else self.stochastic_int
-        noise = None
-        if stochastic and self.row_noise is not None and rows is not None:
+        if stochastic and noise is None and self.row_noise is not None and rows is not None:
             noise = self.row_noise(field, rows, values.shape[1], purpose)
         if tier is Precision.FP16:
             return codec.to_fp16(values, stochastic, noise), None
@@ -301,13 +359,36 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         """Move the rows of field ``field`` to the tiers ``codes`` (R,) int8; returns rows moved.
 
         Rows that keep their tier keep their stored bytes; a row that changes tier is re-encoded
-        from its current (dequantized) value. Pools are rebuilt in row order: O(R·D).
+        from its current (dequantized) value, the moved rows that land in an integer tier rounded with one
+        (M, D) draw in row order (:attr:`row_noise` purpose 1, else torch's generator). Pools are rebuilt in
+        row order: O(R·D), one C++ pass when the kernels build.
         """
         self._groups.clear()  # slots change: cached tier groups of the last forward are stale
+        self._batch = None  # and so are its integer-row counts: a step after this one goes field by field
         old_tiers = self._buffer(f"tier_{field}")
-        old_slots = self._buffer(f"slot_{field}").long()
-        codes = codes.to(torch.int8)
+        codes = codes.to(torch.int8).contiguous()
         changed = codes != old_tiers
+        moved_rows = int(changed.sum())
+        if moved_rows == 0:
+            return 0
+        self.rows_moved += moved_rows
+        into_integer = changed & (codes >= Precision.INT8.code)  # (R,) moved rows that are rounded
+        noise = None
+        if self.stochastic_int and bool(into_integer.any()):
+            moved_integer = into_integer.nonzero().squeeze(1)
+            noise = (self.row_noise(field, moved_integer, self.embedding_dim, 1) if self.row_noise is not None
+                     else torch.rand(moved_integer.shape[0], self.embedding_dim))  # (M, D)
+        module = self._kernels()
+        if module is not None and not self.stochastic_fp16:
+            storage = [self._buffer(f"{kind}_{field}") for kind in _STORAGE]
+            rebuilt = module.migrate_field(*storage, codes, _NO_NOISE if noise is None else noise.float().contiguous(),
+                                           noise is not None, self.embedding_dim)
+            for kind, tensor in zip(_STORAGE[1:], rebuilt, strict=True):
+                self._buffers[f"{kind}_{field}"] = tensor
+            self._buffers[f"tier_{field}"] = codes.clone()
+            return moved_rows
+        noise_row = torch.cumsum(into_integer, 0) - 1  # (R,) the noise row of each moved integer row
+        old_slots = self._buffer(f"slot_{field}").long()
         new_slots = torch.empty_like(old_slots)
         pools: dict[str, Tensor] = {}
         for tier in Precision:
@@ -321,7 +402,9 @@ class MixedPrecisionEmbedding(FieldEmbedding):
             position_kept = (~changed[members]).nonzero().squeeze(1)
             position_moved = changed[members].nonzero().squeeze(1)
             new_payload[position_kept] = payload.index_select(0, old_slots[kept])
-            encoded, encoded_scales = self._encode(tier, self.read_rows(field, moved), field, moved, purpose=1)
+            tier_noise = None if noise is None or not tier.max_level else noise.index_select(0, noise_row[moved])
+            encoded, encoded_scales = self._encode(tier, self.read_rows(field, moved), field, moved, purpose=1,
+                                                   noise=tier_noise)
             new_payload[position_moved] = encoded
             pools[f"{tier.value}_{field}"] = new_payload
             if scales is not None:
@@ -333,8 +416,6 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         self._buffers.update(pools)
         self._buffers[f"tier_{field}"] = codes.clone()
         self._buffers[f"slot_{field}"] = new_slots.to(torch.int32)
-        moved_rows = int(changed.sum())
-        self.rows_moved += moved_rows
         return moved_rows
 
     def tier_of_rows(self) -> dict[str, Tensor]:
@@ -369,29 +450,22 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         step_buffer += 1
         step = int(step_buffer)
         positive = (labels > 0.5).any(dim=1)  # (B,)
-        bases = self._row_bases
-        flat_ids, flags = [], []
-        for i, ids in enumerate(sparse):
-            flat_ids.append(ids.values.long() + bases[i])  # (nnz_i,) ids in the flat row space
-            flags.append(positive if ids.offsets is None else
-                         torch.repeat_interleave(positive, ids.offsets[1:] - ids.offsets[:-1]))
-        rows, inverse = torch.unique(torch.cat(flat_ids), return_inverse=True)  # (U,), (Σnnz,)
-        per_value = torch.where(torch.cat(flags), float(self.policy.alpha), 1.0).float()
+        self._check_field_count(sparse)
+        seen = self._flat_unique(sparse)  # (U,) rows of all fields, (Σnnz,) inverse; ids checked
+        rows, inverse = seen.rows, seen.inverse
+        if all(ids.offsets is None for ids in sparse):
+            flags = positive.repeat(len(sparse))  # (F·B,) the sample of every value, field-major
+        else:
+            flags = torch.cat([positive if ids.offsets is None else
+                               torch.repeat_interleave(positive, ids.offsets[1:] - ids.offsets[:-1]) for ids in sparse])
+        per_value = torch.where(flags, float(self.policy.alpha), 1.0).float()
         weights = torch.zeros(rows.shape[0]).index_add_(0, inverse, per_value)  # α·c⁺ + c⁻ per row
         counted_rows, counted = rows, weights
         if distributed.is_distributed():  # torchrun: counts of the global batch, so every rank holds the same tiers
             counted_rows, counted = distributed.sum_rows(rows, weights)
         lazy_update(self._buffer("priority"), self._buffer("last_step"), counted_rows, counted, step,
                     self.policy.keep, self.policy.gain)
-        # per field unique rows / inverse for the forward pass of the same batch
-        row_starts = torch.searchsorted(rows, torch.tensor(bases)).tolist()  # (F + 1,)
-        self._unique = []
-        value_start = 0
-        for i, ids in enumerate(sparse):
-            value_end = value_start + int(ids.values.shape[0])
-            self._unique.append((ids.values, rows[row_starts[i]:row_starts[i + 1]] - bases[i],
-                                 inverse[value_start:value_end] - row_starts[i]))
-            value_start = value_end
+        self._unique = seen  # for the same batch's forward
         if step % self.policy.recheck_every == 0:
             self.retier()
 
@@ -411,32 +485,96 @@ class MixedPrecisionEmbedding(FieldEmbedding):
 
     # ---------------------------------------------------------------- lookup
     def forward(self, sparse: Sequence[FieldIds]) -> Tensor:
-        """(B, F, D) field vectors; see :meth:`FieldEmbedding.forward`."""
-        self._check_inputs(sparse)
+        """(B, F, D) field vectors; see :meth:`FieldEmbedding.forward`.
+
+        All fields' rows are read in one pass (the C++ kernel, else field by field with PyTorch ops) into
+        one (U, D) block; field ``i``'s leaf is its slice (U_i, D), so gradients stay per field.
+        """
+        self._check_field_count(sparse)
         record = torch.is_grad_enabled() and self.training
         self._touched = []
         self._groups = {}
-        cached = self._unique if len(self._unique) == len(sparse) else [None] * len(sparse)
-        self._unique = []
-        vectors = []
-        for i, (ids, seen) in enumerate(zip(sparse, cached, strict=True)):
-            if seen is not None and seen[0] is ids.values:
-                rows, inverse = seen[1], seen[2]
-            else:
-                rows, inverse = torch.unique(ids.values.long(), return_inverse=True)  # (U,), (nnz,)
-            groups = self.tier_groups(i, rows)
-            with torch.no_grad():
-                leaf = self.read_rows(i, rows, groups)  # (U, D) float32
+        self._batch = None
+        seen, self._unique = self._unique, None
+        if seen is None or len(seen.values) != len(sparse) or any(
+                a is not ids.values for a, ids in zip(seen.values, sparse, strict=True)):
+            seen = self._flat_unique(sparse)  # checks the ids (observe_batch did for its batch)
+        rows_per_field = torch.searchsorted(seen.rows, torch.tensor(self._row_bases))  # (F + 1,) block starts
+        starts = rows_per_field.tolist()
+        counts = rows_per_field.diff()  # (F,) unique rows per field
+        bases = torch.tensor(self._row_bases[:-1])
+        total = int(seen.rows.shape[0])
+        local = seen.rows - torch.repeat_interleave(bases, counts, output_size=total)  # (U,) row ids per field
+        values = torch.empty(total, self.embedding_dim)  # (U, D) float32
+        module = self._kernels()
+        integer_rows = None
+        if module is not None:
+            integer_rows = module.gather_rows(local, rows_per_field, *self._storage_lists(), self.embedding_dim,
+                                              values)  # (F,) rows in an integer tier
+        leaves = []
+        for i in range(len(sparse)):
+            rows, leaf = local[starts[i]:starts[i + 1]], values[starts[i]:starts[i + 1]]
+            if module is None:
+                groups = self.tier_groups(i, rows)
+                leaf.copy_(self.read_rows(i, rows, groups))
+                if record:
+                    self._groups[i] = groups
             if record:
                 leaf.requires_grad_(True)
                 self._touched.append((i, rows, leaf))
-                self._groups[i] = groups
+            leaves.append(leaf)
+        if record:
+            self._batch = _Batch(self._touched, local, rows_per_field, values, integer_rows)
+        batch_size = sparse[0].batch_size() if sparse else 0
+        if all(ids.offsets is None and ids.values.shape[0] == batch_size for ids in sparse):
+            # single-hot: one gather of all (B, F) rows from the block, one scatter back in the backward pass
+            sample_major = seen.inverse.view(len(sparse), batch_size).t().reshape(-1)  # (B·F,) into the block
+            return _SampleRows.apply(sample_major, values, *leaves).view(batch_size, len(sparse), self.embedding_dim)
+        lengths = torch.tensor([int(ids.values.shape[0]) for ids in sparse])
+        inverse = seen.inverse - torch.repeat_interleave(rows_per_field[:-1], lengths,
+                                                         output_size=seen.inverse.shape[0])  # (Σnnz,) per field
+        value_starts = [0, *torch.cumsum(lengths, 0).tolist()]
+        vectors = []
+        for i, ids in enumerate(sparse):
+            leaf = leaves[i]
+            field_inverse = inverse[value_starts[i]:value_starts[i + 1]]  # (nnz,) positions in the leaf
             if ids.offsets is None:
-                vectors.append(leaf.index_select(0, inverse))  # (B, D)
+                vectors.append(leaf.index_select(0, field_inverse))  # (B, D)
             else:
-                vectors.append(F.embedding_bag(inverse, leaf, ids.offsets, mode="sum", include_last_offset=True,
+                vectors.append(F.embedding_bag(field_inverse, leaf, ids.offsets, mode="sum", include_last_offset=True,
                                                per_sample_weights=ids.weights))  # (B, D)
         return torch.stack(vectors, dim=1)  # (B, F, D)
+
+    def _flat_unique(self, sparse: Sequence[FieldIds]) -> _FlatUnique:
+        """The batch's distinct rows in the flat row space of all fields (field i's from ``_row_bases[i]``);
+        raises :class:`DataError` for an id outside its field (with ``check_ids``)."""
+        local = torch.cat([ids.values for ids in sparse]).long()  # (Σnnz,) field-major
+        lengths = torch.tensor([int(ids.values.shape[0]) for ids in sparse])
+        if self.check_ids and local.numel():
+            limits = torch.tensor(self._row_bases).diff()  # (F,) rows per field
+            bad = (local < 0) | (local >= torch.repeat_interleave(limits, lengths, output_size=local.shape[0]))
+            if bool(bad.any()):  # one host synchronisation for all fields
+                first = int(bad.nonzero()[0, 0])
+                i = int(torch.searchsorted(lengths.cumsum(0), torch.tensor(first), right=True))
+                raise DataError(f"field {self.field_names[i]!r} has ids outside 0..{int(limits[i]) - 1}; encode the "
+                                "data with the vocabulary the model was built with")
+        bases = torch.tensor(self._row_bases[:-1])
+        flat = local + torch.repeat_interleave(bases, lengths, output_size=local.shape[0])
+        module = self._kernels()
+        if module is not None:
+            rows, inverse = module.flat_unique(flat, self._row_bases[-1])  # (U,), (Σnnz,)
+        else:
+            rows, inverse = torch.unique(flat, return_inverse=True)
+        return _FlatUnique(tuple(ids.values for ids in sparse), rows, inverse)
+
+    def _kernels(self) -> Any | None:
+        """The compiled kernels when this layer may use them (see :attr:`use_extension`), else ``None``."""
+        return kernels.extension() if self.use_extension else None
+
+    def _storage_lists(self) -> list[list[Tensor]]:
+        """Per buffer kind of :data:`_STORAGE`, every field's tensor (the kernels' storage arguments)."""
+        buffers = self._buffers
+        return [[buffers[f"{kind}_{i}"] for i in range(self.num_fields)] for kind in _STORAGE]  # type: ignore[misc]
 
     @torch.no_grad()
     def sync_gradients(self, world: int) -> None:
@@ -464,23 +602,10 @@ class MixedPrecisionEmbedding(FieldEmbedding):
             merged.append((field, field_rows, values))
         self._touched = merged
 
-    def _check_inputs(self, sparse: Sequence[FieldIds]) -> None:
+    def _check_field_count(self, sparse: Sequence[FieldIds]) -> None:
         if len(sparse) != self.num_fields:
             raise DataError(f"the batch has {len(sparse)} sparse fields but the embedding has {self.num_fields} "
                             f"({', '.join(self.field_names)}); build the batch with the model's schema")
-        if not self.check_ids:
-            return
-        checked = [i for i, ids in enumerate(sparse) if ids.values.numel()]
-        if not checked:
-            return
-        low_high = torch.stack([torch.stack(torch.aminmax(sparse[i].values)) for i in checked])  # (K, 2)
-        limits = torch.tensor([int(self._buffer(f"tier_{i}").shape[0]) for i in checked])
-        bad = (low_high[:, 0] < 0) | (low_high[:, 1] >= limits)
-        if bool(bad.any()):  # one host synchronisation for all fields
-            i = checked[int(bad.nonzero()[0, 0])]
-            rows = int(limits[checked.index(i)])
-            raise DataError(f"field {self.field_names[i]!r} has ids outside 0..{rows - 1}; encode the data with "
-                            "the vocabulary the model was built with")
 
     # ---------------------------------------------------------------- training
     def make_sparse_optimizer(self, kind: str, lr: float) -> TierOptimizer:
@@ -530,6 +655,10 @@ class MixedPrecisionEmbedding(FieldEmbedding):
 class TierOptimizer(torch.optim.Optimizer):
     """Updates the rows the last forward pass touched, in fp32, and writes them back to their tiers.
 
+    After this layer's own forward pass every field is stepped in one kernel call (:meth:`_step_batch`);
+    rows gathered elsewhere (sharded training), keyed rounding draws (:attr:`MixedPrecisionEmbedding.row_noise`),
+    stochastic fp16 or a subclass's own write rule (ALPT) are stepped field by field.
+
     ``sgd``: ``e_r ← e_r − lr·g_r``. ``adagrad`` (row-wise, as :class:`RowWiseAdagrad`):
     ``G_r += mean(g_r²)``; ``e_r ← e_r − lr·g_r / (sqrt(G_r) + eps)`` with G (R,) float32 per field,
     indexed by row id (so it survives tier migrations) and saved in :meth:`state_dict`.
@@ -560,20 +689,88 @@ class TierOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        embedding = self.embedding
+        batch = embedding._batch
+        if batch is not None and batch.touched is embedding._touched and self._steps_whole_batch():
+            self._step_batch(batch)
+        else:  # a subclass's own write rule, keyed rounding draws or rows gathered elsewhere: field by field
+            for field, rows, leaf in embedding._touched:
+                if leaf.grad is not None:
+                    self._store(field, rows, self._updated(field, rows, leaf.detach(), leaf.grad), leaf.grad)
+        embedding._touched = []
+        embedding._batch = None
+
+    def _steps_whole_batch(self) -> bool:
+        """The batch step applies: the plain write rule, integer rounding drawn from torch's generator and
+        fp16 rounded to nearest (the kernel's rules)."""
+        embedding = self.embedding
+        return (type(self)._store is TierOptimizer._store and embedding.row_noise is None
+                and type(embedding).write_rows is MixedPrecisionEmbedding.write_rows
+                and not embedding.stochastic_fp16)
+
+    def _updated(self, field: int, rows: Tensor, values: Tensor, grad: Tensor) -> Tensor:
+        """(U, D) rows after one SGD / row-wise Adagrad step (accumulators of ``rows`` updated in place)."""
         group = self.param_groups[0]
+        if group["kind"] != "adagrad":
+            return values - group["lr"] * grad
+        sums = self.state[self._anchor][f"sum_{field}"]
+        accumulator = sums.index_select(0, rows) + grad.pow(2).mean(1)
+        sums.index_copy_(0, rows, accumulator)
+        return values - group["lr"] * (grad / (accumulator.sqrt().unsqueeze(1) + group["eps"]))
+
+    def _step_batch(self, batch: _Batch) -> None:
+        """Every field's step in one pass: one (N, D) draw of rounding noise for the N integer-tier rows with
+        a gradient (in row order), then the C++ kernel, else the same algorithm field by field."""
+        embedding = self.embedding
+        group = self.param_groups[0]
+        dim = embedding.embedding_dim
+        grads: list[Tensor | None] = [None] * embedding.num_fields
+        for field, _, leaf in batch.touched:
+            grads[field] = leaf.grad
+        module = embedding._kernels()
+        if module is None or batch.integer_rows is None:
+            self._step_batch_torch(batch, grads)
+            return
+        noise = _NO_NOISE
+        if embedding.stochastic_int:
+            per_field = batch.integer_rows.tolist()
+            needed = sum(n for n, grad in zip(per_field, grads, strict=True) if grad is not None)
+            noise = torch.rand(needed, dim) if needed else _NO_NOISE
         state = self.state[self._anchor]
-        for field, rows, leaf in self.embedding._touched:
-            grad = leaf.grad
+        accumulators = [state[f"sum_{i}"] for i in range(embedding.num_fields)] if group["kind"] == "adagrad" else []
+        module.step_rows(batch.rows, batch.starts, batch.values, [_NO_NOISE if g is None else g for g in grads],
+                         accumulators, float(group["lr"]), float(group["eps"]), noise, embedding.stochastic_int,
+                         *embedding._storage_lists(), dim)
+
+    def _step_batch_torch(self, batch: _Batch, grads: list[Tensor | None]) -> None:
+        """:meth:`_step_batch` with PyTorch ops (the same noise rows, the same arithmetic)."""
+        embedding = self.embedding
+        dim = embedding.embedding_dim
+        integer = []  # per field with a gradient: (U_i,) bool, the row is in an integer tier
+        for field, rows, _ in batch.touched:
+            if grads[field] is not None:
+                integer.append(embedding._buffer(f"tier_{field}").index_select(0, rows) >= Precision.INT8.code)
+        needed = int(sum(int(m.sum()) for m in integer))
+        noise = torch.rand(needed, dim) if embedding.stochastic_int and needed else None
+        used = 0
+        masks = iter(integer)
+        for field, rows, leaf in batch.touched:
+            grad = grads[field]
             if grad is None:
                 continue
-            update = grad
-            if group["kind"] == "adagrad":
-                accumulator = state[f"sum_{field}"].index_select(0, rows) + grad.pow(2).mean(1)
-                state[f"sum_{field}"].index_copy_(0, rows, accumulator)
-                update = grad / (accumulator.sqrt().unsqueeze(1) + group["eps"])
-            self._store(field, rows, leaf.detach() - group["lr"] * update, grad)
-        self.embedding._touched = []
+            mask = next(masks)
+            row_noise = None
+            if noise is not None:
+                count = int(mask.sum())
+                row_noise = torch.zeros(rows.shape[0], dim)
+                row_noise[mask] = noise[used:used + count]
+                used += count
+            values = self._updated(field, rows, leaf.detach(), grad)
+            embedding.write_rows(field, rows, values, embedding._groups.get(field), noise=row_noise)
 
     def _store(self, field: int, rows: Tensor, values: Tensor, grad: Tensor) -> None:
         """Write the updated fp32 rows (U, D) back into their tiers; ``grad`` (U, D) is dL/d(row)."""
         self.embedding.write_rows(field, rows, values, self.embedding._groups.get(field))
+
+
+_NO_NOISE = torch.zeros(0, 0)

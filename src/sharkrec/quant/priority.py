@@ -170,9 +170,19 @@ def lazy_update(priority: Tensor, last_step: Tensor, rows: Tensor, weights: Tens
 
 
 def current_priority(priority: Tensor, last_step: Tensor, step: int, keep: float) -> Tensor:
-    """(R,) float32 priorities after ``step`` batches (the lazy decay applied to every row)."""
-    elapsed = (step - last_step).double()
-    return (priority.double() * torch.pow(torch.tensor(keep, dtype=torch.float64), elapsed)).float()
+    """(R,) float32 priorities after ``step`` batches (the lazy decay applied to every row).
+
+    ``keep ** elapsed`` is looked up in a float64 table of the powers 0..max elapsed when that table is
+    shorter than R (R powers become one lookup each).
+    """
+    elapsed = step - last_step.long()  # (R,)
+    base = torch.tensor(keep, dtype=torch.float64)
+    low, longest = (int(elapsed.min()), int(elapsed.max())) if elapsed.numel() else (0, 0)
+    if low >= 0 and longest < elapsed.numel():
+        factor = torch.pow(base, torch.arange(longest + 1, dtype=torch.float64)).index_select(0, elapsed)
+    else:
+        factor = torch.pow(base, elapsed.double())
+    return (priority.double() * factor).float()
 
 
 def tiers_by_threshold(priority: Tensor, policy: FQuantPolicy) -> Tensor:
@@ -239,13 +249,27 @@ def tier_counts_for_budget(num_rows: int, dim: int, policy: FQuantPolicy) -> lis
 def tiers_by_rank(priorities: Sequence[Tensor], counts: Sequence[int]) -> list[Tensor]:
     """Per-field (R_f,) int8 tier codes giving the ``counts[k]`` hottest rows (all fields together) tier k.
 
-    Ties are broken by a stable sort (field order, then row id), so the counts are met exactly.
+    Ties are broken as a stable sort would (field order, then row id), so the counts are met exactly.
+    Each tier boundary is found by selection (``kthvalue``, O(R)) instead of sorting all rows.
     """
     flat = torch.cat([p.float() for p in priorities])  # (R,)
-    order = torch.sort(flat, descending=True, stable=True).indices
-    codes = torch.empty(flat.shape[0], dtype=torch.int8)
-    start = 0
-    for code, count in enumerate(counts):
-        codes[order[start:start + count]] = code
-        start += count
+    total = flat.shape[0]
+    codes = torch.full((total,), len(counts) - 1, dtype=torch.int8)
+    boundaries = torch.cumsum(torch.tensor([int(c) for c in counts], dtype=torch.int64), 0).tolist()
+    for code in range(len(counts) - 2, -1, -1):  # widest top set first; hotter tiers overwrite
+        codes[_hottest(flat, boundaries[code])] = code
     return list(torch.split(codes, [int(p.shape[0]) for p in priorities]))
+
+
+def _hottest(values: Tensor, count: int) -> Tensor:
+    """(R,) bool: the ``count`` largest values, ties taken in index order (a stable descending sort's top)."""
+    total = values.shape[0]
+    if count <= 0:
+        return torch.zeros(total, dtype=torch.bool)
+    if count >= total:
+        return torch.ones(total, dtype=torch.bool)
+    threshold = torch.kthvalue(values, total - count + 1).values  # the count-th largest value
+    above = values > threshold
+    ties = values == threshold
+    room = count - int(above.sum())
+    return above | (ties & (torch.cumsum(ties, 0) <= room))
