@@ -18,10 +18,8 @@ forces the PyTorch path.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from torch import Tensor
 
 from sharkrec.errors import DataError
 from sharkrec.export.tables import TIERS, FieldTables
+from sharkrec.extensions import build, disabled
 from sharkrec.quant import codec
 from sharkrec.quant.codec import Precision
 
@@ -38,37 +37,13 @@ _SOURCE = Path(__file__).with_name("csrc") / "tiered_gather.cpp"
 
 
 @functools.lru_cache(maxsize=1)
+def _build() -> Any | None:
+    return build("sharkrec_tiered_gather", _SOURCE)
+
+
 def extension() -> Any | None:
     """The compiled kernel module, or ``None`` (no compiler, build failed, or SHARKREC_NO_EXTENSION=1)."""
-    if os.environ.get("SHARKREC_NO_EXTENSION", "") not in ("", "0"):
-        return None
-    try:
-        from torch.utils.cpp_extension import load
-
-        with _build_folder() as folder:
-            return load(name="sharkrec_tiered_gather", sources=[str(_SOURCE)], extra_cflags=["-O3", "-march=native"],
-                        build_directory=str(folder), verbose=False)
-    except Exception:  # any build problem: serve with the PyTorch path instead
-        return None
-
-
-@contextlib.contextmanager
-def _build_folder() -> Iterator[Path]:
-    """The extension's build folder, held with a kernel lock while it is built or loaded.
-
-    torch's own build lock is a plain ``lock`` file: a process killed while compiling leaves it behind
-    and every later load waits on it forever. Every sharkrec process takes this ``flock`` first (the
-    kernel drops it when its holder dies), so a ``lock`` file found while holding it is stale and removed.
-    """
-    import fcntl
-
-    folder = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
-    folder = folder / f"sharkrec-torch{torch.__version__}" / "sharkrec_tiered_gather"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".sharkrec-build.lock", "w") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        (folder / "lock").unlink(missing_ok=True)
-        yield folder
+    return None if disabled() else _build()
 
 
 def _header_rows(scale: Tensor, payload: Tensor) -> Tensor:
