@@ -105,6 +105,17 @@ def keep_counts(sparse: int, points: int | None) -> list[int]:
     return sorted({round(k) for k in np.linspace(sparse, 1, points)}, reverse=True)
 
 
+def rank_correlation(scores: Any, reference: Any) -> float | None:
+    """Spearman's rho, or None where it is undefined (a method that gave every field the same score)."""
+    rho = float(spearmanr(scores, reference)[0])
+    return rho if np.isfinite(rho) else None
+
+
+def finite(record: dict[str, Any]) -> dict[str, Any]:
+    """NaN → None in a record's top-level numbers, so the JSON file is strict."""
+    return {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in record.items()}
+
+
 def aukc(counts: list[int], aucs: list[float]) -> float:
     """Area under test AUC against fields kept, divided by the k range (a mean AUC over the curve)."""
     x, y = np.array(counts[::-1], dtype=float), np.array(aucs[::-1])
@@ -155,9 +166,9 @@ def run_method(method: str, curves: Curves, counts: list[int], exact: FieldImpor
         "aukc": aukc(counts, retrain), "aukc_fine_tune": aukc(counts, fine),
         "score_seconds": result.seconds, "passes": result.passes, "pruning_seconds": result.seconds + seconds,
         "pruning_seconds_fine_tune": result.seconds + fine_seconds,
-        "spearman_vs_exact": None if exact is None else float(spearmanr(result.scores, exact.scores)[0]),
-        "spearman_vs_truth": None if truth is None else float(
-            spearmanr(result.scores, [truth[f] for f in result.field_names])[0]),
+        "spearman_vs_exact": None if exact is None else rank_correlation(result.scores, exact.scores),
+        "spearman_vs_truth": None if truth is None else rank_correlation(
+            result.scores, [truth[f] for f in result.field_names]),
         "counts": counts, "test_auc_retrain": retrain, "test_auc_fine_tune": fine,
         "ranking": list(result.ranking()), "scores": result.as_dict(), "base_test_auc": base_auc,
     }
@@ -197,6 +208,7 @@ def summary(records: list[dict[str, Any]], size: str) -> dict[tuple[str, str], d
     for key, rows in groups.items():
         def stat(field: str, rows: list[dict[str, Any]] = rows) -> tuple[float, float]:
             values = np.array([r[field] for r in rows if r[field] is not None], dtype=float)
+            values = values[np.isfinite(values)]
             if len(values) == 0:
                 return float("nan"), float("nan")
             return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -204,6 +216,13 @@ def summary(records: list[dict[str, Any]], size: str) -> dict[tuple[str, str], d
                     "pruning_seconds", "spearman_vs_exact", "spearman_vs_truth") for s, v in zip(("mean", "std"),
                     stat(f), strict=True)}}
     return out
+
+
+def gap(method: str, other: dict[str, float], mine: dict[str, float], key: str) -> str:
+    """"<method> <its AUKC>, +<difference>" and whether the difference is within one seed std of either."""
+    diff = other[f"{key}_mean"] - mine[f"{key}_mean"]
+    spread = max(other[f"{key}_std"], mine[f"{key}_std"])
+    return f"{method} {other[f'{key}_mean']:.4f}, +{diff:.4f}{'' if diff > spread else ' < 1 std'}"
 
 
 def markdown(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -231,13 +250,18 @@ def markdown(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
         others = {m: table[(dataset, m)] for m in args.methods if m != "taylor2" and (dataset, m) in table}
         for key, label in (("aukc", "retrain"), ("aukc_fine_tune", "fine-tune")):
             beaten = [m for m, s in others.items() if s[f"{key}_mean"] > mine[f"{key}_mean"]]
-            lines.append(f"- {dataset}, {label}: taylor2 AUKC {mine[f'{key}_mean']:.4f} "
-                         + ("≥ every baseline" if not beaten else "below " + ", ".join(
-                             f"{m} ({others[m][f'{key}_mean']:.4f})" for m in beaten)))
+            lines.append(f"- {dataset}, {label}: taylor2 AUKC {mine[f'{key}_mean']:.4f} " + (
+                "≥ every baseline" if not beaten
+                else "below " + "; ".join(gap(m, others[m], mine, key) for m in beaten)))
         ratios = [f"{m} {others[m]['score_seconds_mean'] / mine['score_seconds_mean']:.0f}x"
                   for m in LEARNED if m in others]
         lines.append(f"- {dataset}: score seconds taylor2 {mine['score_seconds_mean']:.3f}; learned methods take "
                      + ", ".join(ratios) + " as long")
+    undefined = [f"{r['method']} on {r['dataset']} seed {r['seed']}" for r in records
+                 if r.get("size") == args.size and r["spearman_vs_exact"] is None and r["dataset"] in datasets]
+    if undefined:
+        lines += ["", "Spearman undefined (every field got the same score; left out of the means, and that run's "
+                  "removal order is the field order): " + ", ".join(undefined) + "."]
     lines += ["", f"Settings: {json.dumps(settings(args))}. AUKC = area under test AUC vs sparse fields kept "
               "divided by the k range. Curves: field_selection_<dataset>.png. Generated by "
               "benchmarks/field_selection.py.", ""]
@@ -309,18 +333,24 @@ def main() -> None:
     args.size = json.dumps(settings(args), sort_keys=True)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    records: list[dict[str, Any]] = json.loads(out.read_text()) if out.exists() else []
-    started = time.perf_counter()
-    for name in args.datasets:
-        for seed in args.seeds:
+    records: list[dict[str, Any]] = [finite(r) for r in json.loads(out.read_text())] if out.exists() else []
+    started, before = time.perf_counter(), len(records)
+    for seed in args.seeds:  # every dataset gets seed 0 before any gets seed 1
+        for name in args.datasets:
             run_dataset_seed(name, seed, args.methods, records, args, out)
+            print(f"[{time.perf_counter() - started:.0f}s] {name} seed {seed} done", flush=True)
+    for name in args.datasets:
         plot(records, name, args, out.with_name(f"{out.stem}_{name}.png"))
     text = markdown(records, args)
     with atomic_open(out.with_suffix(".md")) as handle:
         handle.write(text)
-    write_json(out.with_name(f"{out.stem}_run.json"), {"benchmark": "field_selection", "environment": environment(),
-                                                       "settings": settings(args), "seconds": time.perf_counter()
-                                                       - started})
+    if len(records) > before:  # one entry per run that computed records: its wall time and environment
+        log = out.with_name(f"{out.stem}_run.json")
+        runs = json.loads(log.read_text()) if log.exists() else []
+        runs.append({"benchmark": "field_selection", "environment": environment(), "settings": settings(args),
+                     "datasets": args.datasets, "seeds": args.seeds, "records_computed": len(records) - before,
+                     "seconds": time.perf_counter() - started})
+        write_json(log, runs)
     print(text)
 
 
