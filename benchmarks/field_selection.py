@@ -225,6 +225,21 @@ def gap(method: str, other: dict[str, float], mine: dict[str, float], key: str) 
     return f"{method} {other[f'{key}_mean']:.4f}, +{diff:.4f}{'' if diff > spread else ' < 1 std'}"
 
 
+def readme_table(table: dict[tuple[str, str], dict[str, float]], datasets: list[str], methods: list[str]) -> list[str]:
+    """Methods x datasets: AUKC retrain / fine-tune (mean ± std over seeds), then mean score seconds."""
+    lines = ["| method | " + " | ".join(f"{d}: AUKC retrain / fine-tune" for d in datasets)
+             + " | score s (mean over datasets) |", "|---|" + "---|" * len(datasets) + "---:|"]
+    for method in methods:
+        rows = [table.get((d, method)) for d in datasets]
+        if any(r is None for r in rows):
+            continue
+        cells = [f"{r['aukc_mean']:.4f} ± {r['aukc_std']:.4f} / {r['aukc_fine_tune_mean']:.4f} ± "
+                 f"{r['aukc_fine_tune_std']:.4f}" for r in rows]
+        seconds = np.mean([r["score_seconds_mean"] for r in rows])
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {seconds:.2f} |")
+    return lines
+
+
 def markdown(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
     table = summary(records, args.size)
     lines = [f"# Field selection, ERASE protocol (size: {args.size})", "",
@@ -242,6 +257,7 @@ def markdown(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
                          f"{s['aukc_fine_tune_mean']:.4f} ± {s['aukc_fine_tune_std']:.4f} | "
                          f"{s['score_seconds_mean']:.2f} | {s['pruning_seconds_mean']:.0f} | "
                          f"{s['spearman_vs_exact_mean']:.3f} | {truth} |")
+    lines += ["", "## README table", "", *readme_table(table, datasets, args.methods)]
     lines += ["", "## taylor2 against the baselines", ""]
     for dataset in datasets:
         mine = table.get((dataset, "taylor2"))
