@@ -454,8 +454,8 @@ MethodOpt = Annotated[
     str,
     typer.Option(
         "--method",
-        help="default (taylor2), taylor, taylor-abs, taylor2, taylor-logit, permutation, exact, lasso"
-        " (prune also: random).",
+        help="default (taylor2), taylor, taylor-abs, taylor2, taylor-logit, permutation, exact, lasso,"
+        " fscd, autofield, adafs, umec (prune also: random).",
     ),
 ]
 ScoreSplitOpt = Annotated[str, typer.Option("--score-split", help="Split to score fields on: train, valid, test.")]

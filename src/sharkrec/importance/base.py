@@ -270,5 +270,5 @@ def field_importance(model: DLRM, split: EncodedSplit, method: str = "default", 
 
 def _register_builtin() -> None:
     # importing the modules registers their classes
-    from sharkrec.importance import exact, lasso, permutation, taylor  # noqa: F401
+    from sharkrec.importance import exact, lasso, learned, permutation, taylor  # noqa: F401
 

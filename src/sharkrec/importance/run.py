@@ -14,7 +14,8 @@ from rich.table import Table
 from sharkrec import distributed
 from sharkrec.data.dataset import PreparedData
 from sharkrec.errors import ConfigError
-from sharkrec.importance.base import FieldImportance, field_importance
+from sharkrec.importance.base import FieldImportance, field_importance, get_method
+from sharkrec.importance.gates import LearnedSelection
 from sharkrec.io import atomic_save, write_json
 from sharkrec.model.dlrm import DLRM
 from sharkrec.train.checkpoint import ModelBundle
@@ -29,7 +30,9 @@ def run_importance(bundle: ModelBundle, data: PreparedData, method: str = "defau
                    shard: str | None = None) -> dict[str, Any]:
     """Score every field of ``bundle.model`` on ``data.<split>``; with ``out_dir`` write report.json and a PNG.
 
-    ``repeats`` is passed to methods that repeat (permutation: shuffles T); others reject it.
+    ``repeats`` is passed to methods that repeat (permutation: shuffles T); others reject it. The learned
+    selection methods (fscd, autofield, adafs, umec) also get ``data.train``: their weights (and single-level
+    gates) fit on it, the scored split is their validation level.
     ``shard`` (under torchrun): score with the tables sharded across the ranks by TorchRec
     (:func:`sharkrec.train.sharded.field_scores`; taylor, taylor-abs or taylor2; default taylor2).
     Nothing is written unless scoring succeeded.
@@ -45,6 +48,8 @@ def run_importance(bundle: ModelBundle, data: PreparedData, method: str = "defau
     if len(scored) == 0:
         raise ConfigError(f"the {split} split is empty; score on a split with samples (--score-split)")
     options: dict[str, Any] = {"repeats": repeats} if repeats is not None else {}
+    if issubclass(get_method(method), LearnedSelection):
+        options["train"] = data.train
     sharding: dict[str, Any] | None = None
     if shard is not None:
         from sharkrec.train.sharded import field_scores, shard_trained
