@@ -38,6 +38,7 @@ does not fit the exported inputs gets a 400 naming it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import itertools
 import json
@@ -618,5 +619,10 @@ def worker_app(config: dict[str, Any]) -> FastAPI:
 
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
-    return create_app(config["artifact"], cache_dir=config["cache_dir"], access_log=bool(config["access_log"]),
-                      **config["options"])
+    app = create_app(config["artifact"], cache_dir=config["cache_dir"], access_log=bool(config["access_log"]),
+                     **config["options"])
+    # everything loaded so far (torch, the framework, the model: ~240k tracked objects) leaves the cyclic
+    # collector's view: a full collection over them took 135-147 ms here, the p99 of 32 connections
+    gc.collect()
+    gc.freeze()
+    return app
