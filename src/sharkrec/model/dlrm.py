@@ -27,6 +27,7 @@ from sharkrec.data.batch import Batch
 from sharkrec.errors import ConfigError, DataError, parse_choice
 from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding
 from sharkrec.model.heads import MMoEHead, SharedBottomHead, mlp, mlp_shapes
+from sharkrec.model.kernels import pair_dots
 from sharkrec.model.protocol import FieldPathMethods
 
 DENSE_FIELD = "dense"
@@ -325,8 +326,7 @@ class DLRM(FieldPathMethods, nn.Module):
             )
         if self.config.interaction is InteractionKind.CONCAT:
             return vectors.flatten(1)  # (B, F * D)
-        dots = torch.bmm(vectors, vectors.transpose(1, 2))  # (B, F, F)
-        pairs = dots.flatten(1).index_select(1, self.pair_index)  # (B, F(F-1)/2)
+        pairs = pair_dots(vectors, self.pair_index)  # (B, F(F-1)/2)
         if self.config.interaction is InteractionKind.DOT_CONCAT:
             return torch.cat([vectors.flatten(1), pairs], dim=1)
         if self.bottom is not None:

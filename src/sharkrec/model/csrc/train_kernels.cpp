@@ -1,0 +1,325 @@
+// Training kernels: sparse row updates of many tables in one call, and DLRM's pairwise dot interaction.
+//
+// Row updates take, per table, the uncoalesced sparse gradient an embedding lookup leaves (n ids, (n, D)
+// values; an id may repeat): ids are ordered (stable, so duplicates are summed in gradient order and every
+// run gives the same bits), each distinct row's gradient summed once, then the row and its optimizer state
+// updated in place. Nothing of (rows, D) is ever allocated; tables are split over the intra-op threads.
+//
+//   row-wise Adagrad   G_r += mean(g_r^2);             e_r -= lr * g_r / (sqrt(G_r) + eps)
+//   lazy Adam          m_r += (1 - b1) (g_r - m_r);    v_r += (1 - b2) (g_r^2 - v_r)
+//                      e_r -= step_size * m_r / (sqrt(v_r) + eps)    (step_size carries the bias corrections)
+//
+// Dot interaction of (B, F, D) field vectors: out[b, p] = <v_i, v_j> for the p-th pair i < j (row-major
+// upper triangle, torch.triu_indices(F, F, 1)); its gradient gv_i = sum_{j != i} g_ij v_j.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <numeric>
+#include <vector>
+
+namespace {
+
+// Positions 0..n-1 ordered by id, ties in gradient order: equal ids end up adjacent and are summed in the
+// order the gradient lists them (the same bits every run). Small ids and counts sort as packed 64-bit keys.
+std::vector<int64_t> order_by_id(const int64_t* ids, int64_t n, int64_t rows) {
+  std::vector<int64_t> order(n);
+  constexpr int kPositionBits = 21;
+  if (n < (int64_t{1} << kPositionBits) && rows < (int64_t{1} << (62 - kPositionBits))) {
+    std::vector<uint64_t> keys(n);
+    for (int64_t k = 0; k < n; ++k) {
+      const uint64_t id = static_cast<uint64_t>(ids[k]) & ((uint64_t{1} << (63 - kPositionBits)) - 1);
+      keys[k] = (id << kPositionBits) | static_cast<uint64_t>(k);
+    }
+    std::sort(keys.begin(), keys.end());
+    for (int64_t k = 0; k < n; ++k) order[k] = static_cast<int64_t>(keys[k] & ((uint64_t{1} << kPositionBits) - 1));
+    return order;
+  }
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [ids](int64_t a, int64_t b) { return ids[a] < ids[b]; });
+  return order;
+}
+
+void check_table(const torch::Tensor& weight, const torch::Tensor& ids, const torch::Tensor& values) {
+  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && weight.scalar_type() == torch::kFloat32,
+              "weights must be contiguous (rows, D) float32");
+  TORCH_CHECK(ids.scalar_type() == torch::kInt64 && ids.is_contiguous(), "ids must be contiguous int64");
+  TORCH_CHECK(values.scalar_type() == torch::kFloat32 && values.is_contiguous() && values.dim() == 2 &&
+                  values.size(0) == ids.numel() && values.size(1) == weight.size(1),
+              "values must be contiguous (n, D) float32");
+}
+
+// Sums the gradient rows of each distinct id into `summed` and calls update(row, summed) once per row, after
+// checking every id is a row of the table (nothing is written when one is not). `prefetch(row)` is called a
+// few rows ahead: the table rows are random reads from memory.
+template <typename Update, typename Prefetch>
+void for_each_row(const int64_t* ids, const float* values, int64_t n, int64_t dim, int64_t rows, Update update,
+                  Prefetch prefetch) {
+  for (int64_t k = 0; k < n; ++k) {
+    TORCH_CHECK(ids[k] >= 0 && ids[k] < rows, "row id ", ids[k], " outside the table of ", rows, " rows");
+  }
+  const std::vector<int64_t> order = order_by_id(ids, n, rows);
+  constexpr int64_t kAhead = 8;
+  for (int64_t k = 0; k < std::min(n, kAhead); ++k) prefetch(ids[order[k]]);
+  std::vector<float> summed(dim);
+  int64_t k = 0;
+  while (k < n) {
+    const int64_t row = ids[order[k]];
+    if (k + kAhead < n) prefetch(ids[order[k + kAhead]]);
+    const float* first = values + order[k] * dim;
+    std::copy(first, first + dim, summed.begin());
+    for (++k; k < n && ids[order[k]] == row; ++k) {
+      const float* g = values + order[k] * dim;
+      if (k + kAhead < n) prefetch(ids[order[k + kAhead]]);
+      for (int64_t d = 0; d < dim; ++d) summed[d] += g[d];
+    }
+    update(row, summed.data());
+  }
+}
+
+}  // namespace
+
+void rowwise_adagrad(std::vector<torch::Tensor> weights, std::vector<torch::Tensor> sums,
+                     std::vector<torch::Tensor> ids, std::vector<torch::Tensor> values, double lr, double eps) {
+  const int64_t tables = static_cast<int64_t>(weights.size());
+  TORCH_CHECK(sums.size() == weights.size() && ids.size() == weights.size() && values.size() == weights.size(),
+              "one state, id and value tensor per table");
+  for (int64_t t = 0; t < tables; ++t) {
+    check_table(weights[t], ids[t], values[t]);
+    TORCH_CHECK(sums[t].is_contiguous() && sums[t].scalar_type() == torch::kFloat32 &&
+                    sums[t].numel() == weights[t].size(0), "accumulators must be contiguous (rows,) float32");
+  }
+  const float rate = static_cast<float>(lr), epsilon = static_cast<float>(eps);
+  at::parallel_for(0, tables, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t dim = weights[t].size(1);
+      float* weight = weights[t].data_ptr<float>();
+      float* sum = sums[t].data_ptr<float>();
+      for_each_row(ids[t].data_ptr<int64_t>(), values[t].data_ptr<float>(), ids[t].numel(), dim, weights[t].size(0),
+                   [&](int64_t row, const float* g) {
+                     float squares = 0.0f;
+                     for (int64_t d = 0; d < dim; ++d) squares += g[d] * g[d];
+                     const float accumulated = sum[row] + squares / static_cast<float>(dim);
+                     sum[row] = accumulated;
+                     const float scale = rate / (std::sqrt(accumulated) + epsilon);
+                     float* e = weight + row * dim;
+                     for (int64_t d = 0; d < dim; ++d) e[d] -= scale * g[d];
+                   },
+                   [&](int64_t row) {
+                     __builtin_prefetch(weight + row * dim, 1);
+                     __builtin_prefetch(sum + row, 1);
+                   });
+    }
+  });
+}
+
+void lazy_adam(std::vector<torch::Tensor> weights, std::vector<torch::Tensor> exp_avgs,
+               std::vector<torch::Tensor> exp_avg_sqs, std::vector<torch::Tensor> ids,
+               std::vector<torch::Tensor> values, std::vector<double> step_sizes, double beta1, double beta2,
+               double eps) {
+  const int64_t tables = static_cast<int64_t>(weights.size());
+  TORCH_CHECK(exp_avgs.size() == weights.size() && exp_avg_sqs.size() == weights.size() &&
+                  ids.size() == weights.size() && values.size() == weights.size() &&
+                  step_sizes.size() == weights.size(), "one state, id, value tensor and step size per table");
+  for (int64_t t = 0; t < tables; ++t) {
+    check_table(weights[t], ids[t], values[t]);
+    for (const auto* state : {&exp_avgs[t], &exp_avg_sqs[t]}) {
+      TORCH_CHECK(state->is_contiguous() && state->scalar_type() == torch::kFloat32 &&
+                      state->sizes() == weights[t].sizes(), "Adam moments must be contiguous float32 like the table");
+    }
+  }
+  const float keep1 = static_cast<float>(1.0 - beta1), keep2 = static_cast<float>(1.0 - beta2);
+  const float epsilon = static_cast<float>(eps);
+  at::parallel_for(0, tables, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t dim = weights[t].size(1);
+      float* weight = weights[t].data_ptr<float>();
+      float* mean = exp_avgs[t].data_ptr<float>();
+      float* square = exp_avg_sqs[t].data_ptr<float>();
+      const float step = static_cast<float>(step_sizes[t]);
+      for_each_row(ids[t].data_ptr<int64_t>(), values[t].data_ptr<float>(), ids[t].numel(), dim, weights[t].size(0),
+                   [&](int64_t row, const float* g) {
+                     float* m = mean + row * dim;
+                     float* v = square + row * dim;
+                     float* e = weight + row * dim;
+                     for (int64_t d = 0; d < dim; ++d) {
+                       m[d] += (g[d] - m[d]) * keep1;
+                       v[d] += (g[d] * g[d] - v[d]) * keep2;
+                       e[d] -= step * (m[d] / (std::sqrt(v[d]) + epsilon));
+                     }
+                   },
+                   [&](int64_t row) {
+                     __builtin_prefetch(weight + row * dim, 1);
+                     __builtin_prefetch(mean + row * dim, 1);
+                     __builtin_prefetch(square + row * dim, 1);
+                   });
+    }
+  });
+}
+
+namespace {
+
+// 8 floats in one register (GCC / Clang vector extension; AVX2 or better with -march=native).
+typedef float Lanes __attribute__((vector_size(32)));
+
+inline Lanes load_lanes(const float* p) {
+  Lanes x;
+  std::memcpy(&x, p, sizeof(x));
+  return x;
+}
+
+// One sample's dots, F <= W fields (W a multiple of 8, fixed at compile time so every row of the square is
+// W / 8 registers). columns: (D, W) scratch, the vectors transposed and zero-padded past F; the dots of
+// field i with every field are then sum_d v_i[d] * columns[d, :], accumulated in registers.
+template <int W>
+void sample_dots(const float* sample, int64_t fields, int64_t dim, float* columns, float* row) {
+  constexpr int kLanes = W / 8;
+  for (int64_t d = 0; d < dim; ++d) {
+    float* column = columns + d * W;
+    for (int64_t f = 0; f < fields; ++f) column[f] = sample[f * dim + d];
+    for (int64_t f = fields; f < W; ++f) column[f] = 0.0f;
+  }
+  alignas(32) float dots[W];
+  for (int64_t i = 0; i + 1 < fields; ++i) {
+    Lanes acc[kLanes];
+    for (int k = 0; k < kLanes; ++k) acc[k] = Lanes{};
+    const float* a = sample + i * dim;
+    for (int64_t d = 0; d < dim; ++d) {
+      const float x = a[d];
+      const float* column = columns + d * W;
+      for (int k = 0; k < kLanes; ++k) acc[k] += x * load_lanes(column + 8 * k);
+    }
+    std::memcpy(dots, acc, sizeof(dots));
+    for (int64_t j = i + 1; j < fields; ++j) *row++ = dots[j];
+  }
+}
+
+// One sample's vector gradient. U (F, W): the gradient of the dots in the upper triangle (U[i, j] = g_ij, i < j;
+// zero elsewhere and in the padding), L (F, W) its transpose. As torch.bmm's backward computes it (the same sums
+// in the same order, so the result is the same to the bit): gv_i = sum_j U[i, j] v_j + sum_j U[j, i] v_j, i.e.
+// column d of gv is sum_j v_j[d] L[j, :] + sum_j v_j[d] U[j, :], both accumulated in registers.
+template <int W>
+void sample_dots_backward(const float* weights, const float* sample, int64_t fields, int64_t dim, float* square,
+                          float* gv) {
+  constexpr int kLanes = W / 8;
+  float* upper = square;
+  float* lower = square + fields * W;
+  for (int64_t i = 0; i < 2 * fields * W; ++i) square[i] = 0.0f;
+  for (int64_t i = 0; i < fields; ++i) {
+    for (int64_t j = i + 1; j < fields; ++j) {
+      const float w = *weights++;
+      upper[i * W + j] = w;
+      lower[j * W + i] = w;
+    }
+  }
+  alignas(32) float first[W];
+  alignas(32) float second[W];
+  for (int64_t d = 0; d < dim; ++d) {
+    Lanes by_row[kLanes], by_column[kLanes];
+    for (int k = 0; k < kLanes; ++k) by_row[k] = by_column[k] = Lanes{};
+    for (int64_t j = 0; j < fields; ++j) {
+      const float x = sample[j * dim + d];
+      const float* l = lower + j * W;
+      const float* u = upper + j * W;
+      for (int k = 0; k < kLanes; ++k) {
+        by_row[k] += x * load_lanes(l + 8 * k);
+        by_column[k] += x * load_lanes(u + 8 * k);
+      }
+    }
+    std::memcpy(first, by_row, sizeof(first));
+    std::memcpy(second, by_column, sizeof(second));
+    for (int64_t f = 0; f < fields; ++f) gv[f * dim + d] = first[f] + second[f];
+  }
+}
+
+void generic_dots(const float* sample, int64_t fields, int64_t dim, float* row) {
+  for (int64_t i = 0; i < fields; ++i)
+    for (int64_t j = i + 1; j < fields; ++j) {
+      float dot = 0.0f;
+      for (int64_t d = 0; d < dim; ++d) dot += sample[i * dim + d] * sample[j * dim + d];
+      *row++ = dot;
+    }
+}
+
+void generic_dots_backward(const float* weights, const float* sample, int64_t fields, int64_t dim, float* gv) {
+  std::fill(gv, gv + fields * dim, 0.0f);
+  for (int64_t i = 0; i < fields; ++i)
+    for (int64_t j = i + 1; j < fields; ++j) {
+      const float w = *weights++;
+      for (int64_t d = 0; d < dim; ++d) {
+        gv[i * dim + d] += w * sample[j * dim + d];
+        gv[j * dim + d] += w * sample[i * dim + d];
+      }
+    }
+}
+
+int padded_width(int64_t fields) { return fields <= 16 ? 16 : fields <= 32 ? 32 : fields <= 48 ? 48 : fields <= 64 ? 64 : 0; }
+
+}  // namespace
+
+torch::Tensor pair_dots(torch::Tensor vectors) {
+  TORCH_CHECK(vectors.dim() == 3 && vectors.scalar_type() == torch::kFloat32, "vectors must be (B, F, D) float32");
+  vectors = vectors.contiguous();
+  const int64_t batch = vectors.size(0), fields = vectors.size(1), dim = vectors.size(2);
+  const int64_t pairs = fields * (fields - 1) / 2;
+  torch::Tensor out = torch::empty({batch, pairs}, vectors.options());
+  const float* v = vectors.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const int width = padded_width(fields);
+  at::parallel_for(0, batch, 64, [&](int64_t begin, int64_t end) {
+    std::vector<float> columns(dim * std::max(width, 1));
+    for (int64_t b = begin; b < end; ++b) {
+      const float* sample = v + b * fields * dim;
+      float* row = o + b * pairs;
+      switch (width) {
+        case 16: sample_dots<16>(sample, fields, dim, columns.data(), row); break;
+        case 32: sample_dots<32>(sample, fields, dim, columns.data(), row); break;
+        case 48: sample_dots<48>(sample, fields, dim, columns.data(), row); break;
+        case 64: sample_dots<64>(sample, fields, dim, columns.data(), row); break;
+        default: generic_dots(sample, fields, dim, row);
+      }
+    }
+  });
+  return out;
+}
+
+torch::Tensor pair_dots_backward(torch::Tensor grad, torch::Tensor vectors) {
+  TORCH_CHECK(grad.scalar_type() == torch::kFloat32 && vectors.scalar_type() == torch::kFloat32,
+              "pair_dots_backward works on float32");
+  grad = grad.contiguous();
+  vectors = vectors.contiguous();
+  const int64_t batch = vectors.size(0), fields = vectors.size(1), dim = vectors.size(2);
+  const int64_t pairs = fields * (fields - 1) / 2;
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == batch && grad.size(1) == pairs, "grad must be (B, F(F-1)/2)");
+  torch::Tensor out = torch::empty_like(vectors);
+  const float* v = vectors.data_ptr<float>();
+  const float* g = grad.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const int width = padded_width(fields);
+  at::parallel_for(0, batch, 64, [&](int64_t begin, int64_t end) {
+    std::vector<float> square(2 * fields * std::max(width, 1));
+    for (int64_t b = begin; b < end; ++b) {
+      const float* weights = g + b * pairs;
+      const float* sample = v + b * fields * dim;
+      float* gv = o + b * fields * dim;
+      switch (width) {
+        case 16: sample_dots_backward<16>(weights, sample, fields, dim, square.data(), gv); break;
+        case 32: sample_dots_backward<32>(weights, sample, fields, dim, square.data(), gv); break;
+        case 48: sample_dots_backward<48>(weights, sample, fields, dim, square.data(), gv); break;
+        case 64: sample_dots_backward<64>(weights, sample, fields, dim, square.data(), gv); break;
+        default: generic_dots_backward(weights, sample, fields, dim, gv);
+      }
+    }
+  });
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("rowwise_adagrad", &rowwise_adagrad, "row-wise Adagrad on the sparse gradients of many tables (in place)");
+  m.def("lazy_adam", &lazy_adam, "lazy (sparse) Adam on the sparse gradients of many tables (in place)");
+  m.def("pair_dots", &pair_dots, "(B, F, D) -> (B, F(F-1)/2) dot products of the field pairs i < j");
+  m.def("pair_dots_backward", &pair_dots_backward, "gradient of pair_dots with respect to the vectors");
+}
