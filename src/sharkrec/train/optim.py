@@ -66,14 +66,13 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                     state["sum"] = torch.full(
                         (param.shape[0],), group["initial_accumulator_value"], dtype=torch.float32
                     )
-                rows_values = _kernel_gradient(param, state["sum"]) if module is not None else None
-                if rows_values is not None:
-                    fused.append((param, state["sum"], *rows_values))
+                if module is not None and _fusable(param, state["sum"]):
+                    fused.append((param, state["sum"], param.grad))
                 else:
                     self._step_torch(param, state["sum"], group["lr"], group["eps"])
             if fused:
-                params, sums, rows, values = (list(column) for column in zip(*fused, strict=True))
-                module.rowwise_adagrad(params, sums, rows, values, float(group["lr"]), float(group["eps"]))
+                params, sums, grads = (list(column) for column in zip(*fused, strict=True))
+                module.rowwise_adagrad(params, sums, grads, float(group["lr"]), float(group["eps"]))
 
     @staticmethod
     def _step_torch(param: nn.Parameter, accumulator_state: Tensor, lr: float, eps: float) -> None:
@@ -119,38 +118,28 @@ class LazyAdam(torch.optim.SparseAdam):
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                rows_values = _kernel_gradient(param, state["exp_avg"], state["exp_avg_sq"])
                 state["step"] += 1
                 step = state["step"]
                 step_size = float(group["lr"]) * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-                if rows_values is None:  # an odd layout: torch's own update for this table
+                if not _fusable(param, state["exp_avg"], state["exp_avg_sq"]):  # an odd layout: torch's own update
                     torch.optim._functional.sparse_adam([param], [param.grad], [state["exp_avg"]],
                                                         [state["exp_avg_sq"]], [step], eps=group["eps"], beta1=beta1,
                                                         beta2=beta2, lr=float(group["lr"]), maximize=False)
                     continue
-                fused.append((param, state["exp_avg"], state["exp_avg_sq"], *rows_values, step_size))
+                fused.append((param, state["exp_avg"], state["exp_avg_sq"], param.grad, step_size))
             if fused:
-                params, means, squares, rows, values, sizes = (list(c) for c in zip(*fused, strict=True))
-                module.lazy_adam(params, means, squares, rows, values, sizes, float(beta1), float(beta2),
-                                 float(group["eps"]))
+                params, means, squares, grads, sizes = (list(c) for c in zip(*fused, strict=True))
+                module.lazy_adam(params, means, squares, grads, sizes, float(beta1), float(beta2), float(group["eps"]))
         return None
 
 
-def _kernel_gradient(param: nn.Parameter, *states: Tensor) -> tuple[Tensor, Tensor] | None:
-    """(n,) int64 row ids and (n, D) contiguous values of ``param``'s sparse gradient (ids may repeat), when the
-    kernels can update ``param`` and ``states`` in place (contiguous float32 CPU tables); else ``None``."""
+def _fusable(param: nn.Parameter, *states: Tensor) -> bool:
+    """Whether the kernels can apply ``param``'s gradient: a sparse COO gradient of a contiguous float32 (rows, D)
+    CPU table whose ``states`` are contiguous float32 too."""
     grad = param.grad
-    if grad is None or not grad.is_sparse or grad.sparse_dim() != 1 or param.dim() != 2:
-        return None
-    if param.dtype != torch.float32 or param.device.type != "cpu" or not param.is_contiguous():
-        return None
-    if any(s.dtype != torch.float32 or not s.is_contiguous() for s in states):
-        return None
-    rows = grad._indices()[0].contiguous()
-    values = grad._values()
-    if values.dtype != torch.float32:
-        return None
-    return rows, values.contiguous()
+    return (grad is not None and grad.layout is torch.sparse_coo and grad.dtype is torch.float32
+            and param.dtype is torch.float32 and param.ndim == 2 and param.device.type == "cpu"
+            and param.is_contiguous() and all(s.dtype is torch.float32 and s.is_contiguous() for s in states))
 
 
 class SplitOptimizer:

@@ -80,13 +80,25 @@ void for_each_row(const int64_t* ids, const float* values, int64_t n, int64_t di
   }
 }
 
+// The (n,) ids and (n, D) values of each table's sparse COO gradient (uncoalesced: ids may repeat).
+void split_gradients(const std::vector<torch::Tensor>& grads, std::vector<torch::Tensor>& ids,
+                     std::vector<torch::Tensor>& values) {
+  for (const auto& grad : grads) {
+    TORCH_CHECK(grad.is_sparse() && grad.sparse_dim() == 1 && grad.dense_dim() == 1,
+                "gradients must be sparse COO (rows, D) with one sparse dimension");
+    ids.push_back(grad._indices().select(0, 0).contiguous());
+    values.push_back(grad._values().contiguous());
+  }
+}
+
 }  // namespace
 
 void rowwise_adagrad(std::vector<torch::Tensor> weights, std::vector<torch::Tensor> sums,
-                     std::vector<torch::Tensor> ids, std::vector<torch::Tensor> values, double lr, double eps) {
+                     std::vector<torch::Tensor> grads, double lr, double eps) {
   const int64_t tables = static_cast<int64_t>(weights.size());
-  TORCH_CHECK(sums.size() == weights.size() && ids.size() == weights.size() && values.size() == weights.size(),
-              "one state, id and value tensor per table");
+  TORCH_CHECK(sums.size() == weights.size() && grads.size() == weights.size(), "one state and gradient per table");
+  std::vector<torch::Tensor> ids, values;
+  split_gradients(grads, ids, values);
   for (int64_t t = 0; t < tables; ++t) {
     check_table(weights[t], ids[t], values[t]);
     TORCH_CHECK(sums[t].is_contiguous() && sums[t].scalar_type() == torch::kFloat32 &&
@@ -117,13 +129,14 @@ void rowwise_adagrad(std::vector<torch::Tensor> weights, std::vector<torch::Tens
 }
 
 void lazy_adam(std::vector<torch::Tensor> weights, std::vector<torch::Tensor> exp_avgs,
-               std::vector<torch::Tensor> exp_avg_sqs, std::vector<torch::Tensor> ids,
-               std::vector<torch::Tensor> values, std::vector<double> step_sizes, double beta1, double beta2,
-               double eps) {
+               std::vector<torch::Tensor> exp_avg_sqs, std::vector<torch::Tensor> grads,
+               std::vector<double> step_sizes, double beta1, double beta2, double eps) {
   const int64_t tables = static_cast<int64_t>(weights.size());
   TORCH_CHECK(exp_avgs.size() == weights.size() && exp_avg_sqs.size() == weights.size() &&
-                  ids.size() == weights.size() && values.size() == weights.size() &&
-                  step_sizes.size() == weights.size(), "one state, id, value tensor and step size per table");
+                  grads.size() == weights.size() && step_sizes.size() == weights.size(),
+              "one state, gradient and step size per table");
+  std::vector<torch::Tensor> ids, values;
+  split_gradients(grads, ids, values);
   for (int64_t t = 0; t < tables; ++t) {
     check_table(weights[t], ids[t], values[t]);
     for (const auto* state : {&exp_avgs[t], &exp_avg_sqs[t]}) {
@@ -260,12 +273,15 @@ int padded_width(int64_t fields) { return fields <= 16 ? 16 : fields <= 32 ? 32 
 
 }  // namespace
 
-torch::Tensor pair_dots(torch::Tensor vectors) {
+// With dense_first, each output row starts with the D values of field 0 (DLRM's dense vector) before the dots:
+// out (B, D + P), the interaction features in one tensor, no separate concatenation.
+torch::Tensor pair_dots(torch::Tensor vectors, bool dense_first) {
   TORCH_CHECK(vectors.dim() == 3 && vectors.scalar_type() == torch::kFloat32, "vectors must be (B, F, D) float32");
   vectors = vectors.contiguous();
   const int64_t batch = vectors.size(0), fields = vectors.size(1), dim = vectors.size(2);
   const int64_t pairs = fields * (fields - 1) / 2;
-  torch::Tensor out = torch::empty({batch, pairs}, vectors.options());
+  const int64_t lead = dense_first ? dim : 0, width_out = lead + pairs;
+  torch::Tensor out = torch::empty({batch, width_out}, vectors.options());
   const float* v = vectors.data_ptr<float>();
   float* o = out.data_ptr<float>();
   const int width = padded_width(fields);
@@ -273,7 +289,9 @@ torch::Tensor pair_dots(torch::Tensor vectors) {
     std::vector<float> columns(dim * std::max(width, 1));
     for (int64_t b = begin; b < end; ++b) {
       const float* sample = v + b * fields * dim;
-      float* row = o + b * pairs;
+      float* row = o + b * width_out;
+      std::copy(sample, sample + lead, row);
+      row += lead;
       switch (width) {
         case 16: sample_dots<16>(sample, fields, dim, columns.data(), row); break;
         case 32: sample_dots<32>(sample, fields, dim, columns.data(), row); break;
@@ -286,14 +304,16 @@ torch::Tensor pair_dots(torch::Tensor vectors) {
   return out;
 }
 
-torch::Tensor pair_dots_backward(torch::Tensor grad, torch::Tensor vectors) {
+torch::Tensor pair_dots_backward(torch::Tensor grad, torch::Tensor vectors, bool dense_first) {
   TORCH_CHECK(grad.scalar_type() == torch::kFloat32 && vectors.scalar_type() == torch::kFloat32,
               "pair_dots_backward works on float32");
   grad = grad.contiguous();
   vectors = vectors.contiguous();
   const int64_t batch = vectors.size(0), fields = vectors.size(1), dim = vectors.size(2);
   const int64_t pairs = fields * (fields - 1) / 2;
-  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == batch && grad.size(1) == pairs, "grad must be (B, F(F-1)/2)");
+  const int64_t lead = dense_first ? dim : 0, width_out = lead + pairs;
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == batch && grad.size(1) == width_out,
+              "grad must be (B, F(F-1)/2), (B, D + F(F-1)/2) with dense_first");
   torch::Tensor out = torch::empty_like(vectors);
   const float* v = vectors.data_ptr<float>();
   const float* g = grad.data_ptr<float>();
@@ -302,7 +322,7 @@ torch::Tensor pair_dots_backward(torch::Tensor grad, torch::Tensor vectors) {
   at::parallel_for(0, batch, 64, [&](int64_t begin, int64_t end) {
     std::vector<float> square(2 * fields * std::max(width, 1));
     for (int64_t b = begin; b < end; ++b) {
-      const float* weights = g + b * pairs;
+      const float* weights = g + b * width_out + lead;
       const float* sample = v + b * fields * dim;
       float* gv = o + b * fields * dim;
       switch (width) {
@@ -312,14 +332,64 @@ torch::Tensor pair_dots_backward(torch::Tensor grad, torch::Tensor vectors) {
         case 64: sample_dots_backward<64>(weights, sample, fields, dim, square.data(), gv); break;
         default: generic_dots_backward(weights, sample, fields, dim, gv);
       }
+      const float* dense = g + b * width_out;  // the dense vector's own gradient, added after the dots' (as autograd)
+      for (int64_t d = 0; d < lead; ++d) gv[d] = gv[d] + dense[d];
     }
   });
+  return out;
+}
+
+// Single-hot lookups of S tables in one pass: out (B, S, D)[b, f] = tables[f][ids[f][b]]. Every id is checked
+// first; the first field holding an id outside its table is returned (nothing is read then), else -1.
+int64_t gather_fields(std::vector<torch::Tensor> tables, std::vector<torch::Tensor> ids, torch::Tensor out) {
+  const int64_t fields = static_cast<int64_t>(tables.size());
+  TORCH_CHECK(static_cast<int64_t>(ids.size()) == fields && out.dim() == 3 && out.size(1) == fields &&
+                  out.is_contiguous() && out.scalar_type() == torch::kFloat32, "out must be contiguous (B, S, D)");
+  const int64_t batch = out.size(0), dim = out.size(2);
+  std::vector<const float*> rows(fields);
+  std::vector<const int64_t*> keys(fields);
+  for (int64_t f = 0; f < fields; ++f) {
+    TORCH_CHECK(tables[f].dim() == 2 && tables[f].size(1) == dim && tables[f].is_contiguous() &&
+                    tables[f].scalar_type() == torch::kFloat32, "tables must be contiguous (rows, D) float32");
+    TORCH_CHECK(ids[f].scalar_type() == torch::kInt64 && ids[f].is_contiguous() && ids[f].numel() == batch,
+                "ids must be contiguous int64, one per sample");
+    rows[f] = tables[f].data_ptr<float>();
+    keys[f] = ids[f].data_ptr<int64_t>();
+    const int64_t limit = tables[f].size(0);
+    for (int64_t b = 0; b < batch; ++b) {
+      if (keys[f][b] < 0 || keys[f][b] >= limit) return f;
+    }
+  }
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, batch, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      for (int64_t f = 0; f < fields; ++f)
+        std::memcpy(o + (b * fields + f) * dim, rows[f] + keys[f][b] * dim, dim * sizeof(float));
+  });
+  return -1;
+}
+
+// The gradients of gather_fields: one uncoalesced sparse COO tensor (rows_f, D) per table, ids[f] as indices and
+// grad[:, f] as values (what F.embedding(sparse=True) gives each table), the values of all tables copied once.
+std::vector<torch::Tensor> field_gradients(torch::Tensor grad, std::vector<torch::Tensor> ids,
+                                           std::vector<int64_t> rows) {
+  const int64_t fields = static_cast<int64_t>(ids.size());
+  TORCH_CHECK(grad.dim() == 3 && grad.size(1) == fields, "grad must be (B, S, D)");
+  const torch::Tensor by_field = grad.transpose(0, 1).contiguous();  // (S, B, D)
+  std::vector<torch::Tensor> out;
+  out.reserve(fields);
+  for (int64_t f = 0; f < fields; ++f) {
+    out.push_back(at::_sparse_coo_tensor_unsafe(ids[f].view({1, -1}), by_field[f], {rows[f], grad.size(2)},
+                                                grad.options().layout(torch::kSparse)));
+  }
   return out;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rowwise_adagrad", &rowwise_adagrad, "row-wise Adagrad on the sparse gradients of many tables (in place)");
   m.def("lazy_adam", &lazy_adam, "lazy (sparse) Adam on the sparse gradients of many tables (in place)");
-  m.def("pair_dots", &pair_dots, "(B, F, D) -> (B, F(F-1)/2) dot products of the field pairs i < j");
+  m.def("pair_dots", &pair_dots, "(B, F, D) -> (B, F(F-1)/2) dot products of the field pairs i < j (after field 0 with dense_first)");
+  m.def("gather_fields", &gather_fields, "single-hot lookups of many tables into (B, S, D); first bad field or -1");
+  m.def("field_gradients", &field_gradients, "sparse COO gradients of gather_fields, one per table");
   m.def("pair_dots_backward", &pair_dots_backward, "gradient of pair_dots with respect to the vectors");
 }
