@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from common import environment, write_results
 from sharkrec.data.batch import Batch
 from sharkrec.data.synthetic import SyntheticConfig, generate
+from sharkrec.model import kernels
 from sharkrec.model.dlrm import DLRM
 from sharkrec.train.run import build_model
 from sharkrec.train.trainer import TrainConfig, Trainer
@@ -314,6 +315,9 @@ def main() -> None:
 
         return copy.deepcopy(source)
 
+    if kernels.extension() is None:
+        print("note: sharkrec's C++ training kernels are not built (no compiler, or SHARKREC_NO_EXTENSION=1): "
+              "sharkrec runs its PyTorch fallbacks", flush=True)
     skipped = torchrec_available()
     if skipped is not None:
         print(f"note: TorchRec contenders skipped (torchrec / fbgemm_gpu not importable: {skipped}); install with "
@@ -343,7 +347,8 @@ def main() -> None:
                   "top_mlp": list(TOP), "sparse_fields": len(data.cardinalities), "dense_features": 13,
                   "table_rows": int(sum(data.cardinalities.values())), "threads": args.threads, "lr": args.lr,
                   "block_steps": args.block, "rounds": args.rounds, "distinct_batches": len(batches),
-                  "loss": "BCE (no L2 terms)", "torchrec_skipped": skipped},
+                  "loss": "BCE (no L2 terms)", "torchrec_skipped": skipped,
+                  "sharkrec_kernels": kernels.extension() is not None},
         "groups": groups,
     }
     write_results(args.out, payload, markdown(payload))
@@ -368,6 +373,8 @@ def markdown(payload: dict[str, Any]) -> str:
                          + " | ".join(cells) + " |")
     if setup["torchrec_skipped"]:
         lines += ["", f"TorchRec contenders skipped: {setup['torchrec_skipped']}"]
+    if not setup["sharkrec_kernels"]:
+        lines += ["", "sharkrec ran without its C++ training kernels (PyTorch fallbacks)."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,8 +1,8 @@
 // Training kernels: sparse row updates of many tables in one call, and DLRM's pairwise dot interaction.
 //
 // Row updates take, per table, the uncoalesced sparse gradient an embedding lookup leaves (n ids, (n, D)
-// values; an id may repeat): ids are ordered (stable, so duplicates are summed in gradient order and every
-// run gives the same bits), each distinct row's gradient summed once, then the row and its optimizer state
+// values; an id may repeat): duplicates are summed in gradient order (the same bits every run), each distinct
+// row's gradient summed once, then the row and its optimizer state
 // updated in place. Nothing of (rows, D) is ever allocated; tables are split over the intra-op threads.
 //
 //   row-wise Adagrad   G_r += mean(g_r^2);             e_r -= lr * g_r / (sqrt(G_r) + eps)
@@ -18,30 +18,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <numeric>
 #include <vector>
 
 namespace {
-
-// Positions 0..n-1 ordered by id, ties in gradient order: equal ids end up adjacent and are summed in the
-// order the gradient lists them (the same bits every run). Small ids and counts sort as packed 64-bit keys.
-std::vector<int64_t> order_by_id(const int64_t* ids, int64_t n, int64_t rows) {
-  std::vector<int64_t> order(n);
-  constexpr int kPositionBits = 21;
-  if (n < (int64_t{1} << kPositionBits) && rows < (int64_t{1} << (62 - kPositionBits))) {
-    std::vector<uint64_t> keys(n);
-    for (int64_t k = 0; k < n; ++k) {
-      const uint64_t id = static_cast<uint64_t>(ids[k]) & ((uint64_t{1} << (63 - kPositionBits)) - 1);
-      keys[k] = (id << kPositionBits) | static_cast<uint64_t>(k);
-    }
-    std::sort(keys.begin(), keys.end());
-    for (int64_t k = 0; k < n; ++k) order[k] = static_cast<int64_t>(keys[k] & ((uint64_t{1} << kPositionBits) - 1));
-    return order;
-  }
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [ids](int64_t a, int64_t b) { return ids[a] < ids[b]; });
-  return order;
-}
 
 void check_table(const torch::Tensor& weight, const torch::Tensor& ids, const torch::Tensor& values) {
   TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && weight.scalar_type() == torch::kFloat32,
@@ -52,32 +31,41 @@ void check_table(const torch::Tensor& weight, const torch::Tensor& ids, const to
               "values must be contiguous (n, D) float32");
 }
 
-// Sums the gradient rows of each distinct id into `summed` and calls update(row, summed) once per row, after
-// checking every id is a row of the table (nothing is written when one is not). `prefetch(row)` is called a
-// few rows ahead: the table rows are random reads from memory.
+// Sums the gradient rows of each distinct id, in gradient order (the same bits every run), and calls
+// update(row, summed) once per distinct row, in order of first appearance, after checking every id is a row of
+// the table (nothing is written when one is not). Distinct ids are found with a small open-addressing hash
+// table (no sort); `prefetch(row)` is called a few rows ahead: the table rows are random reads from memory.
 template <typename Update, typename Prefetch>
 void for_each_row(const int64_t* ids, const float* values, int64_t n, int64_t dim, int64_t rows, Update update,
                   Prefetch prefetch) {
   for (int64_t k = 0; k < n; ++k) {
     TORCH_CHECK(ids[k] >= 0 && ids[k] < rows, "row id ", ids[k], " outside the table of ", rows, " rows");
   }
-  const std::vector<int64_t> order = order_by_id(ids, n, rows);
-  constexpr int64_t kAhead = 8;
-  for (int64_t k = 0; k < std::min(n, kAhead); ++k) prefetch(ids[order[k]]);
-  std::vector<float> summed(dim);
-  int64_t k = 0;
-  while (k < n) {
-    const int64_t row = ids[order[k]];
-    if (k + kAhead < n) prefetch(ids[order[k + kAhead]]);
-    const float* first = values + order[k] * dim;
-    std::copy(first, first + dim, summed.begin());
-    for (++k; k < n && ids[order[k]] == row; ++k) {
-      const float* g = values + order[k] * dim;
-      if (k + kAhead < n) prefetch(ids[order[k + kAhead]]);
-      for (int64_t d = 0; d < dim; ++d) summed[d] += g[d];
+  int64_t capacity = 16;
+  while (capacity < 2 * n) capacity *= 2;
+  std::vector<int64_t> bucket_id(capacity, -1);
+  std::vector<int64_t> bucket_slot(capacity);
+  std::vector<int64_t> distinct;
+  distinct.reserve(n);
+  std::vector<float> summed(n * dim);
+  for (int64_t k = 0; k < n; ++k) {
+    const int64_t id = ids[k];
+    uint64_t h = (static_cast<uint64_t>(id) * 0x9E3779B97F4A7C15ull) >> 20;
+    int64_t b = static_cast<int64_t>(h & static_cast<uint64_t>(capacity - 1));
+    while (bucket_id[b] != -1 && bucket_id[b] != id) b = (b + 1) & (capacity - 1);
+    const float* g = values + k * dim;
+    if (bucket_id[b] == -1) {
+      bucket_id[b] = id;
+      bucket_slot[b] = static_cast<int64_t>(distinct.size());
+      prefetch(id);
+      std::copy(g, g + dim, summed.data() + distinct.size() * dim);
+      distinct.push_back(id);
+    } else {
+      float* acc = summed.data() + bucket_slot[b] * dim;
+      for (int64_t d = 0; d < dim; ++d) acc[d] += g[d];
     }
-    update(row, summed.data());
   }
+  for (size_t slot = 0; slot < distinct.size(); ++slot) update(distinct[slot], summed.data() + slot * dim);
 }
 
 // The (n,) ids and (n, D) values of each table's sparse COO gradient (uncoalesced: ids may repeat).
