@@ -235,23 +235,28 @@ def torchrec_dmp_step(source: DLRM, lr: float, batches: Sequence[Batch]) -> Step
 
 # ------------------------------------------------------------------------------------------- timing
 def paired_rounds(steps: dict[str, Step], count: int, rounds: int, block: int
-                  ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+                  ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, float]]:
     """Wall and CPU seconds of every timed block per contender: one warm-up block each, then ``rounds`` rounds of
-    one block each (order reversed every other round); every contender walks the same batch sequence."""
+    one block each (order reversed every other round); every contender walks the same batch sequence. Also the
+    loss of each contender's last warm-up step (the same math gives the same loss there; later, float-order
+    differences between implementations grow, as they do between any two sum orders over many steps)."""
     names = list(steps)
     cursor = dict.fromkeys(names, 0)
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
 
+    last_loss: dict[str, float] = {}
+
     def run_block(name: str) -> tuple[float, float]:
         started, started_cpu = time.perf_counter(), time.process_time()
         for _ in range(block):
-            steps[name](cursor[name] % count)
+            last_loss[name] = steps[name](cursor[name] % count)
             cursor[name] += 1
         return time.perf_counter() - started, time.process_time() - started_cpu
 
     for name in names:
         run_block(name)
+    warm_losses = dict(last_loss)
     for r in range(rounds):
         for name in names if r % 2 == 0 else reversed(names):
             seconds, cpu_seconds = run_block(name)
@@ -259,7 +264,7 @@ def paired_rounds(steps: dict[str, Step], count: int, rounds: int, block: int
             cpu[name].append(cpu_seconds)
         print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {wall[n][-1] * 1e3 / block:.2f} ms" for n in names),
               flush=True)
-    return wall, cpu
+    return wall, cpu, warm_losses
 
 
 def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
@@ -336,10 +341,9 @@ def main() -> None:
                      "torch_sparseadam": hand_written_step(source, "adam", args.lr, batches)}
             ours = "sharkrec_adam"
         print(f"{group}: {', '.join(steps)}", flush=True)
-        wall, cpu = paired_rounds(steps, len(batches), args.rounds, args.block)
-        losses = {name: step(0) for name, step in steps.items()}  # after training: same data, similar loss
+        wall, cpu, warm_losses = paired_rounds(steps, len(batches), args.rounds, args.block)
         groups[group] = {"ours": ours, **summarize(wall, cpu, ours, 512, args.block), "block_seconds": wall,
-                         "block_cpu_seconds": cpu, "loss_after": losses}
+                         "block_cpu_seconds": cpu, f"loss_at_step_{args.block}": warm_losses}
     payload = {
         "benchmark": "train_vs_torchrec",
         "environment": environment(),
