@@ -27,6 +27,7 @@ from sharkrec.data.batch import Batch
 from sharkrec.errors import ConfigError, DataError, parse_choice
 from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding
 from sharkrec.model.heads import MMoEHead, SharedBottomHead, mlp, mlp_shapes
+from sharkrec.model.kernels import pair_dots
 from sharkrec.model.protocol import FieldPathMethods
 
 DENSE_FIELD = "dense"
@@ -325,13 +326,10 @@ class DLRM(FieldPathMethods, nn.Module):
             )
         if self.config.interaction is InteractionKind.CONCAT:
             return vectors.flatten(1)  # (B, F * D)
-        dots = torch.bmm(vectors, vectors.transpose(1, 2))  # (B, F, F)
-        pairs = dots.flatten(1).index_select(1, self.pair_index)  # (B, F(F-1)/2)
         if self.config.interaction is InteractionKind.DOT_CONCAT:
-            return torch.cat([vectors.flatten(1), pairs], dim=1)
-        if self.bottom is not None:
-            return torch.cat([vectors[:, 0], pairs], dim=1)  # the dense field's vector, then the dots
-        return pairs
+            return torch.cat([vectors.flatten(1), pair_dots(vectors, self.pair_index)], dim=1)
+        # with dense features: the dense field's vector, then the dots (B, D + F(F-1)/2); else the dots alone
+        return pair_dots(vectors, self.pair_index, dense_first=self.bottom is not None)
 
     def logits_from_fields(self, vectors: Tensor, batch: Batch | None = None) -> Tensor:
         """(B, F, D) field vectors → (B, T) logits (the head sees nothing else, so ``batch`` is not read)."""

@@ -266,7 +266,14 @@ class FloatEmbedding(FieldEmbedding):
         return table
 
     def forward(self, sparse: Sequence[FieldIds]) -> Tensor:
-        """(B, F, D) field vectors; see :meth:`FieldEmbedding.forward`."""
+        """(B, F, D) field vectors; see :meth:`FieldEmbedding.forward`.
+
+        All-single-hot batches are looked up by one kernel call (ids checked in the same pass; gradients: the same
+        uncoalesced sparse COO tensor per table as ``F.embedding(sparse=True)`` gives), else table by table.
+        """
+        fused = self._single_hot_lookup(sparse)
+        if fused is not None:
+            return fused
         self._check_inputs(sparse)
         vectors = []
         for table, ids in zip(self.tables, sparse, strict=True):
@@ -280,6 +287,28 @@ class FloatEmbedding(FieldEmbedding):
                     )
                 )  # (B, D)
         return torch.stack(vectors, dim=1)  # (B, F, D)
+
+    def _single_hot_lookup(self, sparse: Sequence[FieldIds]) -> Tensor | None:
+        """(B, F, D) by :func:`sharkrec.model.kernels.lookup_single_hot`, or ``None`` where it does not apply
+        (a multi-hot or weighted field, int32 ids, tables that are not contiguous float32 on CPU, tracing)."""
+        from sharkrec.model.kernels import lookup_single_hot
+
+        if not self.check_ids or len(sparse) != len(self.field_names) or not sparse:
+            return None
+        batch_size = sparse[0].values.shape[0]
+        for ids in sparse:
+            if ids.offsets is not None or ids.weights is not None or ids.values.dtype != torch.int64 \
+                    or ids.values.ndim != 1 or ids.values.shape[0] != batch_size:
+                return None
+        result = lookup_single_hot(list(self.tables), [ids.values for ids in sparse])
+        if result is None:
+            return None
+        vectors, bad = result
+        if vectors is None:  # an id outside its table (field ``bad``): the one-line DataError naming the field
+            self._check_inputs(sparse)
+            raise DataError(f"field {self.field_names[bad]!r} has an id outside its table; encode the data with the "
+                            "vocabulary the model was built with")
+        return vectors
 
     def num_rows(self) -> dict[str, int]:
         return {name: int(table.shape[0]) for name, table in zip(self.field_names, self.tables, strict=True)}
