@@ -282,9 +282,10 @@ def main() -> None:
                                       "errors": errors, "requests": run["requests"],
                                       "server_cpu_ms_per_request": (cpu_after - cpu_before) * 1e3
                                       / max(run["requests"], 1),
-                                      # one worker's /metrics (with several, the one that answered)
+                                      # from /metrics: with several workers each call reads a different
+                                      # one, so the figure is only kept for one worker
                                       "rows_per_model_batch": (rows_after - rows_before)
-                                      / max(batches_after - batches_before, 1)}
+                                      / max(batches_after - batches_before, 1) if workers == 1 else None}
                             records.append(record)
                             print({k: round(v, 2) if isinstance(v, float) else v for k, v in record.items()},
                                   flush=True)
@@ -315,7 +316,8 @@ def markdown(records: list[dict[str, Any]], info: dict[str, Any]) -> str:
     for r in records:
         lines.append(f"| {r['server']} | {r['workers']} | {r['rows_per_request']} | {r['connections']} | "
                      f"{r['requests_per_s']:,.0f} | {r['rows_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                     f"{r['errors']} | {r['server_cpu_ms_per_request']:.3f} | {r['rows_per_model_batch']:.1f} |")
+                     f"{r['errors']} | {r['server_cpu_ms_per_request']:.3f} | "
+                     + ("n/a" if r["rows_per_model_batch"] is None else f"{r['rows_per_model_batch']:.1f}") + " |")
     lines += ["", "Correctness (Python client, before the load; mixed wrk run after it):", ""]
     for label, check in info["correctness"].items():
         mixed = check.get("mixed", {})

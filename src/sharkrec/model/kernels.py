@@ -12,48 +12,27 @@ every caller then runs the same arithmetic with PyTorch ops (the tests check bot
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from sharkrec.extensions import build, disabled
+
 _SOURCE = Path(__file__).with_name("csrc") / "train_kernels.cpp"
 _NAME = "sharkrec_train_kernels"
 
 
 @functools.lru_cache(maxsize=1)
+def _build() -> Any | None:
+    return build(_NAME, _SOURCE) if _SOURCE.is_file() else None
+
+
 def extension() -> Any | None:
     """The compiled kernel module, or ``None`` (no compiler or source, build failed, or SHARKREC_NO_EXTENSION=1)."""
-    if os.environ.get("SHARKREC_NO_EXTENSION", "") not in ("", "0") or not _SOURCE.is_file():
-        return None
-    try:
-        from torch.utils.cpp_extension import load
-
-        with _build_folder() as folder:
-            return load(name=_NAME, sources=[str(_SOURCE)], extra_cflags=["-O3", "-march=native"],
-                        build_directory=str(folder), verbose=False)
-    except Exception:  # any build problem: train with the PyTorch path instead
-        return None
-
-
-@contextlib.contextmanager
-def _build_folder() -> Iterator[Path]:
-    """The build folder, held with a kernel ``flock`` while built or loaded (a killed build's stale torch
-    ``lock`` file is removed, as :mod:`sharkrec.export.fused` does for the serving kernel)."""
-    import fcntl
-
-    folder = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
-    folder = folder / f"sharkrec-torch{torch.__version__}" / _NAME
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".sharkrec-build.lock", "w") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        (folder / "lock").unlink(missing_ok=True)
-        yield folder
+    return None if disabled() else _build()
 
 
 class _PairDots(torch.autograd.Function):
