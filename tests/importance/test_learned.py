@@ -26,12 +26,9 @@ def learned(model, synthetic, method: str, **options) -> FieldImportance:
     return field_importance(model, synthetic.data.valid, method, train=synthetic.data.train, **options)
 
 
-@pytest.mark.parametrize("method", [
-    "fscd", "autofield", "umec",
-    # AdaFS's per-sample controller ranked a noise field above a strong one at 3 of seeds 0..3 (field_selection.md)
-    pytest.param("adafs", marks=pytest.mark.xfail(reason="AdaFS's averaged sample weights rank a noise field "
-                                                         "above C1 or C2 on this data", strict=False)),
-])
+# AdaFS's per-sample controller ranked a noise field above a strong one at 3 of seeds 0..3 (field_selection.md):
+# it is held to the weaker property below instead
+@pytest.mark.parametrize("method", ["fscd", "autofield", "umec"])
 def test_noise_fields_rank_below_strong_fields(synthetic_trained, method) -> None:
     model, synthetic = synthetic_trained
     result = learned(model, synthetic, method)
@@ -45,6 +42,16 @@ def test_noise_fields_rank_below_strong_fields(synthetic_trained, method) -> Non
     assert result.seconds > 0 and result.passes > 3 * len(synthetic.data.train) / len(synthetic.data.valid)
     assert result.std_method.startswith("none") and np.isnan(result.std).all()
     assert np.all(np.isfinite(result.scores))
+
+
+def test_adafs_weighs_strong_fields_above_noise_on_average(synthetic_trained) -> None:
+    model, synthetic = synthetic_trained
+    result = learned(model, synthetic, "adafs")
+    truth = roles(synthetic)
+    strong = np.mean([result.score(n) for n, role in truth.items() if role == "strong"])
+    noise = np.mean([result.score(n) for n, role in truth.items() if role == "noise"])
+    assert strong > noise, dict(zip(result.field_names, np.round(result.scores, 4), strict=True))
+    assert np.all(np.isfinite(result.scores)) and result.seconds > 0
 
 
 @pytest.mark.parametrize("method", LEARNED)
