@@ -212,11 +212,10 @@ class RequestMetrics:
             self.latency.observe(seconds, endpoint)
             if self.log is not None:
                 client = scope.get("client") or ("", 0)
-                length = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), b"")
                 self.log({"time": round(time.time(), 6), "client": f"{client[0]}:{client[1]}",
                           "method": scope.get("method"), "path": scope.get("path"), "endpoint": endpoint,
                           "status": status[0], "ms": round(seconds * 1e3, 3),
-                          "request_bytes": int(length) if length.isdigit() else None, "pid": os.getpid()})
+                          "request_bytes": content_length(scope), "pid": os.getpid()})
 
 
 def access_line(record: dict[str, Any]) -> None:
@@ -224,3 +223,9 @@ def access_line(record: dict[str, Any]) -> None:
     --access-log``): time (Unix seconds), client, method, path, endpoint (route template), status, ms,
     request_bytes (Content-Length), pid (the worker)."""
     sys.stderr.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+
+def content_length(scope: dict[str, Any]) -> int | None:
+    """The request's declared ``Content-Length`` (``None`` when absent or not a number)."""
+    value = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
+    return int(value) if value is not None and value.isdigit() else None

@@ -113,6 +113,9 @@ class PredictResponse(BaseModel):
 class Overloaded(Exception):
     """The request queue is full: answered 503 with ``Retry-After`` instead of a wait without bound."""
 
+    def response(self) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"error": str(self)}, headers={"Retry-After": str(RETRY_AFTER_S)})
+
 
 RETRY_AFTER_S = 1
 
@@ -130,8 +133,8 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
-        too_long = declared is not None and declared.isdigit() and int(declared) > self.max_bytes
+        declared = prom.content_length(scope)
+        too_long = declared is not None and declared > self.max_bytes
         seen = [0]
         started = [False]
 
@@ -156,7 +159,7 @@ class BodyLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send: Any) -> None:
-        body = pydantic_core.to_json({"error": f"the request body is over {self.max_bytes} bytes; send fewer "
+        body = orjson.dumps({"error": f"the request body is over {self.max_bytes} bytes; send fewer "
                                                "rows per request (sharkrec serve --max-body-bytes to raise it)"})
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
@@ -348,13 +351,6 @@ def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_row
     app.state.model = model
     app.state.batcher = batcher
     app.state.model_name = name
-    # middleware order, outermost first: metrics (and the access log), the body limit, the /predict fast route
-
-
-    @app.exception_handler(Overloaded)
-    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
-        return JSONResponse(status_code=503, content={"error": str(exc)},
-                            headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -398,8 +394,7 @@ def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_row
         except SharkrecError as exc:
             return JSONResponse(status_code=400, content={"error": str(exc)})
         except Overloaded as exc:
-            return JSONResponse(status_code=503, content={"error": str(exc)},
-                                headers={"Retry-After": str(RETRY_AFTER_S)})
+            return exc.response()
         return Response(orjson.dumps({"tasks": tasks, "scores": scores.astype(np.float64)},
                                      option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
@@ -413,6 +408,7 @@ def create_app(artifact: str | os.PathLike[str] | ServingModel, *, max_batch_row
     app.add_middleware(FastRoute, path="/predict", answer=predict_answer, route=route)  # inside metrics and limits
 
     _add_v2_routes(app, model, batcher, name, max_request_rows)
+    # middleware order, outermost first: metrics (and the access log), the body limit, the fast routes
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(prom.RequestMetrics, requests=requests, latency=latency,  # outermost: counts 413s too
                        log=prom.access_line if access_log else None)
@@ -506,8 +502,7 @@ def _add_v2_routes(app: FastAPI, model: ServingModel, batcher: Batcher, name: st
         except DataError as exc:
             return error(400, str(exc))
         except Overloaded as exc:
-            return JSONResponse(status_code=503, content={"error": str(exc)},
-                                headers={"Retry-After": str(RETRY_AFTER_S)})
+            return exc.response()
         column = {task: i for i, task in enumerate(model.task_names)}
         answer: dict[str, Any] = {"model_name": name}
         if isinstance(body, dict) and "id" in body:
