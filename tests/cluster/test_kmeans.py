@@ -117,6 +117,26 @@ def test_nearest_centroid_matches_brute_force_for_both_metrics():
                        (unit_points @ unit_centroids.T).argmax(1))
 
 
+@pytest.mark.parametrize("use_extension", [True, False])
+def test_nearest_centroid_both_paths_on_odd_shapes_and_ties(use_extension):
+    from sharkrec.cluster.kmeans import extension
+
+    if use_extension and extension() is None:
+        pytest.skip("no C++ compiler here: the PyTorch path is the one that runs")
+    g = torch.Generator().manual_seed(2)
+    for n, k, d in ((1, 1, 1), (7, 3, 5), (1001, 17, 16), (513, 1000, 33)):  # short groups, padded blocks
+        points, centroids = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
+        got = nearest_centroid(points, centroids, use_extension=use_extension)
+        distances = torch.cdist(points.double(), centroids.double())
+        reached = distances.gather(1, got.unsqueeze(1)).squeeze(1)
+        assert bool((reached <= distances.min(1).values + 1e-5).all())  # the nearest, up to float rounding
+        assert torch.equal(got, nearest_centroid(points, centroids, use_extension=use_extension))
+    same = torch.zeros(40, 4)  # every centroid equally near: the lowest index wins
+    assert nearest_centroid(torch.randn(9, 4, generator=g), same, use_extension=use_extension).tolist() == [0] * 9
+    doubled = torch.cat([torch.randn(20, 4, generator=g)] * 2)  # centroid j and j + 20 coincide
+    assert bool((nearest_centroid(torch.randn(300, 4, generator=g), doubled, use_extension=use_extension) < 20).all())
+
+
 def test_threshold_sample_keeps_hot_values_and_is_unbiased():
     from sharkrec.cluster.kmeans import threshold_sample
 

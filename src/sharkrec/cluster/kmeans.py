@@ -15,11 +15,12 @@ sampled ∝ weight and re-weighted, so the weighted sums stay unbiased), started
 the head values left out of the sample are assigned with the tail. Full k-means keeps the textbook
 recipe (one k-means++ draw per centroid, Lloyd on every value): it is the baseline.
 
-Cost, one thread, on N values, K clusters, D dimensions: every assignment pass is an (N, D) × (D, K)
-GEMM plus a row argmin, done in cache-sized blocks with a two-level argmin (see
-:func:`nearest_centroid`); k-means++ is K passes over the N points. Full k-means pays K seeding
-passes and one assignment pass per Lloyd iteration over all N; the fast path pays one assignment
-pass over all N and the rest on about 8·K points.
+Cost, one thread, on N values, K clusters, D dimensions: every assignment pass computes N·K scores of D
+multiply-adds, in a fused C++ kernel (``csrc/nearest.cpp``: a few points against a block of centroids in
+registers, only the running minimum kept) or, without a compiler, as a blocked (N, D) × (D, K) GEMM plus a
+two-level row argmin (see :func:`nearest_centroid`); k-means++ is K passes over the N points. Full
+k-means pays K seeding passes and one assignment pass per Lloyd iteration over all N; the fast path
+pays one assignment pass over all N and the rest on about 8·K points.
 
 ``metric`` is ``euclidean`` (squared L2) or ``cosine`` (spherical k-means on unit vectors). Either
 way the row a cluster finally stores is the weighted mean of its members' raw vectors, the row that
@@ -29,19 +30,34 @@ minimises the weighted SSE above for the assignment found.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from sharkrec.errors import ConfigError
+from sharkrec.extensions import build, disabled
 
 _CHUNK = 65_536  # points per block in the error sums
 _SUM_CHUNK = 16_384  # points per block in the cluster sums
 _HEAD_SAMPLE_PER_CLUSTER = 8  # the fast path's Lloyd sees about this many head points per cluster
 _ARGMIN_CHUNK = 512  # points per distance block: (512, K) floats stay in cache, which an argmin pass needs
 _GROUP = 64  # columns per group in the two-level argmin
+_SOURCE = Path(__file__).with_name("csrc") / "nearest.cpp"
+
+
+@functools.lru_cache(maxsize=1)
+def _build() -> Any | None:
+    return build("sharkrec_cluster_nearest", _SOURCE) if _SOURCE.is_file() else None
+
+
+def extension() -> Any | None:
+    """The compiled nearest-centroid kernel, or ``None`` (no compiler, build failed, SHARKREC_NO_EXTENSION=1)."""
+    return None if disabled() else _build()
 
 
 class Metric(str, enum.Enum):
@@ -74,12 +90,20 @@ def _prepare(points: Tensor, metric: Metric) -> Tensor:
     return points
 
 
-def nearest_centroid(points: Tensor, centroids: Tensor, metric: Metric = Metric.EUCLIDEAN) -> Tensor:
-    """Index (N,) of the closest of ``centroids`` (K, D) for every row of ``points`` (N, D), in chunks.
+def nearest_centroid(points: Tensor, centroids: Tensor, metric: Metric = Metric.EUCLIDEAN, *,
+                     use_extension: bool = True) -> Tensor:
+    """Index (N,) of the closest of ``centroids`` (K, D) for every row of ``points`` (N, D).
 
-    ``points`` and ``centroids`` must already be in the metric's space (unit rows for cosine).
-    Ties go to the lowest centroid index.
+    ``points`` and ``centroids`` must already be in the metric's space (unit rows for cosine). Ties go to
+    the lowest centroid index. float32 CPU inputs go to the fused kernel when it is built; otherwise (or
+    with ``use_extension=False``) a blocked GEMM + argmin computes the same scores. The two sum the D
+    products in different orders, so a point whose two nearest centroids lie within float rounding of
+    each other may get either; every other point gets the same answer.
     """
+    module = extension() if use_extension else None
+    if module is not None and points.dtype == centroids.dtype == torch.float32 \
+            and points.device.type == centroids.device.type == "cpu" and 1 <= centroids.shape[0] < 2**31:
+        return module.nearest_centroid(points, centroids, metric is Metric.COSINE)
     out = torch.empty(points.shape[0], dtype=torch.int64)
     if metric is Metric.COSINE:  # largest score = smallest negated score
         bias, alpha = torch.zeros(centroids.shape[0], dtype=centroids.dtype), -1.0

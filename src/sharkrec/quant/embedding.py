@@ -458,13 +458,18 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         else:
             flags = torch.cat([positive if ids.offsets is None else
                                torch.repeat_interleave(positive, ids.offsets[1:] - ids.offsets[:-1]) for ids in sparse])
-        per_value = torch.where(flags, float(self.policy.alpha), 1.0).float()
-        weights = torch.zeros(rows.shape[0]).index_add_(0, inverse, per_value)  # α·c⁺ + c⁻ per row
-        counted_rows, counted = rows, weights
-        if distributed.is_distributed():  # torchrun: counts of the global batch, so every rank holds the same tiers
-            counted_rows, counted = distributed.sum_rows(rows, weights)
-        lazy_update(self._buffer("priority"), self._buffer("last_step"), counted_rows, counted, step,
-                    self.policy.keep, self.policy.gain)
+        module = self._kernels()
+        if module is not None and not distributed.is_distributed():  # the weights and Eq. 7 in one pass
+            module.observe_rows(self._buffer("priority"), self._buffer("last_step"), rows, inverse, flags,
+                                float(self.policy.alpha), step, float(self.policy.keep), float(self.policy.gain))
+        else:
+            per_value = torch.where(flags, float(self.policy.alpha), 1.0).float()
+            weights = torch.zeros(rows.shape[0]).index_add_(0, inverse, per_value)  # α·c⁺ + c⁻ per row
+            counted_rows, counted = rows, weights
+            if distributed.is_distributed():  # torchrun: counts of the global batch, so every rank holds the same tiers
+                counted_rows, counted = distributed.sum_rows(rows, weights)
+            lazy_update(self._buffer("priority"), self._buffer("last_step"), counted_rows, counted, step,
+                        self.policy.keep, self.policy.gain)
         self._unique = seen  # for the same batch's forward
         if step % self.policy.recheck_every == 0:
             self.retier()
@@ -548,6 +553,13 @@ class MixedPrecisionEmbedding(FieldEmbedding):
     def _flat_unique(self, sparse: Sequence[FieldIds]) -> _FlatUnique:
         """The batch's distinct rows in the flat row space of all fields (field i's from ``_row_bases[i]``);
         raises :class:`DataError` for an id outside its field (with ``check_ids``)."""
+        module = self._kernels()
+        if module is not None and self.check_ids:  # check, flatten and find the distinct rows in one call
+            rows, inverse, bad = module.flat_unique_fields([ids.values.long().contiguous() for ids in sparse],
+                                                           self._row_bases)
+            if int(bad) >= 0:
+                self._raise_bad_ids(int(bad))
+            return _FlatUnique(tuple(ids.values for ids in sparse), rows, inverse)
         local = torch.cat([ids.values for ids in sparse]).long()  # (Σnnz,) field-major
         lengths = torch.tensor([int(ids.values.shape[0]) for ids in sparse])
         if self.check_ids and local.numel():
@@ -555,9 +567,7 @@ class MixedPrecisionEmbedding(FieldEmbedding):
             bad = (local < 0) | (local >= torch.repeat_interleave(limits, lengths, output_size=local.shape[0]))
             if bool(bad.any()):  # one host synchronisation for all fields
                 first = int(bad.nonzero()[0, 0])
-                i = int(torch.searchsorted(lengths.cumsum(0), torch.tensor(first), right=True))
-                raise DataError(f"field {self.field_names[i]!r} has ids outside 0..{int(limits[i]) - 1}; encode the "
-                                "data with the vocabulary the model was built with")
+                self._raise_bad_ids(int(torch.searchsorted(lengths.cumsum(0), torch.tensor(first), right=True)))
         bases = torch.tensor(self._row_bases[:-1])
         flat = local + torch.repeat_interleave(bases, lengths, output_size=local.shape[0])
         module = self._kernels()
@@ -566,6 +576,11 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         else:
             rows, inverse = torch.unique(flat, return_inverse=True)
         return _FlatUnique(tuple(ids.values for ids in sparse), rows, inverse)
+
+    def _raise_bad_ids(self, field: int) -> None:
+        rows = self._row_bases[field + 1] - self._row_bases[field]
+        raise DataError(f"field {self.field_names[field]!r} has ids outside 0..{rows - 1}; encode the data with the "
+                        "vocabulary the model was built with")
 
     def _kernels(self) -> Any | None:
         """The compiled kernels when this layer may use them (see :attr:`use_extension`), else ``None``."""

@@ -249,6 +249,74 @@ std::vector<torch::Tensor> flat_unique(const torch::Tensor& flat, int64_t total)
   return {rows, inverse};
 }
 
+// The batch's ids of every field (values[f] (nnz_f,) int64, local to field f) in the flat row space of all
+// fields (field f's rows from bases[f], bases (F + 1,)): the distinct flat rows, sorted, and the inverse
+// (sum nnz,) of every value, field-major, as flat_unique of their concatenation. The third tensor holds the
+// first field with an id outside 0..rows_f - 1 (-1 when none), checked before anything is built.
+std::vector<torch::Tensor> flat_unique_fields(const TensorList& values, const std::vector<int64_t>& bases) {
+  const int64_t fields = static_cast<int64_t>(values.size());
+  TORCH_CHECK(static_cast<int64_t>(bases.size()) == fields + 1, "bases: one start per field and the total");
+  int64_t n = 0;
+  for (int64_t f = 0; f < fields; ++f) {
+    TORCH_CHECK(values[f].scalar_type() == torch::kInt64 && values[f].dim() == 1 && values[f].is_contiguous(),
+                "values: (nnz,) contiguous int64 per field");
+    const int64_t* id = values[f].data_ptr<int64_t>();
+    const int64_t rows = bases[f + 1] - bases[f], count = values[f].numel();
+    for (int64_t k = 0; k < count; ++k) {
+      if (id[k] < 0 || id[k] >= rows) {
+        auto bad = torch::full({1}, f, torch::kInt64);
+        return {torch::empty({0}, torch::kInt64), torch::empty({0}, torch::kInt64), bad};
+      }
+    }
+    n += count;
+  }
+  auto flat = torch::empty({n}, torch::kInt64);
+  int64_t* out = flat.data_ptr<int64_t>();
+  for (int64_t f = 0; f < fields; ++f) {
+    const int64_t* id = values[f].data_ptr<int64_t>();
+    for (int64_t k = 0, count = values[f].numel(); k < count; ++k) *out++ = id[k] + bases[f];
+  }
+  std::vector<torch::Tensor> unique = flat_unique(flat, bases[fields]);
+  unique.push_back(torch::full({1}, -1, torch::kInt64));
+  return unique;
+}
+
+// Eq. 7 for one batch, lazily (sharkrec.quant.priority.lazy_update with the weights summed here): every value k
+// of the batch adds alpha (its sample is positive, flags[k]) or 1 to its row's weight, float32 sums in value
+// order as index_add_ does; then each touched row's priority is decayed by keep^(step - last_step) and gains
+// gain * weight, in float64, stored as float32, and its last_step (int32) set to step.
+void observe_rows(torch::Tensor priority, torch::Tensor last_step, const torch::Tensor& rows,
+                  const torch::Tensor& inverse, const torch::Tensor& flags, double alpha, int64_t step, double keep,
+                  double gain) {
+  TORCH_CHECK(priority.scalar_type() == torch::kFloat32 && priority.is_contiguous() &&
+                  last_step.scalar_type() == torch::kInt32 && last_step.is_contiguous() &&
+                  priority.numel() == last_step.numel(),
+              "priority (R,) float32 and last_step (R,) int32, contiguous");
+  TORCH_CHECK(rows.scalar_type() == torch::kInt64 && inverse.scalar_type() == torch::kInt64 &&
+                  flags.scalar_type() == torch::kBool && inverse.numel() == flags.numel(),
+              "rows (U,) int64, inverse (N,) int64 and flags (N,) bool");
+  const torch::Tensor row_ids = rows.contiguous(), where = inverse.contiguous(), positive = flags.contiguous();
+  const int64_t touched = row_ids.numel(), n = where.numel(), total = priority.numel();
+  const int64_t* row = row_ids.data_ptr<int64_t>();
+  const int64_t* slot = where.data_ptr<int64_t>();
+  const bool* flag = positive.data_ptr<bool>();
+  std::vector<float> weight(static_cast<size_t>(touched), 0.0f);
+  const float positive_weight = static_cast<float>(alpha);
+  for (int64_t k = 0; k < n; ++k) {
+    TORCH_CHECK(slot[k] >= 0 && slot[k] < touched, "inverse ", slot[k], " outside 0..", touched - 1);
+    weight[slot[k]] += flag[k] ? positive_weight : 1.0f;
+  }
+  float* value = priority.data_ptr<float>();
+  int32_t* last = last_step.data_ptr<int32_t>();
+  for (int64_t u = 0; u < touched; ++u) {
+    const int64_t r = row[u];
+    TORCH_CHECK(r >= 0 && r < total, "row ", r, " outside 0..", total - 1);
+    const double decayed = static_cast<double>(value[r]) * std::pow(keep, static_cast<double>(step - last[r]));
+    value[r] = static_cast<float>(decayed + gain * static_cast<double>(weight[u]));
+    last[r] = static_cast<int32_t>(step);
+  }
+}
+
 // One field's rows moved to the tiers `codes` (R,) int8: pools rebuilt in row order (a row keeps its stored
 // bytes when its tier is unchanged, else it is decoded and re-encoded in its new tier, the i-th such row that
 // lands in an integer tier rounded with noise row i when `stochastic`). Returns {slot (R,) int32, fp32, fp16,
@@ -321,6 +389,8 @@ std::vector<torch::Tensor> migrate_field(const torch::Tensor& tier, const torch:
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("flat_unique", &flat_unique, "distinct values and inverse of a (N,) int64 tensor in [0, total)");
+  m.def("flat_unique_fields", &flat_unique_fields, "every field's ids checked and made flat, then flat_unique");
+  m.def("observe_rows", &observe_rows, "Eq. 7 lazy priority update of one batch's rows, weights summed here");
   m.def("migrate_field", &migrate_field, "one field's rows moved to new tiers, pools rebuilt in row order");
   m.def("gather_rows", &gather_rows, "every field's rows read from their tiers into one fp32 block");
   m.def("step_rows", &step_rows, "SGD / row-wise Adagrad on the touched rows, stored back in their tiers");
