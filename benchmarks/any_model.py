@@ -67,10 +67,14 @@ def load(dataset: str) -> tuple[PreparedData, Layout]:
     """sharkrec's own reader, and the dataset's field layout (which fields are multi-hot bags)."""
     fmt, path = DATASETS[dataset]
     data = load_data(fmt, path)
+    return data, layout_of(data)
+
+
+def layout_of(data: PreparedData) -> Layout:
+    """The sparse fields of ``data`` as the user models take them (schema order; which are multi-hot bags)."""
     multi = tuple(data.train.column(i).offsets is not None for i in range(data.train.num_sparse))
-    layout = Layout(tuple(data.schema.sparse_names), tuple(data.cardinalities[n] for n in data.schema.sparse_names),
-                    multi)
-    return data, layout
+    return Layout(tuple(data.schema.sparse_names), tuple(data.cardinalities[n] for n in data.schema.sparse_names),
+                  multi)
 
 
 def user_batches(split: EncodedSplit, layout: Layout, size: int, **order: Any) -> list[tuple[tuple, torch.Tensor]]:

@@ -1,8 +1,8 @@
 """The ERASE protocol (Jia et al., KDD 2024) for SHARK Figure 2 / Table 2: field selection by every method.
 
-For each dataset and seed: train a DLRM with the dataset's recipe (``benchmarks/train_real.py``), then for
-every method score the fields once on the validation split (``score_seconds``, the method's own timer), and
-remove sparse fields in the method's order (weakest first; the dense field is never removed). At each number
+For each dataset, seed and backbone: train the backbone, then for every method score the fields once on the
+validation split (``score_seconds``, the method's own timer), and remove sparse fields in the method's order
+(weakest first; the dense field is never removed). At each number
 of kept fields k the model is (a) **retrained** from scratch with only those fields (the removed tables
 answer a constant, so they carry no information) and (b) **fine-tuned**: the trained model with the fields
 replaced by their mean vector E[v_i], fine-tuned by the library's one fine-tune (:func:`fit_unless_worse`).
@@ -13,10 +13,20 @@ field scores against ``exact`` (Monte-Carlo Eq. 1) and, on synthetic data, again
 pruning). Identical kept sets are trained once and shared between methods (their measured seconds are
 still charged to every method that needs them).
 
-Records go to ``--out`` (a JSON list; one per method x dataset x seed; a rerun skips records already there
-with the same ``size``), a Markdown table next to it and one PNG of curves per dataset.
+Backbones (``--backbones``, ERASE's several backbones): ``dlrm``, sharkrec's DLRM with the dataset's recipe
+(``benchmarks/train_real.py``); ``deepfm`` and ``dcnv2``, the user-written networks of
+``benchmarks/user_models.py`` wrapped by the model-agnostic path (``FieldModel.wrap``, as
+``benchmarks/any_model.py``) and trained by sharkrec's trainer on the FieldModel (Adam 1e-3, the user loop's
+settings in any_model.py). A user backbone takes the sparse fields only (dense columns are not its inputs)
+and the first task; its retrains start from ``FieldModel.fresh_copy(seed)`` (every weight re-drawn) with
+the removed fields answered by a constant, exactly as on the DLRM.
+
+Records go to ``--out`` (a JSON list; one per method x dataset x seed x backbone, ``backbone`` absent in
+records written before it meant ``dlrm``; a rerun skips records already there with the same ``size``), a
+Markdown table next to it and one PNG of curves per dataset and backbone.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/field_selection.py --quick --seeds 0 1 2
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/field_selection.py --quick --seeds 0 --backbones deepfm dcnv2
     OMP_WAIT_POLICY=PASSIVE python benchmarks/field_selection.py --seeds 0 1 2 --synthetic-rows 2000000  # full
 """
 
@@ -27,6 +37,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,22 +49,30 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from any_model import layout_of, wrap_user_model
 from common import environment
 from sharkrec.data.dataset import EncodedSplit, PreparedData
 from sharkrec.data.loading import load_data
 from sharkrec.importance import FieldImportance, LearnedSelection, field_importance, get_method
 from sharkrec.io import atomic_open, atomic_save, write_json
-from sharkrec.model.dlrm import DENSE_FIELD, DLRM
+from sharkrec.model.dlrm import DENSE_FIELD
+from sharkrec.model.protocol import FieldPathModel
 from sharkrec.prune import remove_fields
 from sharkrec.train.fine_tune import fine_tune_config
 from sharkrec.train.run import build_model
 from sharkrec.train.trainer import TrainConfig, Trainer, evaluate, fit_unless_worse
 from train_real import RECIPES
+from user_models import DCNv2, DeepFM
 
 METHODS = ("taylor2", "exact", "permutation", "lasso", "fscd", "autofield", "umec", "adafs")
 DATASETS = ("frappe", "criteo", "movielens", "adult", "synthetic")
 LEARNED = ("fscd", "autofield", "umec", "adafs")
 SYNTHETIC_RECIPE = {"train": {"optimizer": "adagrad", "lr": 0.05, "embedding_l2": 1e-2}, "model": {}}
+BACKBONES = ("dlrm", "deepfm", "dcnv2")
+USER_MODELS = {"deepfm": DeepFM, "dcnv2": DCNv2}
+#: a user backbone trains with the settings of any_model.py's user loop (Adam 1e-3, no L2), whatever the dataset
+USER_TRAIN = {"optimizer": "adam", "lr": 1e-3, "embedding_l2": 0.0, "weight_decay": 0.0}
+USER_DIM = 16
 
 
 def load(name: str, args: argparse.Namespace) -> tuple[PreparedData, dict[str, Any], dict[str, float] | None]:
@@ -70,23 +90,53 @@ def capped(split: EncodedSplit, rows: int | None) -> EncodedSplit:
     return split if rows is None or rows >= len(split) else split.subset(np.arange(rows))
 
 
-def train_config(recipe: dict[str, Any], train: EncodedSplit, seed: int, epochs: int) -> TrainConfig:
-    eval_every = recipe.get("eval_every", max(1, train.num_batches(512) // 2))
-    return TrainConfig(**recipe["train"], epochs=epochs, patience=3, stop_metric="logloss", eval_every=eval_every,
+@dataclass(frozen=True)
+class Backbone:
+    """One backbone on one dataset and seed: the splits it reads, its tasks, its training settings, and
+    ``fresh()``: an untrained model (seeded), what the base model and every retrain start from."""
+
+    kind: str
+    train: EncodedSplit
+    valid: EncodedSplit
+    test: EncodedSplit
+    label_names: tuple[str, ...]
+    settings: dict[str, Any]  # TrainConfig keywords (optimizer, lr, L2)
+    eval_every: int | None
+    fresh: Callable[[], FieldPathModel]
+
+
+def make_backbone(kind: str, data: PreparedData, recipe: dict[str, Any], train: EncodedSplit, seed: int) -> Backbone:
+    """sharkrec's DLRM of the recipe, or a user network of ``benchmarks/user_models.py`` wrapped as a
+    FieldModel (its splits recorded through it: the sparse fields, the first task)."""
+    eval_every = recipe.get("eval_every")
+    if kind == "dlrm":
+        return Backbone(kind, train, data.valid, data.test, tuple(data.schema.label_names), recipe["train"],
+                        eval_every, lambda: build_model(data, seed, **recipe["model"]))
+    layout = layout_of(data)
+    torch.manual_seed(seed)
+    untrained, user, _ = wrap_user_model(USER_MODELS[kind](layout, USER_DIM), layout, train, data.valid, data.test)
+    assert user.valid is not None and user.test is not None
+    return Backbone(kind, user.train, user.valid, user.test, untrained.task_names, USER_TRAIN, eval_every,
+                    lambda: untrained.fresh_copy(seed))
+
+
+def train_config(backbone: Backbone, seed: int, epochs: int) -> TrainConfig:
+    eval_every = backbone.eval_every or max(1, backbone.train.num_batches(512) // 2)
+    return TrainConfig(**backbone.settings, epochs=epochs, patience=3, stop_metric="logloss", eval_every=eval_every,
                        seed=seed, progress=False)
 
 
-def fit(model: DLRM, data: PreparedData, train: EncodedSplit, config: TrainConfig) -> tuple[DLRM, float]:
+def fit(model: FieldPathModel, backbone: Backbone, config: TrainConfig) -> tuple[Any, float]:
     started = time.perf_counter()
-    Trainer(model, config, data.schema.label_names).fit(train, data.valid)
+    Trainer(model, config, backbone.label_names).fit(backbone.train, backbone.valid)
     return model.eval(), time.perf_counter() - started
 
 
-def test_auc(model: DLRM, data: PreparedData) -> float:
-    return float(evaluate(model, data.test, data.schema.label_names)[data.schema.label_names[0]]["auc"])
+def test_auc(model: FieldPathModel, backbone: Backbone) -> float:
+    return float(evaluate(model, backbone.test, backbone.label_names)[backbone.label_names[0]]["auc"])
 
 
-def score(method: str, model: DLRM, data: PreparedData, train: EncodedSplit, seed: int,
+def score(method: str, model: FieldPathModel, backbone: Backbone, seed: int,
           args: argparse.Namespace) -> FieldImportance:
     options: dict[str, Any] = {"seed": seed, "max_samples": args.max_score_samples}
     if method == "exact":
@@ -94,8 +144,8 @@ def score(method: str, model: DLRM, data: PreparedData, train: EncodedSplit, see
     if method == "permutation":
         options["repeats"] = args.repeats
     if issubclass(get_method(method), LearnedSelection):
-        options.update(train=train, epochs=args.search_epochs)
-    return field_importance(model, data.valid, method, **options)
+        options.update(train=backbone.train, epochs=args.search_epochs)
+    return field_importance(model, backbone.valid, method, **options)
 
 
 def keep_counts(sparse: int, points: int | None) -> list[int]:
@@ -123,33 +173,33 @@ def aukc(counts: list[int], aucs: list[float]) -> float:
 
 
 class Curves:
-    """Retrain / fine-tune test AUCs per kept set of one (dataset, seed), each trained once."""
+    """Retrain / fine-tune test AUCs per kept set of one (dataset, seed, backbone), each trained once."""
 
-    def __init__(self, data: PreparedData, recipe: dict[str, Any], base: DLRM, train: EncodedSplit, seed: int,
-                 args: argparse.Namespace) -> None:
-        self.data, self.recipe, self.base, self.train, self.seed, self.args = data, recipe, base, train, seed, args
+    def __init__(self, backbone: Backbone, base: FieldPathModel, seed: int, args: argparse.Namespace) -> None:
+        self.backbone, self.base, self.seed, self.args = backbone, base, seed, args
         self.cache: dict[tuple[str, ...], dict[str, float]] = {}
 
     def point(self, removed: tuple[str, ...]) -> dict[str, float]:
         key = tuple(sorted(removed))
         if key not in self.cache:
-            config = train_config(self.recipe, self.train, self.seed, self.args.retrain_epochs)
-            fresh = remove_fields(build_model(self.data, self.seed, **self.recipe["model"]), key, self.data.valid)
-            retrained, retrain_seconds = fit(fresh, self.data, self.train, config)
+            backbone = self.backbone
+            config = train_config(backbone, self.seed, self.args.retrain_epochs)
+            fresh = remove_fields(backbone.fresh(), key, backbone.valid)  # removed fields: a constant each
+            retrained, retrain_seconds = fit(fresh, backbone, config)
             started = time.perf_counter()
             tune = fine_tune_config(config.to_dict(), epochs=self.args.fine_tune_epochs, patience=0)
-            tuned, _ = fit_unless_worse(remove_fields(self.base, key, self.data.valid), tune,
-                                        self.data.schema.label_names, self.train, self.data.valid)
-            self.cache[key] = {"retrain": test_auc(retrained, self.data), "retrain_seconds": retrain_seconds,
-                               "fine_tune": test_auc(tuned, self.data),
+            tuned, _ = fit_unless_worse(remove_fields(self.base, key, backbone.valid), tune, backbone.label_names,
+                                        backbone.train, backbone.valid)
+            self.cache[key] = {"retrain": test_auc(retrained, backbone), "retrain_seconds": retrain_seconds,
+                               "fine_tune": test_auc(tuned, backbone),
                                "fine_tune_seconds": time.perf_counter() - started}
         return self.cache[key]
 
 
 def run_method(method: str, curves: Curves, counts: list[int], exact: FieldImportance | None,
                truth: dict[str, float] | None, name: str, base_auc: float) -> dict[str, Any]:
-    data, args = curves.data, curves.args
-    result = exact if method == "exact" and exact is not None else score(method, curves.base, data, curves.train,
+    args, kind = curves.args, curves.backbone.kind
+    result = exact if method == "exact" and exact is not None else score(method, curves.base, curves.backbone,
                                                                          curves.seed, args)
     sparse_order = [f for f in result.ranking() if f != DENSE_FIELD]  # most important first
     retrain, fine, seconds, fine_seconds = [], [], 0.0, 0.0
@@ -162,7 +212,7 @@ def run_method(method: str, curves: Curves, counts: list[int], exact: FieldImpor
         seconds += point["retrain_seconds"]
         fine_seconds += point["fine_tune_seconds"]
     record = {
-        "method": method, "dataset": name, "seed": curves.seed, "size": args.size,
+        "method": method, "dataset": name, "seed": curves.seed, "backbone": kind, "size": args.size,
         "aukc": aukc(counts, retrain), "aukc_fine_tune": aukc(counts, fine),
         "score_seconds": result.seconds, "passes": result.passes, "pruning_seconds": result.seconds + seconds,
         "pruning_seconds_fine_tune": result.seconds + fine_seconds,
@@ -172,37 +222,49 @@ def run_method(method: str, curves: Curves, counts: list[int], exact: FieldImpor
         "counts": counts, "test_auc_retrain": retrain, "test_auc_fine_tune": fine,
         "ranking": list(result.ranking()), "scores": result.as_dict(), "base_test_auc": base_auc,
     }
-    print(f"{name} seed {curves.seed} {method:<11} AUKC {record['aukc']:.4f} "
+    print(f"{name} seed {curves.seed} {kind} {method:<11} AUKC {record['aukc']:.4f} "
           f"(fine-tune {record['aukc_fine_tune']:.4f}) "
           f"score {result.seconds:.2f}s pruning {record['pruning_seconds']:.0f}s "
           f"rho_exact {record['spearman_vs_exact']}", flush=True)
     return record
 
 
-def run_dataset_seed(name: str, seed: int, methods: list[str], records: list[dict[str, Any]],
+def backbone_of(record: dict[str, Any]) -> str:
+    """A record's backbone (records written before backbones existed are the DLRM's)."""
+    return str(record.get("backbone", "dlrm"))
+
+
+def run_dataset_seed(name: str, seed: int, backbones: list[str], methods: list[str], records: list[dict[str, Any]],
                      args: argparse.Namespace, out: Path) -> None:
-    done = {(r["method"], r["dataset"], r["seed"]) for r in records if r.get("size") == args.size}
-    todo = [m for m in methods if (m, name, seed) not in done]
-    if not todo:
+    done = {(r["method"], r["dataset"], r["seed"], backbone_of(r)) for r in records if r.get("size") == args.size}
+    todo = {kind: [m for m in methods if (m, name, seed, kind) not in done] for kind in backbones}
+    if not any(todo.values()):
         return
     torch.manual_seed(seed)
     data, recipe, truth = load(name, args)
     train = capped(data.train, args.max_train_rows)
-    base, _ = fit(build_model(data, seed, **recipe["model"]), data, train,
-                  train_config(recipe, train, seed, args.train_epochs))
-    base_auc = test_auc(base, data)
-    curves = Curves(data, recipe, base, train, seed, args)
-    counts = keep_counts(len(base.sparse_names), args.points)
-    exact = score("exact", base, data, train, seed, args) if "exact" in methods else None
-    for method in todo:
-        records.append(run_method(method, curves, counts, exact, truth, name, base_auc))
-        write_json(out, records)  # after every record: an interrupted run resumes here
+    for kind in backbones:
+        if not todo[kind]:
+            continue
+        started = time.perf_counter()
+        backbone = make_backbone(kind, data, recipe, train, seed)
+        base, _ = fit(backbone.fresh(), backbone, train_config(backbone, seed, args.train_epochs))
+        base_auc = test_auc(base, backbone)
+        curves = Curves(backbone, base, seed, args)
+        counts = keep_counts(len(base.sparse_names), args.points)
+        exact = score("exact", base, backbone, seed, args) if "exact" in methods else None
+        for method in todo[kind]:
+            records.append(run_method(method, curves, counts, exact, truth, name, base_auc))
+            write_json(out, records)  # after every record: an interrupted run resumes here
+        print(f"[{time.perf_counter() - started:.0f}s] {name} seed {seed} {kind}: base test AUC {base_auc:.4f}",
+              flush=True)
 
 
-def summary(records: list[dict[str, Any]], size: str) -> dict[tuple[str, str], dict[str, float]]:
+def summary(records: list[dict[str, Any]], size: str, backbone: str) -> dict[tuple[str, str], dict[str, float]]:
+    """(dataset, method) → mean and std over seeds of one backbone's records of this size."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
-        if r.get("size") == size:
+        if r.get("size") == size and backbone_of(r) == backbone:
             groups.setdefault((r["dataset"], r["method"]), []).append(r)
     out = {}
     for key, rows in groups.items():
@@ -241,8 +303,20 @@ def readme_table(table: dict[tuple[str, str], dict[str, float]], datasets: list[
 
 
 def markdown(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    table = summary(records, args.size)
-    lines = [f"# Field selection, ERASE protocol (size: {args.size})", "",
+    """One section per backbone with records of this size (the DLRM first), then the settings."""
+    lines = [f"# Field selection, ERASE protocol (size: {args.size})", ""]
+    present = {backbone_of(r) for r in records if r.get("size") == args.size}
+    for backbone in [b for b in BACKBONES if b in present]:
+        lines += backbone_section(records, args, backbone)
+    lines += ["", f"Settings: {json.dumps(settings(args))}. AUKC = area under test AUC vs sparse fields kept "
+              "divided by the k range. Curves: field_selection_<dataset>.png (DLRM), "
+              "field_selection_<dataset>_<backbone>.png (the others). Generated by benchmarks/field_selection.py.", ""]
+    return "\n".join(lines)
+
+
+def backbone_section(records: list[dict[str, Any]], args: argparse.Namespace, backbone: str) -> list[str]:
+    table = summary(records, args.size, backbone)
+    lines = [f"## Backbone: {backbone}", "",
              "| dataset | method | seeds | AUKC retrain (mean ± std) | AUKC fine-tune (mean ± std) | score s | "
              "whole pruning s | Spearman vs exact | Spearman vs truth |",
              "|---|---|---:|---|---|---:|---:|---:|---:|"]
@@ -257,8 +331,8 @@ def markdown(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
                          f"{s['aukc_fine_tune_mean']:.4f} ± {s['aukc_fine_tune_std']:.4f} | "
                          f"{s['score_seconds_mean']:.2f} | {s['pruning_seconds_mean']:.0f} | "
                          f"{s['spearman_vs_exact_mean']:.3f} | {truth} |")
-    lines += ["", "## README table", "", *readme_table(table, datasets, args.methods)]
-    lines += ["", "## taylor2 against the baselines", ""]
+    lines += ["", f"### README table ({backbone})", "", *readme_table(table, datasets, args.methods)]
+    lines += ["", f"### taylor2 against the baselines ({backbone})", ""]
     for dataset in datasets:
         mine = table.get((dataset, "taylor2"))
         if mine is None:
@@ -274,17 +348,15 @@ def markdown(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
         lines.append(f"- {dataset}: score seconds taylor2 {mine['score_seconds_mean']:.3f}; learned methods take "
                      + ", ".join(ratios) + " as long")
     undefined = [f"{r['method']} on {r['dataset']} seed {r['seed']}" for r in records
-                 if r.get("size") == args.size and r["spearman_vs_exact"] is None and r["dataset"] in datasets]
+                 if r.get("size") == args.size and backbone_of(r) == backbone and r["spearman_vs_exact"] is None
+                 and r["dataset"] in datasets]
     if undefined:
         lines += ["", "Spearman undefined (every field got the same score; left out of the means, and that run's "
                   "removal order is the field order): " + ", ".join(undefined) + "."]
-    lines += ["", f"Settings: {json.dumps(settings(args))}. AUKC = area under test AUC vs sparse fields kept "
-              "divided by the k range. Curves: field_selection_<dataset>.png. Generated by "
-              "benchmarks/field_selection.py.", ""]
-    return "\n".join(lines)
+    return [*lines, ""]
 
 
-def plot(records: list[dict[str, Any]], dataset: str, args: argparse.Namespace, path: Path) -> None:
+def plot(records: list[dict[str, Any]], dataset: str, backbone: str, args: argparse.Namespace, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -293,7 +365,8 @@ def plot(records: list[dict[str, Any]], dataset: str, args: argparse.Namespace, 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for ax, key, label in ((axes[0], "test_auc_retrain", "retrain"), (axes[1], "test_auc_fine_tune", "fine-tune")):
         for method in args.methods:
-            rows = [r for r in records if r["dataset"] == dataset and r["method"] == method and r["size"] == args.size]
+            rows = [r for r in records if r["dataset"] == dataset and r["method"] == method and r["size"] == args.size
+                    and backbone_of(r) == backbone]
             if not rows:
                 continue
             values = np.array([r[key] for r in rows])  # (seeds, counts)
@@ -304,7 +377,7 @@ def plot(records: list[dict[str, Any]], dataset: str, args: argparse.Namespace, 
         ax.invert_xaxis()
         ax.set_xlabel("sparse fields kept")
         ax.set_ylabel("test AUC")
-        ax.set_title(f"{dataset}: {label} at each count (mean ± std over seeds)")
+        ax.set_title(f"{dataset}, {backbone}: {label} at each count (mean ± std over seeds)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     try:
@@ -324,6 +397,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--backbones", nargs="+", default=["dlrm"], choices=BACKBONES,
+                        help="models to select fields for (default dlrm; deepfm, dcnv2: user networks wrapped)")
     parser.add_argument("--quick", action="store_true",
                         help="small run: 5 points per curve, 20k training rows, short training (see --help)")
     parser.add_argument("--points", type=int, default=None, help="k values per curve (default: every k)")
@@ -353,10 +428,12 @@ def main() -> None:
     started, before = time.perf_counter(), len(records)
     for seed in args.seeds:  # every dataset gets seed 0 before any gets seed 1
         for name in args.datasets:
-            run_dataset_seed(name, seed, args.methods, records, args, out)
+            run_dataset_seed(name, seed, args.backbones, args.methods, records, args, out)
             print(f"[{time.perf_counter() - started:.0f}s] {name} seed {seed} done", flush=True)
     for name in args.datasets:
-        plot(records, name, args, out.with_name(f"{out.stem}_{name}.png"))
+        for backbone in args.backbones:
+            suffix = "" if backbone == "dlrm" else f"_{backbone}"  # the DLRM's curves keep their old file name
+            plot(records, name, backbone, args, out.with_name(f"{out.stem}_{name}{suffix}.png"))
     text = markdown(records, args)
     with atomic_open(out.with_suffix(".md")) as handle:
         handle.write(text)
@@ -364,7 +441,8 @@ def main() -> None:
         log = out.with_name(f"{out.stem}_run.json")
         runs = json.loads(log.read_text()) if log.exists() else []
         runs.append({"benchmark": "field_selection", "environment": environment(), "settings": settings(args),
-                     "datasets": args.datasets, "seeds": args.seeds, "records_computed": len(records) - before,
+                     "datasets": args.datasets, "seeds": args.seeds, "backbones": args.backbones,
+                     "records_computed": len(records) - before,
                      "seconds": time.perf_counter() - started})
         write_json(log, runs)
     print(text)

@@ -26,7 +26,7 @@ from torch import Tensor
 from sharkrec.data.batch import Batch
 from sharkrec.data.dataset import EncodedSplit
 from sharkrec.errors import ConfigError, DataError
-from sharkrec.model.dlrm import DLRM
+from sharkrec.model.protocol import FieldPathModel
 
 DEFAULT_METHOD = "taylor2"
 
@@ -105,7 +105,8 @@ class ImportanceMethod(abc.ABC):
     """Base class: subclasses set ``name`` (registered on definition) and implement :meth:`_attribute`.
 
     Args:
-        model: a trained :class:`DLRM` (any model with ``field_vectors`` and ``logits_from_fields``).
+        model: a trained field-path model (:class:`~sharkrec.model.protocol.FieldPathModel`: a DLRM or a wrapped
+            user network).
         task_weights: (T,) weights of the tasks' losses; default 1 per task.
     """
 
@@ -116,7 +117,7 @@ class ImportanceMethod(abc.ABC):
         if cls.name:
             METHODS[cls.name] = cls
 
-    def __init__(self, model: DLRM, *, task_weights: Sequence[float] | None = None) -> None:
+    def __init__(self, model: FieldPathModel, *, task_weights: Sequence[float] | None = None) -> None:
         self.model = model
         weights = tuple(float(w) for w in (task_weights or (1.0,) * model.num_tasks))
         if len(weights) != model.num_tasks or any(w < 0 for w in weights) or sum(weights) <= 0:
@@ -250,7 +251,7 @@ def get_method(name: str) -> type[ImportanceMethod]:
     return METHODS[key]
 
 
-def field_importance(model: DLRM, split: EncodedSplit, method: str = "default", *,
+def field_importance(model: FieldPathModel, split: EncodedSplit, method: str = "default", *,
                      task_weights: Sequence[float] | None = None, **options: Any) -> FieldImportance:
     """Score every field of ``model`` on ``split`` with the named method (see :data:`METHODS`).
 

@@ -18,7 +18,7 @@ import torch
 from sharkrec.data.dataset import EncodedSplit
 from sharkrec.errors import ConfigError
 from sharkrec.importance.base import ImportanceMethod, block_means, block_size, sweep
-from sharkrec.model.dlrm import DLRM
+from sharkrec.model.protocol import FieldPathModel
 
 
 class Exact(ImportanceMethod):
@@ -31,7 +31,7 @@ class Exact(ImportanceMethod):
 
     name: ClassVar[str] = "exact"
 
-    def __init__(self, model: DLRM, *, draws: int = 64, task_weights: Any = None) -> None:
+    def __init__(self, model: FieldPathModel, *, draws: int = 64, task_weights: Any = None) -> None:
         super().__init__(model, task_weights=task_weights)
         if draws < 1:
             raise ConfigError(f"draws {draws} must be 1 or more (replacement vectors per sample and field)")

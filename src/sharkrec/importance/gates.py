@@ -30,7 +30,7 @@ from sharkrec.data.batch import Batch
 from sharkrec.data.dataset import EncodedSplit
 from sharkrec.errors import ConfigError
 from sharkrec.importance.base import ImportanceMethod, get_method, sweep
-from sharkrec.model.dlrm import DLRM
+from sharkrec.model.protocol import FieldPathModel
 from sharkrec.train.metrics import roc_auc
 
 LR_GRID = (1e-2, 5e-3, 1e-3, 5e-4, 1e-4)
@@ -66,7 +66,7 @@ class LearnedSelection(ImportanceMethod):
     name: ClassVar[str] = ""
     std_method: ClassVar[str] = "none: one trained gate per field (retrain with other seeds for a spread)"
 
-    def __init__(self, model: DLRM, *, lr: float, l2: float, epochs: int, from_scratch: bool,
+    def __init__(self, model: FieldPathModel, *, lr: float, l2: float, epochs: int, from_scratch: bool,
                  model_lr: float | None = None, gate_batch_size: int = 256, train: EncodedSplit | None = None,
                  max_train_samples: int | None = None, task_weights: Sequence[float] | None = None) -> None:
         super().__init__(model, task_weights=task_weights)
@@ -101,13 +101,13 @@ class LearnedSelection(ImportanceMethod):
         scores = self._search(search, split, batch_size)
         return scores.reshape(1, -1), np.ones(1), len(split), 3.0 * search.samples / len(split)
 
-    def working_copy(self, seed: int) -> DLRM:
-        """A deep copy of the model, or (``from_scratch``) a fresh float DLRM of its config seeded by ``seed``."""
+    def working_copy(self, seed: int) -> FieldPathModel:
+        """A deep copy of the model, or (``from_scratch``) the model's own fresh copy seeded by ``seed``
+        (:meth:`~sharkrec.model.protocol.FieldPathModel.fresh_copy`: a DLRM of its config, a wrapped user
+        network with every weight re-initialised); the caller's random state is left as it was."""
         if not self.from_scratch:
             return copy.deepcopy(self.model).eval()
-        with torch.random.fork_rng(devices=[]):  # the caller's global random state is left as it was
-            torch.manual_seed(int(seed))
-            return DLRM(self.model.config).eval()
+        return self.model.fresh_copy(int(seed)).eval()
 
     @abc.abstractmethod
     def _search(self, search: Search, split: EncodedSplit, batch_size: int) -> np.ndarray:
@@ -134,7 +134,7 @@ class Search:
     Shapes: ``gates`` (B or 1, P) for the P scored fields → (B or 1, F, 1) multipliers of the (B, F, D) vectors.
     """
 
-    def __init__(self, method: LearnedSelection, model: DLRM, positions: list[int], seed: int) -> None:
+    def __init__(self, method: LearnedSelection, model: FieldPathModel, positions: list[int], seed: int) -> None:
         self.method, self.model, self.seed = method, model, int(seed)
         self.positions = torch.tensor(positions, dtype=torch.int64)
         self.generator = torch.Generator().manual_seed(int(seed))
@@ -202,7 +202,7 @@ def cycle(search: Search, split: EncodedSplit) -> Iterator[Batch]:
         epoch += 1
 
 
-def mean_replaced_auc(model: DLRM, split: EncodedSplit, scores: np.ndarray, keeps: Sequence[int],
+def mean_replaced_auc(model: FieldPathModel, split: EncodedSplit, scores: np.ndarray, keeps: Sequence[int],
                       batch_size: int = 4096) -> list[float]:
     """Validation AUC (first task) of ``model`` keeping its ``k`` best-scored fields, for each k in ``keeps``, the
     others replaced by their mean vector E[v_i] over ``split`` (what pruning does): how useful a ranking is to
@@ -211,16 +211,17 @@ def mean_replaced_auc(model: DLRM, split: EncodedSplit, scores: np.ndarray, keep
     model = model.eval()
     labels = split.labels[:, 0].numpy()
     with torch.no_grad():
-        vectors = torch.cat([model.field_vectors(b) for b in sweep(split, batch_size)])  # (N, F, D)
-        mean = vectors.mean(0)  # (F, D)
+        # (vectors (B, F, D), batch) per batch: a wrapped user network needs the batch's own inputs again
+        swept = [(model.field_vectors(b), b) for b in sweep(split, batch_size)]
+        mean = torch.cat([v for v, _ in swept]).mean(0)  # (F, D)
         out = []
         for keep in keeps:
             dropped = torch.tensor(sorted(order[keep:].tolist()), dtype=torch.int64)
             logits = []
-            for start in range(0, len(vectors), batch_size):
-                chunk = vectors[start:start + batch_size].clone()
+            for vectors, batch in swept:
+                chunk = vectors.clone()
                 chunk[:, dropped] = mean[dropped]
-                logits.append(model.logits_from_fields(chunk)[:, 0])
+                logits.append(model.logits_from_fields(chunk, batch)[:, 0])
             out.append(roc_auc(labels, torch.cat(logits).numpy()))
     return out
 
@@ -234,7 +235,7 @@ class TuneResult:
     table: tuple[tuple[float, float, float], ...]  # (lr, l2, validation AUKC)
 
 
-def tune_learned(method: str, model: DLRM, train: EncodedSplit, valid: EncodedSplit, *,
+def tune_learned(method: str, model: FieldPathModel, train: EncodedSplit, valid: EncodedSplit, *,
                  lrs: Sequence[float] = LR_GRID, l2s: Sequence[float] = L2_GRID, seed: int = 0,
                  **options: Any) -> TuneResult:
     """Pick lr x L2 from the grids by validation AUKC: the mean over k = 1..F−1 of :func:`mean_replaced_auc` on

@@ -22,7 +22,7 @@ import torch
 from sharkrec.data.dataset import EncodedSplit
 from sharkrec.errors import ConfigError
 from sharkrec.importance.base import ImportanceMethod
-from sharkrec.model.dlrm import DLRM
+from sharkrec.model.protocol import FieldPathModel
 
 
 class GroupLasso(ImportanceMethod):
@@ -38,7 +38,7 @@ class GroupLasso(ImportanceMethod):
 
     name: ClassVar[str] = "lasso"
 
-    def __init__(self, model: DLRM, *, strength: float = 0.01, lr: float = 1.0, epochs: int = 10,
+    def __init__(self, model: FieldPathModel, *, strength: float = 0.01, lr: float = 1.0, epochs: int = 10,
                  gate_batch_size: int = 64, task_weights: Any = None) -> None:
         super().__init__(model, task_weights=task_weights)
         if not (strength > 0 and math.isfinite(strength)):

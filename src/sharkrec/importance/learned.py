@@ -42,7 +42,8 @@ from torch import nn
 from sharkrec.data.dataset import EncodedSplit
 from sharkrec.errors import ConfigError
 from sharkrec.importance.gates import LearnedSelection, Search, cycle, positive
-from sharkrec.model.dlrm import DENSE_FIELD, DLRM
+from sharkrec.model.dlrm import DENSE_FIELD
+from sharkrec.model.protocol import FieldPathModel
 
 
 class FSCD(LearnedSelection):
@@ -62,9 +63,9 @@ class FSCD(LearnedSelection):
 
     name: ClassVar[str] = "fscd"
 
-    def __init__(self, model: DLRM, *, lr: float = 5e-4, l2: float = 1e-4, epochs: int = 3, temperature: float = 0.5,
-                 strength: float = 1e-2, complexity: str = "log-rows", from_scratch: bool = True,
-                 task_weights: Sequence[float] | None = None, **options: Any) -> None:
+    def __init__(self, model: FieldPathModel, *, lr: float = 5e-4, l2: float = 1e-4, epochs: int = 3,
+                 temperature: float = 0.5, strength: float = 1e-2, complexity: str = "log-rows",
+                 from_scratch: bool = True, task_weights: Sequence[float] | None = None, **options: Any) -> None:
         super().__init__(model, lr=lr, l2=l2, epochs=epochs, from_scratch=from_scratch, task_weights=task_weights,
                          **options)
         self.temperature = positive("fscd", "temperature", temperature, "0.5")
@@ -77,7 +78,9 @@ class FSCD(LearnedSelection):
         """(P,) c_j of the scored fields, mean 1."""
         if self.complexity == "uniform":
             return torch.ones(len(positions))
-        rows = {**self.model.field_rows(), DENSE_FIELD: self.model.num_dense}
+        rows = dict(self.model.field_rows())
+        if self.model.num_dense:
+            rows[DENSE_FIELD] = self.model.num_dense
         names = [self.model.field_names[int(i)] for i in positions]
         raw = torch.tensor([math.log1p(rows[n]) for n in names], dtype=torch.float32)
         return raw / raw.mean()
@@ -111,7 +114,7 @@ class _BiLevel(LearnedSelection):
     name: ClassVar[str] = ""
     min_temperature: ClassVar[float] = 0.01
 
-    def __init__(self, model: DLRM, *, lr: float, l2: float, epochs: int, temperature: float, anneal: float,
+    def __init__(self, model: FieldPathModel, *, lr: float, l2: float, epochs: int, temperature: float, anneal: float,
                  from_scratch: bool, task_weights: Sequence[float] | None = None, **options: Any) -> None:
         super().__init__(model, lr=lr, l2=l2, epochs=epochs, from_scratch=from_scratch, task_weights=task_weights,
                          **options)
@@ -176,9 +179,9 @@ class AutoField(_BiLevel):
 
     name: ClassVar[str] = "autofield"
 
-    def __init__(self, model: DLRM, *, lr: float = 5e-4, l2: float = 1e-4, epochs: int = 3, temperature: float = 1.0,
-                 anneal: float = 1e-3, from_scratch: bool = True, task_weights: Sequence[float] | None = None,
-                 **options: Any) -> None:
+    def __init__(self, model: FieldPathModel, *, lr: float = 5e-4, l2: float = 1e-4, epochs: int = 3,
+                 temperature: float = 1.0, anneal: float = 1e-3, from_scratch: bool = True,
+                 task_weights: Sequence[float] | None = None, **options: Any) -> None:
         super().__init__(model, lr=lr, l2=l2, epochs=epochs, temperature=temperature, anneal=anneal,
                          from_scratch=from_scratch, task_weights=task_weights, **options)
 
@@ -226,8 +229,8 @@ class AdaFS(_BiLevel):
     name: ClassVar[str] = "adafs"
     min_temperature: ClassVar[float] = 0.1
 
-    def __init__(self, model: DLRM, *, lr: float = 1e-4, l2: float = 1e-4, epochs: int = 3, temperature: float = 1.0,
-                 anneal: float = 1e-3, hidden: int = 64, from_scratch: bool = True,
+    def __init__(self, model: FieldPathModel, *, lr: float = 1e-4, l2: float = 1e-4, epochs: int = 3,
+                 temperature: float = 1.0, anneal: float = 1e-3, hidden: int = 64, from_scratch: bool = True,
                  task_weights: Sequence[float] | None = None, **options: Any) -> None:
         super().__init__(model, lr=lr, l2=l2, epochs=epochs, temperature=temperature, anneal=anneal,
                          from_scratch=from_scratch, task_weights=task_weights, **options)
@@ -270,8 +273,8 @@ class UMEC(LearnedSelection):
 
     name: ClassVar[str] = "umec"
 
-    def __init__(self, model: DLRM, *, lr: float = 1e-2, l2: float = 1e-4, epochs: int = 3, budget: int | None = None,
-                 rho: float = 1e-2, admm_every: int = 10, from_scratch: bool = True,
+    def __init__(self, model: FieldPathModel, *, lr: float = 1e-2, l2: float = 1e-4, epochs: int = 3,
+                 budget: int | None = None, rho: float = 1e-2, admm_every: int = 10, from_scratch: bool = True,
                  task_weights: Sequence[float] | None = None, **options: Any) -> None:
         super().__init__(model, lr=lr, l2=l2, epochs=epochs, from_scratch=from_scratch, task_weights=task_weights,
                          **options)

@@ -19,7 +19,7 @@ import torch
 from sharkrec.data.dataset import EncodedSplit
 from sharkrec.errors import ConfigError
 from sharkrec.importance.base import ImportanceMethod, block_means, block_size, sweep
-from sharkrec.model.dlrm import DLRM
+from sharkrec.model.protocol import FieldPathModel
 
 
 class Permutation(ImportanceMethod):
@@ -32,7 +32,7 @@ class Permutation(ImportanceMethod):
 
     name: ClassVar[str] = "permutation"
 
-    def __init__(self, model: DLRM, *, repeats: int = 5, task_weights: Any = None) -> None:
+    def __init__(self, model: FieldPathModel, *, repeats: int = 5, task_weights: Any = None) -> None:
         super().__init__(model, task_weights=task_weights)
         if repeats < 1:
             raise ConfigError(f"repeats {repeats} must be 1 or more (shuffles per field)")

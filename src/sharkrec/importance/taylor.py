@@ -31,13 +31,13 @@ from sharkrec import distributed
 from sharkrec.data.dataset import EncodedSplit
 from sharkrec.errors import ConfigError
 from sharkrec.importance.base import FieldImportance, ImportanceMethod, block_means, block_size, make_result, sweep
-from sharkrec.model.dlrm import DLRM
+from sharkrec.model.protocol import FieldPathModel
 
 VARIANTS = ("taylor", "taylor-abs", "taylor2", "taylor-logit")
 
 
 @torch.no_grad()
-def field_statistics(model: DLRM, split: EncodedSplit, batch_size: int) -> tuple[Tensor, Tensor]:
+def field_statistics(model: FieldPathModel, split: EncodedSplit, batch_size: int) -> tuple[Tensor, Tensor]:
     """Mean E (F, D) and covariance Σ (F, D, D), float64, of the field vectors over ``split``.
 
     Pooled multi-hot vectors and the dense field's bottom-MLP output are treated like any vector, so
@@ -70,7 +70,7 @@ def field_statistics(model: DLRM, split: EncodedSplit, batch_size: int) -> tuple
 
 
 @torch.no_grad()
-def reference_vectors(model: DLRM, split: EncodedSplit, draws: int, seed: int) -> Tensor:
+def reference_vectors(model: FieldPathModel, split: EncodedSplit, draws: int, seed: int) -> Tensor:
     """(K, F, D) field vectors of K rows drawn (without replacement when possible) from ``split``."""
     generator = torch.Generator().manual_seed(int(seed))
     n = len(split)
@@ -79,7 +79,7 @@ def reference_vectors(model: DLRM, split: EncodedSplit, draws: int, seed: int) -
     return model.field_vectors(split.batch(index)).double()
 
 
-def logit_jacobians(model: DLRM, vectors: Tensor) -> tuple[Tensor, Tensor]:
+def logit_jacobians(model: FieldPathModel, vectors: Tensor) -> tuple[Tensor, Tensor]:
     """Logits z (B, T) and J = ∂z_t/∂v (B, F, T, D) of a batch of field vectors (B, F, D).
 
     One backward of ``z[:, t].sum()`` per task: samples do not interact (eval mode), so the gradient
@@ -130,7 +130,7 @@ def taylor_terms(logits: Tensor, labels: Tensor, vectors: Tensor, jacobians: Ten
     return out
 
 
-def taylor_family(model: DLRM, split: EncodedSplit, *, batch_size: int = 4096, draws: int = 16,
+def taylor_family(model: FieldPathModel, split: EncodedSplit, *, batch_size: int = 4096, draws: int = 16,
                   fields: Sequence[str] | None = None, max_samples: int | None = None, seed: int = 0,
                   task_weights: Sequence[float] | None = None) -> dict[str, FieldImportance]:
     """All four variants from the same passes (one statistics pass, one forward + backward per batch).
@@ -160,7 +160,7 @@ class _TaylorBase(ImportanceMethod):
 
     name: ClassVar[str] = ""
 
-    def __init__(self, model: DLRM, *, draws: int = 16, task_weights: Sequence[float] | None = None) -> None:
+    def __init__(self, model: FieldPathModel, *, draws: int = 16, task_weights: Sequence[float] | None = None) -> None:
         super().__init__(model, task_weights=task_weights)
         if draws < 1:
             raise ConfigError(f"draws {draws} must be 1 or more (reference vectors per field for taylor-logit)")

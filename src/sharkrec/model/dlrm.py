@@ -360,6 +360,13 @@ class DLRM(FieldPathMethods, nn.Module):
         clone.config = config
         return clone
 
+    def fresh_copy(self, seed: int) -> DLRM:
+        """A new float DLRM of this config, initialised as ``DLRM(config)`` is under ``torch.manual_seed(seed)``
+        (the caller's random state is left as it was): the same architecture, none of the trained weights."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            return DLRM(self.config)
+
 
 def _integer(name: str, value: Any) -> int:
     if isinstance(value, bool):

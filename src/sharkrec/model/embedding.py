@@ -244,12 +244,14 @@ class FloatEmbedding(FieldEmbedding):
                    check_ids=bool(spec.get("check_ids", True)))
 
     @classmethod
-    def from_tables(cls, tables: Mapping[str, Tensor], *, check_ids: bool = True) -> FloatEmbedding:
-        """An embedding holding copies of the given (rows, D) tables."""
+    def from_tables(cls, tables: Mapping[str, Tensor], *, check_ids: bool = True,
+                    init_std: float = 0.01) -> FloatEmbedding:
+        """An embedding holding copies of the given (rows, D) tables (``init_std``: σ of :meth:`reset_parameters`)."""
         dims = {int(t.shape[1]) for t in tables.values() if t.ndim == 2}
         if len(dims) != 1 or any(t.ndim != 2 for t in tables.values()):
             raise ConfigError("tables must all be 2-D (rows, D) with the same D")
-        module = cls({name: int(t.shape[0]) for name, t in tables.items()}, dims.pop(), check_ids=check_ids)
+        module = cls({name: int(t.shape[0]) for name, t in tables.items()}, dims.pop(), check_ids=check_ids,
+                     init_std=init_std)
         with torch.no_grad():
             for table, source in zip(module.tables, tables.values(), strict=True):
                 table.copy_(source)
@@ -331,7 +333,7 @@ class FloatEmbedding(FieldEmbedding):
         positions = [self._position(name) for name in field_names]
         return FloatEmbedding.from_tables(
             {name: self.tables[p].detach() for name, p in zip(field_names, positions, strict=True)},
-            check_ids=self.check_ids,
+            check_ids=self.check_ids, init_std=self.init_std,
         )
 
     def extra_repr(self) -> str:

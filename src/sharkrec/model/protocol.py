@@ -7,6 +7,7 @@ and compress check for the protocol, never for a class::
     vectors = model.field_vectors(batch)              # (B, F, D), one row per field
     logits = model.logits_from_fields(vectors)        # (B, T)
     smaller = model.with_embedding(new_embedding)     # a new model around another FieldEmbedding
+    fresh = model.fresh_copy(seed)                    # same architecture, every weight drawn afresh (seeded)
 """
 
 from __future__ import annotations
@@ -30,9 +31,16 @@ class FieldPathModel(Protocol):
     """A model whose sparse inputs pass through one :class:`FieldEmbedding` (``embedding``)."""
 
     embedding: FieldEmbedding
+    training: bool  # nn.Module's mode, like the three methods below
 
     @property
     def field_names(self) -> tuple[str, ...]: ...
+
+    @property
+    def num_fields(self) -> int: ...
+
+    @property
+    def num_tasks(self) -> int: ...
 
     @property
     def sparse_names(self) -> tuple[str, ...]: ...
@@ -53,6 +61,41 @@ class FieldPathModel(Protocol):
     def with_embedding(self, embedding: FieldEmbedding) -> Any: ...
 
     def field_rows(self) -> dict[str, int]: ...
+
+    def fresh_copy(self, seed: int) -> Any:
+        """The same architecture with every weight re-initialised as the model's own init does, seeded by
+        ``seed`` (the caller's random state untouched); what a search "from scratch" trains."""
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def eval(self) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+
+def reset_network(network: nn.Module) -> None:
+    """Re-initialise every parameter of ``network`` the way torch modules initialise
+    themselves: ``reset_parameters()`` of every module that has one (nn.Linear, nn.LayerNorm, ...). A parameter
+    no such module covers is set to 0 when it is a scalar or a vector (a free bias, as DeepFM's global bias
+    starts); a matrix nobody resets is a one-line :class:`ConfigError`, since its init is unknown.
+
+    Draws from torch's global random stream: seed it (under ``torch.random.fork_rng``) for a reproducible copy.
+    """
+    covered: set[int] = set()
+    for module in network.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+            covered.update(id(p) for p in module.parameters())
+    for name, parameter in network.named_parameters():
+        if id(parameter) in covered:
+            continue
+        if parameter.ndim > 1:
+            raise ConfigError(f"parameter {name!r} {tuple(parameter.shape)} belongs to no module with "
+                              "reset_parameters(), so a fresh copy cannot re-initialise it; give its module a "
+                              "reset_parameters() method or search from the trained weights (from_scratch=False)")
+        with torch.no_grad():
+            parameter.zero_()
 
 
 def check_field_path(model: Any, action: str) -> None:

@@ -38,7 +38,7 @@ from sharkrec.errors import ConfigError, DataError
 from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding
 from sharkrec.model.fieldmap import FieldMap, call_model, lookup_modules
 from sharkrec.model.lookups import Field, LookupKind, dummy_vectors
-from sharkrec.model.protocol import FieldPathMethods
+from sharkrec.model.protocol import FieldPathMethods, reset_network
 
 
 @dataclass(frozen=True)
@@ -169,9 +169,10 @@ class FieldModel(FieldPathMethods, nn.Module):
     @classmethod
     def wrap(cls, model: nn.Module, fields: FieldMap, *, tasks: Sequence[str] = ("label",),
              output: Callable[[Any], Tensor] | None = None,
-             loss: Callable[[Any, Tensor], Tensor] | None = None) -> FieldModel:
+             loss: Callable[[Any, Tensor], Tensor] | None = None, init_std: float = 0.01) -> FieldModel:
         """Copy ``model`` with every lookup of ``fields`` replaced by a slot, its rows moved into one fp32
-        :class:`FloatEmbedding`. The caller's model is not changed; its tables are read, never copied twice."""
+        :class:`FloatEmbedding`. The caller's model is not changed; its tables are read, never copied twice.
+        ``init_std``: σ of the rows :meth:`fresh_copy` draws (the user's own embedding init)."""
         lookups = lookup_modules(model)
         position = {f.name: i for i, f in enumerate(fields.fields)}
         tape = _Tape(len(fields.fields))
@@ -192,7 +193,7 @@ class FieldModel(FieldPathMethods, nn.Module):
                 tables[field.name] = table
             memo[id(module)] = LookupSlot(kind, owned, [position[f.name] for f in owned], tape)
         network = copy.deepcopy(model, memo)
-        embedding = FloatEmbedding.from_tables({name: tables[name] for name in fields.names})
+        embedding = FloatEmbedding.from_tables({name: tables[name] for name in fields.names}, init_std=init_std)
         return cls(network, fields, embedding, tape, tasks=tasks, output=output, loss=loss).train(model.training)
 
     # ------------------------------------------------------------------ the field path
@@ -345,6 +346,23 @@ class FieldModel(FieldPathMethods, nn.Module):
             raise ConfigError(f"new embedding dim {embedding.embedding_dim} differs from the model's "
                               f"{self.embedding_dim}")
         return copy.deepcopy(self, memo={id(self.embedding): embedding})
+
+    def fresh_copy(self, seed: int) -> FieldModel:
+        """A copy with every weight re-initialised, seeded by ``seed`` (the caller's random state untouched):
+        the embedding's rows drawn again from N(0, σ²) (σ = its ``init_std``, 0.01 unless given to :meth:`wrap`,
+        as a user's ``nn.init.normal_(std=0.01)``), the network's modules by :func:`reset_network`
+        (``reset_parameters()`` of each, free biases at 0). One-line :class:`ConfigError` for an embedding that
+        cannot draw its rows again (a compressed one: start from the fp32 model)."""
+        clone = copy.deepcopy(self)
+        reset = getattr(clone.embedding, "reset_parameters", None)
+        if not callable(reset):
+            raise ConfigError(f"a {type(self.embedding).__name__} cannot draw its rows afresh; re-initialise the fp32 "
+                              "model (before pruning or compressing) or search from the trained weights")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            reset()
+            reset_network(clone.network)
+        return clone
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
