@@ -165,7 +165,7 @@ def replace_storage(embedding: FieldEmbedding, store: FieldEmbedding) -> FieldEm
 EMBEDDING_KINDS: dict[str, type[FieldEmbedding]] = {}
 #: modules whose layers a saved model may use; imported on demand by :func:`embedding_from_spec`
 _BUILTIN_KIND_MODULES = ("sharkrec.prune.embedding", "sharkrec.quant.embedding", "sharkrec.quant.alpt",
-                         "sharkrec.cluster.embedding")
+                         "sharkrec.cluster.embedding", "sharkrec.hashed")
 
 
 def embedding_from_spec(spec: Mapping[str, Any]) -> FieldEmbedding:
