@@ -137,6 +137,23 @@ def test_nearest_centroid_both_paths_on_odd_shapes_and_ties(use_extension):
     assert bool((nearest_centroid(torch.randn(300, 4, generator=g), doubled, use_extension=use_extension) < 20).all())
 
 
+def test_greedy_seeding_kernel_takes_the_same_steps_as_the_pytorch_path():
+    from sharkrec.cluster.kmeans import _greedy_initial_centroids, extension
+
+    if extension() is None:
+        pytest.skip("no C++ compiler here: the PyTorch path is the one that runs")
+    g = torch.Generator().manual_seed(4)
+    for n, k, d in ((5, 5, 3), (37, 4, 1), (100, 17, 33), (3000, 40, 16)):  # k = n, D = 1, D not a lane multiple
+        points, weights = torch.randn(n, d, generator=g), torch.rand(n, generator=g, dtype=torch.float64) * 50
+        picked = [_greedy_initial_centroids(points, weights, k, torch.Generator().manual_seed(7), use_extension=ext)
+                  for ext in (True, False)]
+        assert torch.equal(picked[0], picked[1])
+    zero_weight = torch.zeros(50, dtype=torch.float64)  # fewer weighted points than centres: uniform mass
+    points = torch.randn(50, 4, generator=g)
+    seeds = _greedy_initial_centroids(points, zero_weight, 10, torch.Generator().manual_seed(1))
+    assert torch.unique(seeds, dim=0).shape[0] == 10
+
+
 def test_threshold_sample_keeps_hot_values_and_is_unbiased():
     from sharkrec.cluster.kmeans import threshold_sample
 

@@ -202,11 +202,13 @@ def _draw(cumulative: Tensor, generator: torch.Generator) -> int:
 
 
 def _greedy_initial_centroids(points: Tensor, weights: Tensor, k: int, generator: torch.Generator,
-                              trials: int | None = None) -> Tensor:
+                              trials: int | None = None, *, use_extension: bool = True) -> Tensor:
     """Greedy weighted k-means++ (Arthur & Vassilvitskii 2007, §6): each step draws ``trials`` candidates
     ∝ weight × squared distance to the nearest centroid so far and keeps the one that lowers the
     weighted potential Σ w·min_c ‖x − c‖² the most. Better starts than one draw per step, for about
-    ``trials`` times the (small) cost; ``2 + ⌊ln k⌋`` trials by default."""
+    ``trials`` times the (small) cost; ``2 + ⌊ln k⌋`` trials by default. The C++ kernel (``greedy_seeds``)
+    runs the same steps on float32 CPU points, all candidates of a step scored in one pass over the points;
+    its float32 potentials are summed in another order, so a near-tie between candidates may go either way."""
     trials = trials or 2 + int(math.log(k))
     mass = weights.to(torch.float64).clamp_min(0)
     if int((mass > 0).sum()) < k:
@@ -214,6 +216,9 @@ def _greedy_initial_centroids(points: Tensor, weights: Tensor, k: int, generator
     n = points.shape[0]
     mass32, mass_cumulative = mass.to(points.dtype), mass.cumsum(0)
     uniforms = torch.rand(k, trials, dtype=torch.float64, generator=generator)  # (K, T), drawn up front
+    module = extension() if use_extension else None
+    if module is not None and points.dtype == torch.float32 and points.device.type == "cpu":
+        return points[module.greedy_seeds(points, mass, uniforms)]  # the same steps, one pass per step over the points
     centroids = torch.empty(k, points.shape[1], dtype=points.dtype)
     point_sq = (points * points).sum(1)  # (N,)
     first = min(int(torch.searchsorted(mass_cumulative, uniforms[0, :1] * mass_cumulative[-1], right=True)), n - 1)

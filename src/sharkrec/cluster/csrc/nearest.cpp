@@ -122,6 +122,105 @@ torch::Tensor nearest_centroid(torch::Tensor points, torch::Tensor centroids, bo
   return out;
 }
 
+// Greedy weighted k-means++ (sharkrec/cluster/kmeans.py, _greedy_initial_centroids, holds the same algorithm
+// in PyTorch ops): the first centre is the point where uniforms[0][0] * total mass falls in the running sum of
+// `mass`; every next one draws T = uniforms.size(1) candidates, candidate t where uniforms[i][t] * total falls
+// in the running sum of mass * closest (closest: squared distance to the nearest centre so far; the plain
+// mass when that sum is 0), and keeps the candidate of the lowest potential sum_j mass_j * min(closest_j,
+// d(x_j, candidate)^2), the first on ties. All T candidates are scored in one pass over the points
+// (transposed, kLanes at a time), reached distances kept so the chosen one becomes `closest` without a
+// second pass. Returns the (K,) indices of the chosen points.
+torch::Tensor greedy_seeds(torch::Tensor points, torch::Tensor mass, torch::Tensor uniforms) {
+  TORCH_CHECK(points.dim() == 2 && points.scalar_type() == torch::kFloat32, "points (N, D) float32");
+  TORCH_CHECK(mass.dim() == 1 && mass.scalar_type() == torch::kFloat64 && mass.size(0) == points.size(0),
+              "mass (N,) float64");
+  TORCH_CHECK(uniforms.dim() == 2 && uniforms.scalar_type() == torch::kFloat64 && uniforms.size(1) >= 1,
+              "uniforms (K, T) float64");
+  points = points.contiguous();
+  mass = mass.contiguous();
+  uniforms = uniforms.contiguous();
+  const int64_t n = points.size(0), dim = points.size(1), k = uniforms.size(0), trials = uniforms.size(1);
+  TORCH_CHECK(n >= 1 && k >= 1, "at least one point and one centre");
+  const int64_t blocks = (n + kLanes - 1) / kLanes, padded = blocks * kLanes;
+  const float* x = points.data_ptr<float>();
+  const double* w = mass.data_ptr<double>();
+  const double* u = uniforms.data_ptr<double>();
+  std::vector<float> transposed(dim * padded, 0.0f), norm(padded, 0.0f), weight(padded, 0.0f);
+  for (int64_t j = 0; j < n; ++j) {
+    float sq = 0.0f;
+    for (int64_t d = 0; d < dim; ++d) {
+      transposed[d * padded + j] = x[j * dim + d];
+      sq += x[j * dim + d] * x[j * dim + d];
+    }
+    norm[j] = sq;
+    weight[j] = static_cast<float>(w[j]);  // padding points weigh 0
+  }
+  std::vector<double> running(n), mass_running(n);
+  double sum = 0.0;
+  for (int64_t j = 0; j < n; ++j) mass_running[j] = sum += w[j];
+  auto draw = [n](const std::vector<double>& cumulative, double threshold) {  // searchsorted(right=True)
+    const int64_t at = std::upper_bound(cumulative.begin(), cumulative.end(), threshold) - cumulative.begin();
+    return std::min(at, n - 1);
+  };
+  auto out = torch::empty({k}, torch::kInt64);
+  int64_t* chosen = out.data_ptr<int64_t>();
+  std::vector<float> closest(padded), reached(trials * padded), centre(trials * dim), potential(trials);
+  std::vector<int64_t> drawn(trials);
+  chosen[0] = draw(mass_running, u[0] * mass_running[n - 1]);
+  for (int64_t j = 0; j < padded; ++j) {
+    float dot = 0.0f;
+    for (int64_t d = 0; d < dim; ++d) dot += transposed[d * padded + j] * x[chosen[0] * dim + d];
+    closest[j] = std::max(norm[j] + norm[chosen[0]] - 2.0f * dot, 0.0f);
+  }
+  for (int64_t i = 1; i < k; ++i) {
+    sum = 0.0;
+    for (int64_t j = 0; j < n; ++j) running[j] = sum += w[j] * static_cast<double>(closest[j]);
+    const bool spread = sum > 0.0;  // else every weighted point already is a centre: draw by mass
+    const std::vector<double>& cumulative = spread ? running : mass_running;
+    const double total = cumulative[n - 1];
+    for (int64_t t = 0; t < trials; ++t) {
+      drawn[t] = draw(cumulative, u[i * trials + t] * total);
+      for (int64_t d = 0; d < dim; ++d) centre[t * dim + d] = -2.0f * x[drawn[t] * dim + d];
+      potential[t] = 0.0f;
+    }
+    std::vector<vf> sums(trials, splat(0.0f));
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t j0 = b * kLanes;
+      vf acc[16];
+      const int64_t groups = (trials + 15) / 16;
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t count = std::min<int64_t>(16, trials - g * 16);
+        for (int64_t t = 0; t < count; ++t) acc[t] = load(norm.data() + j0);
+        for (int64_t d = 0; d < dim; ++d) {
+          const vf column = load(transposed.data() + d * padded + j0);
+          for (int64_t t = 0; t < count; ++t) acc[t] += splat(centre[(g * 16 + t) * dim + d]) * column;
+        }
+        const vf near = load(closest.data() + j0), mass_block = load(weight.data() + j0);
+        for (int64_t t = 0; t < count; ++t) {
+          const int64_t c = g * 16 + t;
+          vf value = acc[t] + splat(norm[drawn[c]]);
+          value = reinterpret_cast<vf>((reinterpret_cast<vi>(value) & (value > 0.0f)));  // max(value, 0)
+          const vi nearer = near < value;
+          value = reinterpret_cast<vf>((reinterpret_cast<vi>(near) & nearer) | (reinterpret_cast<vi>(value) & ~nearer));
+          std::memcpy(reached.data() + c * padded + j0, &value, sizeof(value));
+          sums[c] += value * mass_block;
+        }
+      }
+    }
+    int64_t best = 0;
+    for (int64_t t = 0; t < trials; ++t) {
+      float total_t = 0.0f;
+      for (int lane = 0; lane < kLanes; ++lane) total_t += sums[t][lane];
+      potential[t] = total_t;
+      if (potential[t] < potential[best]) best = t;
+    }
+    chosen[i] = drawn[best];
+    std::memcpy(closest.data(), reached.data() + best * padded, padded * sizeof(float));
+  }
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("nearest_centroid", &nearest_centroid, "index of the nearest centroid of every point (fused, blocked)");
+  m.def("greedy_seeds", &greedy_seeds, "greedy weighted k-means++: the indices of the K chosen points");
 }
