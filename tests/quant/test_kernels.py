@@ -33,14 +33,16 @@ def pair(stochastic: bool = True, dim: int = 7) -> tuple[MixedPrecisionEmbedding
     return layers[0], layers[1]
 
 
-def batches(count: int) -> list[list[FieldIds]]:
+def batches(count: int, single_hot: bool = False) -> list[list[FieldIds]]:
+    """Batches of 16 samples; field b is multi-hot (bags of 0-3 ids) unless ``single_hot``."""
     generator = torch.Generator().manual_seed(1)
     out = []
     for _ in range(count):
         lengths = torch.randint(0, 4, (16,), generator=generator)
-        out.append([FieldIds(torch.randint(0, 60, (16,), generator=generator)),
-                    FieldIds(torch.randint(0, 30, (int(lengths.sum()),), generator=generator),
-                             torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])),
+        b = (FieldIds(torch.randint(0, 30, (16,), generator=generator)) if single_hot else
+             FieldIds(torch.randint(0, 30, (int(lengths.sum()),), generator=generator),
+                      torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])))
+        out.append([FieldIds(torch.randint(0, 60, (16,), generator=generator)), b,
                     FieldIds(torch.randint(0, 45, (16,), generator=generator))])
     return out
 
@@ -130,8 +132,10 @@ def test_stochastic_writes_are_unbiased_and_seeded() -> None:
     assert bool((error.abs().mean(0) > step / 10).any())  # really rounded stochastically, not to nearest
 
 
-def test_f_quant_training_matches_between_paths() -> None:
-    """observe_batch + re-tier + steps: the same tiers, priorities and (SGD) bytes on both paths."""
+@pytest.mark.parametrize("single_hot", [False, True])
+def test_f_quant_training_matches_between_paths(single_hot: bool) -> None:
+    """observe_batch + re-tier + steps: the same tiers, priorities and (SGD) bytes on both paths (a multi-hot
+    batch, and an all single-hot one, whose positive flags the kernel reads per sample)."""
     base = FloatEmbedding({"a": 60, "b": 30, "c": 45}, 16, init_std=0.5, generator=torch.Generator().manual_seed(2))
     layers = []
     for use_extension in (True, False):
@@ -145,7 +149,7 @@ def test_f_quant_training_matches_between_paths() -> None:
         layer.use_extension = use_extension
         layers.append((layer, layer.make_sparse_optimizer("sgd", 0.2)))
     labels = torch.tensor([[1.0], [0.0]] * 8)
-    for sparse in batches(6):
+    for sparse in batches(6, single_hot):
         for layer, optimizer in layers:
             torch.manual_seed(4)
             optimizer.zero_grad()

@@ -203,6 +203,7 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         self._row_bases = [0]  # field i's rows start at _row_bases[i] in the flat priority vector
         for rows in field_rows.values():
             self._row_bases.append(self._row_bases[-1] + int(rows))
+        self._row_base_tensor = torch.tensor(self._row_bases)  # (F + 1,) the same, for the per-batch searches
         if policy is not None:
             self.register_buffer("priority", torch.zeros(total_rows))
             self.register_buffer("last_step", torch.zeros(total_rows, dtype=torch.int32))
@@ -453,8 +454,9 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         self._check_field_count(sparse)
         seen = self._flat_unique(sparse)  # (U,) rows of all fields, (Σnnz,) inverse; ids checked
         rows, inverse = seen.rows, seen.inverse
-        if all(ids.offsets is None for ids in sparse):
-            flags = positive.repeat(len(sparse))  # (F·B,) the sample of every value, field-major
+        single_hot = all(ids.offsets is None for ids in sparse)
+        if single_hot:  # value k of the field-major batch belongs to sample k mod B
+            flags = positive  # (B,)
         else:
             flags = torch.cat([positive if ids.offsets is None else
                                torch.repeat_interleave(positive, ids.offsets[1:] - ids.offsets[:-1]) for ids in sparse])
@@ -463,6 +465,8 @@ class MixedPrecisionEmbedding(FieldEmbedding):
             module.observe_rows(self._buffer("priority"), self._buffer("last_step"), rows, inverse, flags,
                                 float(self.policy.alpha), step, float(self.policy.keep), float(self.policy.gain))
         else:
+            if single_hot:
+                flags = positive.repeat(len(sparse))  # (F·B,) the sample of every value, field-major
             per_value = torch.where(flags, float(self.policy.alpha), 1.0).float()
             weights = torch.zeros(rows.shape[0]).index_add_(0, inverse, per_value)  # α·c⁺ + c⁻ per row
             counted_rows, counted = rows, weights
@@ -504,10 +508,10 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         if seen is None or len(seen.values) != len(sparse) or any(
                 a is not ids.values for a, ids in zip(seen.values, sparse, strict=True)):
             seen = self._flat_unique(sparse)  # checks the ids (observe_batch did for its batch)
-        rows_per_field = torch.searchsorted(seen.rows, torch.tensor(self._row_bases))  # (F + 1,) block starts
+        rows_per_field = torch.searchsorted(seen.rows, self._row_base_tensor)  # (F + 1,) block starts
         starts = rows_per_field.tolist()
         counts = rows_per_field.diff()  # (F,) unique rows per field
-        bases = torch.tensor(self._row_bases[:-1])
+        bases = self._row_base_tensor[:-1]
         total = int(seen.rows.shape[0])
         local = seen.rows - torch.repeat_interleave(bases, counts, output_size=total)  # (U,) row ids per field
         values = torch.empty(total, self.embedding_dim)  # (U, D) float32

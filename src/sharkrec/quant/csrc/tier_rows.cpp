@@ -282,8 +282,9 @@ std::vector<torch::Tensor> flat_unique_fields(const TensorList& values, const st
 }
 
 // Eq. 7 for one batch, lazily (sharkrec.quant.priority.lazy_update with the weights summed here): every value k
-// of the batch adds alpha (its sample is positive, flags[k]) or 1 to its row's weight, float32 sums in value
-// order as index_add_ does; then each touched row's priority is decayed by keep^(step - last_step) and gains
+// of the batch adds alpha (its sample is positive, flags[k mod M] of the M flags: one per value, or one per
+// sample of a single-hot field-major batch) or 1 to its row's weight, float32 sums in value order as index_add_
+// does; then each touched row's priority is decayed by keep^(step - last_step) and gains
 // gain * weight, in float64, stored as float32, and its last_step (int32) set to step.
 void observe_rows(torch::Tensor priority, torch::Tensor last_step, const torch::Tensor& rows,
                   const torch::Tensor& inverse, const torch::Tensor& flags, double alpha, int64_t step, double keep,
@@ -293,18 +294,23 @@ void observe_rows(torch::Tensor priority, torch::Tensor last_step, const torch::
                   priority.numel() == last_step.numel(),
               "priority (R,) float32 and last_step (R,) int32, contiguous");
   TORCH_CHECK(rows.scalar_type() == torch::kInt64 && inverse.scalar_type() == torch::kInt64 &&
-                  flags.scalar_type() == torch::kBool && inverse.numel() == flags.numel(),
-              "rows (U,) int64, inverse (N,) int64 and flags (N,) bool");
+                  flags.scalar_type() == torch::kBool &&
+                  (inverse.numel() == 0 || (flags.numel() > 0 && inverse.numel() % flags.numel() == 0)),
+              "rows (U,) int64, inverse (N,) int64 and flags (M,) bool with N a multiple of M");
   const torch::Tensor row_ids = rows.contiguous(), where = inverse.contiguous(), positive = flags.contiguous();
   const int64_t touched = row_ids.numel(), n = where.numel(), total = priority.numel();
+  const int64_t period = std::max<int64_t>(positive.numel(), 1);
   const int64_t* row = row_ids.data_ptr<int64_t>();
   const int64_t* slot = where.data_ptr<int64_t>();
   const bool* flag = positive.data_ptr<bool>();
   std::vector<float> weight(static_cast<size_t>(touched), 0.0f);
   const float positive_weight = static_cast<float>(alpha);
-  for (int64_t k = 0; k < n; ++k) {
-    TORCH_CHECK(slot[k] >= 0 && slot[k] < touched, "inverse ", slot[k], " outside 0..", touched - 1);
-    weight[slot[k]] += flag[k] ? positive_weight : 1.0f;
+  for (int64_t start = 0; start < n; start += period) {
+    for (int64_t j = 0; j < period; ++j) {
+      const int64_t k = start + j;
+      TORCH_CHECK(slot[k] >= 0 && slot[k] < touched, "inverse ", slot[k], " outside 0..", touched - 1);
+      weight[slot[k]] += flag[j] ? positive_weight : 1.0f;
+    }
   }
   float* value = priority.data_ptr<float>();
   int32_t* last = last_step.data_ptr<int32_t>();
