@@ -305,6 +305,15 @@ def baseline_lines(records: list[dict[str, Any]], dataset: str, args: argparse.N
     return [f"- baselines above sharkrec: {', '.join(wins) if wins else 'none'}"]
 
 
+def report_view(records: list[dict[str, Any]], args: argparse.Namespace) -> argparse.Namespace:
+    """What the table and plots show: every dataset, method and ratio recorded with these settings (by this run or
+    an earlier one into the same file)."""
+    mine = [r for r in records if r.get("size") == args.size]
+    return argparse.Namespace(size=args.size, datasets=[d for d in DATASETS if any(r["dataset"] == d for r in mine)],
+                              methods=[m for m in METHODS if any(r["method"] == m for r in mine)],
+                              ratios=sorted({float(r["target_ratio"]) for r in mine}))
+
+
 def markdown(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = ["Test AUC against embedding bytes (benchmarks/frontier.py). sharkrec and hashing start from the "
              "trained fp32 model and are fine-tuned; qr, robe, hybrid and mixed_dim train from scratch with the "
@@ -409,9 +418,10 @@ def main(argv: list[str] | None = None) -> None:
             run_dataset(name, seed, records, args, out, cache)
             seconds[f"{name} seed {seed}"] = time.perf_counter() - tick
             print(f"[{time.perf_counter() - started:.0f}s] {name} seed {seed} done", flush=True)
-    for name in args.datasets:
-        plot(records, name, args, out.with_name(f"{out.stem}_{name}.png"))
-    text = markdown(records, args)
+    view = report_view(records, args)
+    for name in view.datasets:
+        plot(records, name, view, out.with_name(f"{out.stem}_{name}.png"))
+    text = markdown(records, view)
     with atomic_open(out.with_suffix(".md")) as handle:
         handle.write(text)
     if len(records) > before:  # one entry per run that computed records: its wall time and environment
