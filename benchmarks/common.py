@@ -1,4 +1,4 @@
-"""Shared helpers for benchmarks: environment description and JSON + Markdown output."""
+"""Shared helpers for benchmarks: environment description, JSON + Markdown output, the recipe trainings."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from sharkrec.io import atomic_open, write_json
@@ -55,3 +56,36 @@ def train_scheme(data: Any, config: Any, precision: str, options: dict[str, Any]
         "steps": report["training"]["steps"],
         "seconds": time.perf_counter() - started,
     }
+
+
+def recipe_config(data: Any, settings: dict[str, Any], eval_every: int | None, seed: int, *,
+                  epochs: int = 30) -> Any:
+    """The base training of a dataset's recipe (compress_real, frontier): its optimizer / lr / L2, up to
+    ``epochs`` with early stopping on the validation log loss (patience 3), validated ``eval_every`` steps or
+    twice an epoch."""
+    from sharkrec.train.trainer import TrainConfig
+
+    return TrainConfig(**settings, epochs=epochs, patience=3, stop_metric="logloss",
+                       eval_every=eval_every or half_epoch(data), seed=seed, progress=False)
+
+
+def recipe_fine_tune(data: Any, settings: dict[str, Any], eval_every: int | None, seed: int, *,
+                     epochs: int = 2) -> Any:
+    """The fine-tune of a compressed recipe model: the one fine-tune default at 0.01 x the recipe's lr, its L2,
+    up to ``epochs`` (best kept, patience 1)."""
+    import dataclasses
+
+    from sharkrec.compress import DEFAULT_FINE_TUNE
+
+    return dataclasses.replace(DEFAULT_FINE_TUNE, lr=0.01 * settings["lr"],
+                               embedding_l2=settings.get("embedding_l2", 0.0), seed=seed,
+                               eval_every=eval_every or half_epoch(data), epochs=epochs, patience=1)
+
+
+def half_epoch(data: Any) -> int:
+    return max(1, data.train.num_batches(512) // 2)
+
+
+def capped(split: Any, rows: int | None) -> Any:
+    """The first ``rows`` samples of ``split`` (all of it when ``rows`` is None or larger)."""
+    return split if rows is None or rows >= len(split) else split.subset(np.arange(rows))

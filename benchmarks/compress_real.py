@@ -16,7 +16,6 @@ stage.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -28,28 +27,23 @@ sys.path.insert(0, os.path.dirname(__file__))
 import numpy as np
 import torch
 
-from common import environment, write_results
+from common import environment, recipe_config, recipe_fine_tune, write_results
 from quant_real import DATASETS
-from sharkrec.compress import DEFAULT_FINE_TUNE, CompressConfig, compress
+from sharkrec.compress import CompressConfig, compress
 from sharkrec.data.loading import load_data
 from sharkrec.errors import ConfigError
 from sharkrec.train.run import train_model
-from sharkrec.train.trainer import TrainConfig
 
 
 def run(dataset: str, seed: int, target: float, max_auc_drop: float, max_trainings: int,
         max_removed: int | None = None, cluster_rows_ratio: float | None = None) -> dict[str, Any]:
     fmt, path, settings, eval_every = DATASETS[dataset]
     data = load_data(fmt, path)
-    half_epoch = max(1, data.train.num_batches(512) // 2)
-    config = TrainConfig(**settings, epochs=30, patience=3, stop_metric="logloss", eval_every=eval_every or half_epoch,
-                         seed=seed, progress=False)
+    config = recipe_config(data, settings, eval_every, seed)
     tick = time.perf_counter()
     model, _report = train_model(data, config, model_options={"embedding_dim": 16})
     train_seconds = time.perf_counter() - tick
-    fine_tune = dataclasses.replace(DEFAULT_FINE_TUNE, lr=0.01 * settings["lr"],
-                                    embedding_l2=settings.get("embedding_l2", 0.0), seed=seed,
-                                    eval_every=eval_every or half_epoch, epochs=2, patience=1)
+    fine_tune = recipe_fine_tune(data, settings, eval_every, seed)
     result = compress(model, data, CompressConfig(target_memory=target, max_auc_drop=max_auc_drop,
                                                   max_trainings=max_trainings, fine_tune=fine_tune, seed=seed,
                                                   max_removed=max_removed, cluster_rows_ratio=cluster_rows_ratio))

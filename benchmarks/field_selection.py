@@ -50,7 +50,7 @@ import torch
 from scipy.stats import spearmanr
 
 from any_model import layout_of, wrap_user_model
-from common import environment
+from common import capped, environment
 from sharkrec.data.dataset import EncodedSplit, PreparedData
 from sharkrec.data.loading import load_data
 from sharkrec.importance import FieldImportance, LearnedSelection, field_importance, get_method
@@ -84,10 +84,6 @@ def load(name: str, args: argparse.Namespace) -> tuple[PreparedData, dict[str, A
         return synthetic.data, SYNTHETIC_RECIPE, synthetic.ground_truth.importance
     recipe = RECIPES[name]
     return load_data(recipe["format"], recipe["path"], schema=recipe.get("schema")), recipe, None
-
-
-def capped(split: EncodedSplit, rows: int | None) -> EncodedSplit:
-    return split if rows is None or rows >= len(split) else split.subset(np.arange(rows))
 
 
 @dataclass(frozen=True)
