@@ -12,7 +12,12 @@ Models (all on 1 thread, the same batches, interleaved in rounds, medians over r
 - ``compressed``: tier-ordered slots read by the fused kernel (synthetic: tiers by frequency with
   ``--tiers`` fractions fp32/fp16/int8/int4 of the rows; real: the F-Quantization model);
 - ``int8-fbgemm``: every row int8 through torch's quantized EmbeddingBag op
-  (``quantized::embedding_bag_byte_rowwise_offsets``), one op per field.
+  (``quantized::embedding_bag_byte_rowwise_offsets``), one op per field;
+- ``qr-10x``, ``robe-10x``, ``hybrid-10x``, ``mixed_dim-10x`` (synthetic; ``--hashed``, ``--hashed-ratio``):
+  the hashed layers of :mod:`sharkrec.hashed` at 1/10 of the fp32 bytes (untrained, seed 0; hybrid's hot
+  set and mixed dims' blocks from the Zipf counts), served as an artifact serves them (the rebuilt layer
+  computes each row from the slot = vocabulary row). Their "bytes moved" counts one fp32 row per id, a lower
+  bound (QR reads two rows, mixed dims a projection too).
 
 Per model and batch size: lookup-stage samples/s (``embedding(sparse)``), end-to-end QPS and p50 /
 p99 latency of the forward pass, the lookup share of end-to-end time, the bytes a lookup moves
@@ -39,8 +44,10 @@ from common import environment, write_results
 from sharkrec.data.batch import Batch, FieldIds
 from sharkrec.data.schema import FieldKind, FieldSpec, Schema
 from sharkrec.data.vocab import Vocabulary
+from sharkrec.errors import ConfigError
 from sharkrec.export.artifact import serving_model
 from sharkrec.export.engine import ServingModel
+from sharkrec.hashed import hashed_model
 from sharkrec.model.dlrm import DLRM, DLRMConfig
 from sharkrec.quant import MixedPrecisionEmbedding, Precision
 
@@ -133,6 +140,8 @@ def bytes_moved(model: Any, batch: Batch) -> int:
         tier = (slots.unsqueeze(2) >= packed.ends[:, :3].unsqueeze(0)).sum(2)
         per_tier = torch.tensor([ROW_BYTES[t](dim) for t in ("fp32", "fp16", "int8", "int4")])
         return out + int(per_tier[tier].sum())
+    if getattr(embedding, "layer", None) is not None:  # a hashed layer: one fp32 row per id (a lower bound)
+        return out + sum(ids.values.numel() for ids in batch.sparse) * 4 * dim
     if getattr(embedding, "kernel", "") == "fbgemm":  # int8 everywhere, FBGEMM rows: D codes + scale + bias
         return out + sum(ids.values.numel() for ids in batch.sparse) * (dim + 8)
     return out + sum(ids.values.numel() for ids in batch.sparse) * 4 * dim
@@ -213,6 +222,19 @@ def synthetic_scenario(args: argparse.Namespace) -> dict[str, Any]:
     models["int8-fbgemm"] = serving_model(model.with_embedding(int8), schema, vocabularies, kernel="fbgemm")
     del int8
     gc.collect()
+    counts = {n: torch.from_numpy(np.asarray(v.counts_, dtype=np.float64)) for n, v in vocabularies.items()}
+    skipped = {}
+    for kind in args.hashed:
+        try:
+            small = hashed_model(model, kind, model.embedding.embedding_bytes() // args.hashed_ratio,
+                                 frequencies=counts)
+        except ConfigError as exc:  # the budget is below the kind's floor at this scale
+            skipped[kind] = str(exc)
+            print(f"{kind}: skipped ({exc})", flush=True)
+            continue
+        models[f"{kind}-{args.hashed_ratio}x"] = serving_model(small.eval(), schema, vocabularies)
+        del small
+        gc.collect()
 
     def make_batches(size: int, count: int) -> tuple[list[Batch], dict[str, list[Batch]]]:
         raw = synthetic_batches(model, probabilities, size, count)
@@ -222,7 +244,7 @@ def synthetic_scenario(args: argparse.Namespace) -> dict[str, Any]:
     bandwidth = copy_bandwidth()
     results = run_models(models, make_batches, args.batch_sizes, args.rounds, bandwidth)
     results.update(spec=spec, rows_total=spec["fields"] * spec["rows"], tiers=args.tiers, zipf=args.zipf,
-                   copy_bandwidth_gb_s=bandwidth / 1e9)
+                   copy_bandwidth_gb_s=bandwidth / 1e9, hashed_ratio=args.hashed_ratio, hashed_skipped=skipped)
     return {args.scenario: results}
 
 
@@ -303,6 +325,9 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64, 512, 4096])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--skip-fp32-engine", action="store_true", help="save memory on huge models")
+    parser.add_argument("--hashed", nargs="*", default=["qr", "robe", "hybrid", "mixed_dim"],
+                        help="hashed layers to serve next to fp32 (synthetic scenarios; none: --hashed)")
+    parser.add_argument("--hashed-ratio", type=int, default=10, help="fp32 bytes / hashed layer bytes")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.scenario == "tiny":

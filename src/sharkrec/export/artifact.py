@@ -14,12 +14,18 @@ Layout of ``ART/`` (written to a temporary sibling directory, then renamed into 
                              a clustered field (keys sharing slots) keeps its keys in vocabulary
                              order and adds vocab.k.key_slots int32, the slot of every key
 
+A hashed embedding (a store that computes its rows from the id: QR, ROBE-Z, hybrid, mixed dims) has
+no tier pools: embedding.safetensors holds its state tensors as layer.<name>, the manifest's
+``embedding.layer`` its kind, spec, tensor list, bytes and row rule, and its fields keep their raw
+keys in vocabulary order (slot = vocabulary row), see :mod:`sharkrec.export.layer`.
+
 Kinds: a manifest without ``"kind"`` holds sharkrec's DLRM (this layout); ``"kind": "user-model"``
 holds a user's own network as torch.export programs (:mod:`sharkrec.export.user_artifact`); both
 share the manifest, digest, file checks and table layout.
 
 Versions: 1 has one key per slot in every field; 2 adds ``vocab.k.key_slots`` (written only when a
-field has shared slots, so artifacts without clustering stay version 1). Both load.
+field has shared slots, so artifacts without clustering stay version 1); 3 adds the embedding's
+``layer`` (written only for a hashed embedding). All load.
 
 Pruned fields have no tables: the manifest holds their constant vector.
 
@@ -40,6 +46,7 @@ what the manifest declares. Any problem is one :class:`CheckpointError` line nam
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -64,6 +71,7 @@ from sharkrec.errors import CheckpointError, SharkrecError
 from sharkrec.export import integrity
 from sharkrec.export.engine import ServingEmbedding, ServingModel
 from sharkrec.export.fused import PackedPools
+from sharkrec.export.layer import layer_entry, read_layer
 from sharkrec.export.shared import SortedKeys, StrKeys, cache_file, cache_tensors, open_or_build, read_mapped
 from sharkrec.export.tables import TIERS, FieldTables, ServingVocabulary, TierPool, export_fields
 from sharkrec.io import parse_json, read_bounded
@@ -71,8 +79,9 @@ from sharkrec.model.embedding import FieldEmbedding
 from sharkrec.quant.codec import Precision
 
 ARTIFACT_FORMAT = "sharkrec-artifact"
-ARTIFACT_VERSION = 2
+ARTIFACT_VERSION = 3
 _KEY_SLOTS_VERSION = 2  # the first version with key -> slot arrays (clustered fields)
+_LAYER_VERSION = 3  # the first version with a layer that computes rows (hashed embeddings)
 MANIFEST = "manifest.json"
 DIGEST = "manifest.sha256"
 MAX_MANIFEST_BYTES = 64 << 20
@@ -81,7 +90,7 @@ USER_KIND = "user-model"  # a user's own network (sharkrec.export.user_artifact)
 USER_FILES = ("program.ids.json", "program.dense.json", "program.safetensors", "embedding.safetensors",
               "vocabulary.safetensors")
 #: manifest kind → (highest version read, files); a manifest without a kind is sharkrec's DLRM
-KINDS = {"dlrm": (ARTIFACT_VERSION, FILES), USER_KIND: (1, USER_FILES)}
+KINDS = {"dlrm": (ARTIFACT_VERSION, FILES), USER_KIND: (2, USER_FILES)}
 #: Table 1 of the paper: the words a packed row would carry, and where this layout keeps each
 ROW_HEADER = [
     {"word": "precision", "bytes": 1, "kept_as": "the tier's slot range (fields[].tiers[].slots)"},
@@ -97,7 +106,7 @@ def save_artifact(model_or_bundle: Any, schema: Schema | None, vocabularies: Map
     """Write the artifact directory ``path`` atomically; returns the manifest.
 
     Args:
-        model_or_bundle: a DLRM (fp32, mixed-precision, pruned or clustered embedding) or a ``ModelBundle``.
+        model_or_bundle: a DLRM (fp32, mixed-precision, pruned, clustered or hashed embedding) or a ``ModelBundle``.
         schema, vocabularies: the training schema and vocabularies (taken from a bundle when ``None``).
         path: the artifact directory; an existing artifact there is replaced, anything else is refused.
     """
@@ -112,20 +121,20 @@ def save_artifact(model_or_bundle: Any, schema: Schema | None, vocabularies: Map
     embedding = model.embedding
     if not isinstance(embedding, FieldEmbedding):
         raise CheckpointError(f"cannot export a {type(embedding).__name__} embedding; use a sharkrec FieldEmbedding")
-    tables, constants = export_fields(embedding, vocabularies)
+    tables, constants, layer = export_fields(embedding, vocabularies)
     dim = int(embedding.embedding_dim)
     dense = {name: t.detach().contiguous() for name, t in model.state_dict().items()
              if not name.startswith("embedding.")}
     check_exportable(dense, constants)
-    fields, tensors, vocab_tensors = embedding_entries(embedding.field_names, tables, constants)
+    section, tensors, vocab_tensors = embedding_section(embedding.field_names, tables, constants, layer, dim)
     manifest: dict[str, Any] = {
         "format": ARTIFACT_FORMAT,
-        "version": _version(tables),
+        "version": _version(tables, layer),
         "model": {"class": type(model).__name__, "config": config.to_dict()},
         "schema": schema.to_dict(),
         "tasks": list(getattr(model, "task_names", ())),
-        "embedding": {"dim": dim, "row_header": ROW_HEADER, "fields": fields},
-        "memory": _memory(tables, len(constants), dim),
+        "embedding": section,
+        "memory": _memory(tables, len(constants), dim, layer),
         "manifest_digest": DIGEST,
     }
     with _atomic_dir(Path(path)) as tmp:
@@ -157,6 +166,17 @@ def check_exportable(dense: Mapping[str, Tensor], constants: Mapping[str, Tensor
         raise CheckpointError(f"cannot export the model: {exc}; retrain it or restore a good checkpoint") from None
 
 
+def embedding_section(field_names: Sequence[str], tables: Sequence[FieldTables], constants: Mapping[str, Tensor],
+                      layer: FieldEmbedding | None, dim: int
+                      ) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, Tensor]]:
+    """The manifest's ``embedding`` section and the embedding / vocabulary tensors it names."""
+    fields, tensors, vocab_tensors = embedding_entries(field_names, tables, constants)
+    section: dict[str, Any] = {"dim": dim, "row_header": ROW_HEADER, "fields": fields}
+    if layer is not None:
+        section["layer"] = layer_entry(layer, tensors)
+    return section, tensors, vocab_tensors
+
+
 def embedding_entries(field_names: Sequence[str], tables: Sequence[FieldTables], constants: Mapping[str, Tensor]
                       ) -> tuple[list[dict[str, Any]], dict[str, Tensor], dict[str, Tensor]]:
     """The manifest's field entries (model order) and the embedding / vocabulary tensors they name."""
@@ -186,6 +206,20 @@ def _field_entry(k: int, table: FieldTables, tensors: dict[str, Tensor], vocab_t
         tiers.append({"precision": precision.value, "slots": [start, end], "traffic": pool.traffic,
                       "payload": payload_name, "scale": scale_name})
     vocab = table.vocabulary
+    _store_keys(k, vocab, vocab_tensors)
+    key_slots = None
+    if vocab.key_slots is not None:
+        key_slots = f"vocab.{k}.key_slots"
+        vocab_tensors[key_slots] = torch.from_numpy(np.ascontiguousarray(vocab.key_slots, dtype=np.int32))
+    # no tiers: the layer computes this field's rows (store "layer"), the keys are all the field stores
+    where: dict[str, Any] = {"rows": table.rows, "tiers": tiers} if table.tiers else {"store": "layer", "tiers": []}
+    return {"name": table.name, "status": "kept", "index": k, **where,
+            "vocabulary": {"key_kind": vocab.key_kind, "size": len(vocab.keys), "oov_slot": vocab.oov_slot,
+                           "key_slots": key_slots}}
+
+
+def _store_keys(k: int, vocab: ServingVocabulary, vocab_tensors: dict[str, Tensor]) -> None:
+    """The raw keys of kept field ``k``: vocab.k.keys (int), or vocab.k.key_bytes + vocab.k.key_offsets (str)."""
     if vocab.key_kind == "int":
         vocab_tensors[f"vocab.{k}.keys"] = torch.from_numpy(np.ascontiguousarray(vocab.keys, dtype=np.int64))
     else:
@@ -194,31 +228,40 @@ def _field_entry(k: int, table: FieldTables, tensors: dict[str, Tensor], vocab_t
         vocab_tensors[f"vocab.{k}.key_bytes"] = torch.from_numpy(np.frombuffer(b"".join(encoded) or b"\0",
                                                                                dtype=np.uint8).copy())
         vocab_tensors[f"vocab.{k}.key_offsets"] = torch.from_numpy(offsets)
-    key_slots = None
-    if vocab.key_slots is not None:
-        key_slots = f"vocab.{k}.key_slots"
-        vocab_tensors[key_slots] = torch.from_numpy(np.ascontiguousarray(vocab.key_slots, dtype=np.int32))
-    return {"name": table.name, "status": "kept", "index": k, "rows": table.rows, "tiers": tiers,
-            "vocabulary": {"key_kind": vocab.key_kind, "size": len(vocab.keys), "oov_slot": vocab.oov_slot,
-                           "key_slots": key_slots}}
 
 
-def _version(tables: list[FieldTables]) -> int:
-    """The lowest format version that holds ``tables`` (older readers keep loading unclustered artifacts)."""
+def _version(tables: list[FieldTables], layer: FieldEmbedding | None = None) -> int:
+    """The lowest format version that holds ``tables`` (older readers keep loading what they can read)."""
+    if layer is not None:
+        return _LAYER_VERSION
     return _KEY_SLOTS_VERSION if any(t.vocabulary.key_slots is not None for t in tables) else 1
 
 
-def _memory(tables: list[FieldTables], removed: int, dim: int) -> dict[str, int]:
+def _memory(tables: list[FieldTables], removed: int, dim: int, layer: FieldEmbedding | None = None
+            ) -> dict[str, int]:
+    """Bytes held for lookups: ``embedding_bytes`` = tier payloads + scales + pruned constants + key → slot
+    arrays + the hashed layer's tensors (``layer_bytes``); ``vocabulary_bytes`` (the raw keys the
+    vocabulary stores, key → slot arrays included) is reported apart, as the raw value → slot step."""
     payload = sum(p.payload.numel() * p.payload.element_size() for t in tables for p in t.tiers)
     scales = sum(p.scale.numel() * 4 for t in tables for p in t.tiers if p.scale is not None)
     key_slots = sum(t.vocabulary.key_slot_bytes for t in tables)
+    layer_bytes = 0 if layer is None else int(layer.embedding_bytes())
     rows = sum(t.rows for t in tables)
     values = sum(len(t.vocabulary.keys) + 1 for t in tables)  # vocabulary rows (OOV included) a slot serves
     header = HEADER_BYTES_PER_ROW * rows
     return {"rows": rows, "value_rows": values, "payload_bytes": payload, "scale_bytes": scales,
-            "constant_bytes": 4 * dim * removed, "key_slot_bytes": key_slots,
-            "embedding_bytes": payload + scales + 4 * dim * removed + key_slots, "table1_header_bytes": header,
-            "table1_bytes": payload + header, "fp32_bytes": 4 * dim * rows, "fp32_value_bytes": 4 * dim * values}
+              "constant_bytes": 4 * dim * removed, "key_slot_bytes": key_slots, "layer_bytes": layer_bytes,
+              "embedding_bytes": payload + scales + 4 * dim * removed + key_slots + layer_bytes,
+              "table1_header_bytes": header, "table1_bytes": payload + header, "fp32_bytes": 4 * dim * rows,
+              "fp32_value_bytes": 4 * dim * values,
+              "vocabulary_bytes": sum(_vocabulary_bytes(k, t.vocabulary) for k, t in enumerate(tables))}
+
+
+def _vocabulary_bytes(k: int, vocab: ServingVocabulary) -> int:
+    """Bytes of kept field ``k``'s tensors in vocabulary.safetensors (raw keys, key → slot array)."""
+    keys: dict[str, Tensor] = {}
+    _store_keys(k, vocab, keys)
+    return sum(t.numel() * t.element_size() for t in keys.values()) + vocab.key_slot_bytes
 
 
 @contextmanager
@@ -349,10 +392,11 @@ def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fused",
     try:
         config = DLRMConfig.from_dict(manifest["model"]["config"])  # bounded values (no 10^9 experts)
         schema = Schema.from_dict(manifest["schema"])
-        shared = cache_dir is not None and kernel == "fused"
+        section = manifest["embedding"]
+        # a hashed layer is small and rebuilt per process: the serving cache holds tier pools only
+        shared = cache_dir is not None and kernel == "fused" and not section.get("layer")
         loaded = {name: read_mapped(root / name)[0] if shared else load_file(str(root / name)) for name in FILES}
         integrity.check_dense(config, loaded["dense.safetensors"])  # before any layer is built
-        section = manifest["embedding"]
         dim = integrity.integer(section["dim"], "embedding dim", 1)
         if dim != config.embedding_dim:
             raise CheckpointError(f"embedding dim {dim} differs from the model config's {config.embedding_dim}")
@@ -360,13 +404,14 @@ def load_artifact(path: str | os.PathLike[str], *, kernel: str = "fused",
         if names != list(config.sparse_names):
             raise CheckpointError(f"fields {integrity.names(names)} differ from the model config's sparse fields "
                                   f"{integrity.names(config.sparse_names)}")
-        tables, constants = _read_fields(section["fields"], dim, loaded)
+        tables, constants, layer = _read_fields(section, dim, loaded)
         multi_hot = [spec.name for spec in schema.sparse if spec.is_multi_hot]
         pools = None
         if shared:
             assert cache_dir is not None
             tables, pools = _shared_tables(tables, dim, cache_file(cache_dir, _manifest_sha256(root)))
-        embedding = ServingEmbedding(names, tables, constants, dim, kernel=kernel, multi_hot=multi_hot, pools=pools)
+        embedding = ServingEmbedding(names, tables, constants, dim, kernel=kernel, multi_hot=multi_hot, pools=pools,
+                                     layer=layer)
         network = DLRM(config, embedding)
         network.load_state_dict(loaded["dense.safetensors"], strict=True)
     except SharkrecError as exc:
@@ -424,26 +469,31 @@ def serving_model(model: Any, schema: Schema, vocabularies: Mapping[str, Vocabul
     built in memory (no files; the manifest has only format, version and memory)."""
     from sharkrec.model.dlrm import DLRM
 
-    tables, constants = export_fields(model.embedding, vocabularies)
+    tables, constants, layer = export_fields(model.embedding, vocabularies)
     multi_hot = [spec.name for spec in schema.sparse if spec.is_multi_hot]
+    served_layer = None if layer is None else copy.deepcopy(layer)  # serving freezes it; the model keeps training
     embedding = ServingEmbedding(model.embedding.field_names, tables, constants, int(model.embedding.embedding_dim),
-                                 kernel=kernel, multi_hot=multi_hot)
+                                 kernel=kernel, multi_hot=multi_hot, layer=served_layer)
     network = DLRM(model.config, embedding)
     network.load_state_dict({name: t for name, t in model.state_dict().items() if not name.startswith("embedding.")},
                             strict=True)
-    manifest = {"format": ARTIFACT_FORMAT, "version": _version(tables),
-                "memory": _memory(tables, len(constants), int(model.embedding.embedding_dim))}
+    manifest = {"format": ARTIFACT_FORMAT, "version": _version(tables, layer),
+                "memory": _memory(tables, len(constants), int(model.embedding.embedding_dim), layer)}
     return ServingModel(network, schema, {t.name: t.vocabulary for t in tables}, manifest)
 
 
-def _read_fields(entries: Any, dim: int, loaded: Mapping[str, Mapping[str, Tensor]]
-                 ) -> tuple[list[FieldTables], dict[str, Tensor]]:
-    """The kept fields' tables and the pruned fields' (D,) constants, each checked against the manifest."""
+def _read_fields(section: Mapping[str, Any], dim: int, loaded: Mapping[str, Mapping[str, Tensor]]
+                 ) -> tuple[list[FieldTables], dict[str, Tensor], FieldEmbedding | None]:
+    """The kept fields' tables, the pruned fields' (D,) constants and the layer computing rows (or ``None``),
+    each checked against the manifest."""
     tensors, vocab = loaded["embedding.safetensors"], loaded["vocabulary.safetensors"]
     tables: list[FieldTables] = []
     constants: dict[str, Tensor] = {}
     declared: set[str] = set()  # every tensor name a field declares
-    for entry in entries:
+    layer = read_layer(section["layer"], tensors, declared) if section.get("layer") is not None else None
+    if layer is not None and layer.embedding_dim != dim:
+        raise CheckpointError(f"the {layer.kind} layer has dim {layer.embedding_dim}, the embedding {dim}")
+    for entry in section["fields"]:
         name, status = entry["name"], entry["status"]
         if status == "pruned":
             constants[name] = integrity.check_constant(name, entry["constant"], dim)
@@ -451,12 +501,16 @@ def _read_fields(entries: Any, dim: int, loaded: Mapping[str, Mapping[str, Tenso
             if integrity.integer(entry["index"], f"field {name!r} index") != len(tables):
                 raise CheckpointError(f"field {name!r} has index {entry['index']}; kept fields are numbered 0, 1, "
                                       "... in field order")
-            tables.append(_read_field(entry, dim, tensors, vocab, declared))
+            tables.append(_read_field(entry, dim, tensors, vocab, declared, layer))
         else:
             raise CheckpointError(f"field {name!r} has status {status!r}; expected 'kept' or 'pruned'")
+    served = [t.name for t in tables if not t.tiers]
+    if layer is not None and served != list(layer.field_names):
+        raise CheckpointError(f"the {layer.kind} layer serves fields {integrity.names(layer.field_names)} but the "
+                              f"fields stored as its are {integrity.names(served)}")
     integrity.check_declared("embedding.safetensors", tensors, declared)
     integrity.check_declared("vocabulary.safetensors", vocab, declared)
-    return tables, constants
+    return tables, constants, layer
 
 
 def _read_tiers(entry: Mapping[str, Any], dim: int, tensors: Mapping[str, Tensor], declared: set[str]
@@ -499,9 +553,22 @@ def _read_tiers(entry: Mapping[str, Any], dim: int, tensors: Mapping[str, Tensor
 
 
 def _read_field(entry: Mapping[str, Any], dim: int, tensors: Mapping[str, Tensor], vocab: Mapping[str, Tensor],
-                declared: set[str]) -> FieldTables:
-    pools = _read_tiers(entry, dim, tensors, declared)
+                declared: set[str], layer: FieldEmbedding | None) -> FieldTables:
     name, k, info = str(entry["name"]), int(entry["index"]), entry["vocabulary"]
+    store = entry.get("store", "tiers")
+    if store == "layer":  # rows computed by the layer from the slot (= vocabulary row, OOV 0)
+        if layer is None or name not in layer.field_names:
+            raise CheckpointError(f"field {name!r} is stored as the embedding's layer, which the manifest lacks")
+        if info.get("key_slots") or info["oov_slot"] != 0:
+            raise CheckpointError(f"field {name!r} of the {layer.kind} layer has a key -> slot array or an OOV slot "
+                                  f"{info['oov_slot']!r}; its slots are vocabulary rows (OOV 0)")
+        pools: tuple[TierPool, ...] = ()
+        rows = layer.value_rows()[name]
+    elif store == "tiers":
+        pools = _read_tiers(entry, dim, tensors, declared)
+        rows = sum(p.rows for p in pools)
+    else:
+        raise CheckpointError(f"field {name!r} has store {store!r}; expected 'tiers' or 'layer'")
     size = integrity.integer(info["size"], f"field {name!r} vocabulary size")
     keys: np.ndarray | StrKeys
     if info["key_kind"] == "int":
@@ -518,7 +585,7 @@ def _read_field(entry: Mapping[str, Any], dim: int, tensors: Mapping[str, Tensor
         keys = StrKeys(blob, offsets_tensor.numpy())  # no Python string per key until one is needed
     else:
         raise CheckpointError(f"field {name!r} has key kind {info['key_kind']!r}; expected 'int' or 'str'")
-    rows, oov_slot = sum(p.rows for p in pools), integrity.integer(info["oov_slot"], f"field {name!r} OOV slot")
+    oov_slot = integrity.integer(info["oov_slot"], f"field {name!r} OOV slot")
     slots_name = info.get("key_slots")
     key_slots = None
     if not slots_name:

@@ -29,6 +29,9 @@ field: each tier's bag is computed with clamped ids and a 0/1 per-sample weight,
 batch's per-id bag weights (``FieldIds.weights``, e.g. 1 / length for mean bags) multiply those.
 ``kernel="reference"`` dequantizes every pool into one fp32 table and gathers from it (pure
 PyTorch; the tests check both agree).
+
+A hashed embedding (a store that computes its rows: :mod:`sharkrec.export.layer`) is served by the
+rebuilt layer itself, under every kernel: its fields' slots are vocabulary rows, the ids it hashes.
 """
 
 from __future__ import annotations
@@ -182,6 +185,8 @@ class ServingEmbedding(FieldEmbedding):
         multi_hot: kept fields whose ids come in bags (summed by the bag kernel under ``fused``).
         pools: the kept fields' :class:`PackedPools`, already built (``fused`` only; e.g. mapped from a
             serving cache, :mod:`sharkrec.export.shared`); default: built from ``tables``.
+        layer: the store that computes the rows of the kept fields whose tables have no tiers (a hashed
+            layer, frozen), in its field order; those fields' slots are the ids it takes.
 
     Shapes: ``forward`` takes one :class:`FieldIds` of slots per field and returns (B, F, D) float32.
     """
@@ -190,7 +195,8 @@ class ServingEmbedding(FieldEmbedding):
 
     def __init__(self, field_names: Sequence[str], tables: Sequence[FieldTables], constants: Mapping[str, Tensor],
                  embedding_dim: int, *, kernel: str = "fused", check_ids: bool = True,
-                 multi_hot: Sequence[str] = (), pools: PackedPools | None = None) -> None:
+                 multi_hot: Sequence[str] = (), pools: PackedPools | None = None,
+                 layer: FieldEmbedding | None = None) -> None:
         super().__init__()
         if kernel not in KERNELS:
             raise ConfigError(f"unknown kernel {kernel!r}; use one of {', '.join(KERNELS)}")
@@ -214,8 +220,25 @@ class ServingEmbedding(FieldEmbedding):
         self._pools: PackedPools | None = None  # every kept field (multi-hot ones read with ``bag``)
         self._packed_positions: Tensor | None = None  # (K,) positions of the packed fields in the batch
         self._packed_names: frozenset[str] = frozenset()
+        computed = [name for name in self.field_names if name in self.tables and not self.tables[name].tiers]
+        if computed != list(() if layer is None else layer.field_names):
+            raise ConfigError(f"fields {computed} have no tiers but the layer computing rows serves "
+                              f"{[] if layer is None else list(layer.field_names)}")
+        if layer is not None:
+            for parameter in layer.parameters():
+                parameter.requires_grad_(False)
+            layer.eval()
+        # held outside the module tree: the network's state_dict stays its dense weights (loaded strictly)
+        self.layer: FieldEmbedding | None
+        object.__setattr__(self, "layer", layer)
+        self._layer_positions = [self.field_names.index(name) for name in computed]
+        self._layer_names = frozenset(computed)
+        for name in computed:
+            self.tables.pop(name)
         self._rows = {name: table.rows for name, table in self.tables.items()}
-        if kernel == "fused":
+        if layer is not None:
+            self._rows.update(layer.num_rows())
+        if kernel == "fused" and self.tables:
             kept = [name for name in self.field_names if name in self.tables]
             single = [name for name in kept if name not in set(multi_hot)]
             packed = [self.tables.pop(name) for name in kept]
@@ -242,6 +265,8 @@ class ServingEmbedding(FieldEmbedding):
         batch_size = sparse[0].batch_size() if sparse else 0
         if out is None:
             out = torch.empty(batch_size, len(self.field_names), self.embedding_dim)  # (B, F, D)
+        if self.layer is not None:
+            out[:, self._layer_positions] = self.layer([sparse[p] for p in self._layer_positions])  # (B, F', D)
         if self._packed is not None and len(self._packed_names) == len(self.field_names):
             self._packed.gather(self._packed_slots(sparse), out)  # every field in one pass, written in place
             return out
@@ -249,7 +274,7 @@ class ServingEmbedding(FieldEmbedding):
             assert self._packed_positions is not None
             self._packed.gather(self._packed_slots(sparse), out, self._packed_positions)  # in place, by column
         for k, (name, ids) in enumerate(zip(self.field_names, sparse, strict=True)):
-            if name in self._packed_names:
+            if name in self._packed_names or name in self._layer_names:
                 continue
             if name in self.constants:
                 out[:, k] = self.constants[name]
@@ -273,6 +298,8 @@ class ServingEmbedding(FieldEmbedding):
     @property
     def backend(self) -> str:
         """What reads the rows: ``c++`` (fused kernel), ``pytorch`` (fused layout, no compiler), or the kernel name."""
+        if self.layer is not None:
+            return f"pytorch {self.layer.kind} layer"
         if self.kernel != "fused":
             return self.kernel
         return "c++" if extension() is not None else "pytorch"
@@ -308,6 +335,7 @@ class ServingEmbedding(FieldEmbedding):
         resident = sum(tier.nbytes for lookup in self._lookups.values() for tier in lookup.tiers)
         resident += sum(t.numel() * t.element_size() for t in self._reference.values())
         resident += self._pools.nbytes if self._pools is not None else 0
+        resident += 0 if self.layer is None else int(self.layer.embedding_bytes())
         return resident + 4 * self.embedding_dim * len(self.constants)
 
     def sparse_parameters(self) -> list[nn.Parameter]:

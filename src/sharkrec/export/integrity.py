@@ -20,6 +20,9 @@ What the tensors must be (see :mod:`sharkrec.export.tables` for the layout save_
 ``vocab.k.key_slots``  int32           (size,), each in 0 .. rows - 1
 dense tensors          floating point  the shapes of :meth:`DLRMConfig.dense_shapes`, finite
 pruned ``constant``    JSON numbers    D of them, finite as float32
+``layer.<name>``       as the spec     the dtype and shape of the hashed layer's state tensor
+                       implies         ``<name>`` built from its spec, finite floats
+                                       (:mod:`sharkrec.export.layer`)
 =====================  ==============  ==================================================
 
 Every tensor in ``embedding.safetensors`` and ``vocabulary.safetensors`` must be declared by a

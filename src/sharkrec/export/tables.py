@@ -19,6 +19,11 @@ cluster rows, ordered the same way with a cluster row's frequency = the sum of i
 training counts. Several keys share a slot there, so the keys stay in vocabulary order next to an
 explicit (n_keys,) int32 key → slot array: ``slot = key_slots[p]``. A field whose map is one row per
 value (e.g. a field Saec left whole) keeps the zero-extra-bytes layout above.
+
+Stores that compute their rows from the id (the hashed layers, ``FieldEmbedding.computes_rows``) hold
+no per-value rows to order: their fields have no tiers, and the raw keys stay in vocabulary order with
+the OOV slot 0, so a value's slot *is* its vocabulary row, the id the layer was trained on
+(:mod:`sharkrec.export.layer` stores and rebuilds the layer).
 """
 
 from __future__ import annotations
@@ -126,7 +131,8 @@ class ServingVocabulary:
 
 @dataclass(frozen=True)
 class FieldTables:
-    """A kept field's tiers (only non-empty ones, in slot order) and its vocabulary."""
+    """A kept field's tiers (only non-empty ones, in slot order) and its vocabulary; no tiers: the field's
+    vectors are computed by the artifact's layer from the slot (= vocabulary row)."""
 
     name: str
     tiers: tuple[TierPool, ...]
@@ -219,13 +225,28 @@ def split_pruned(embedding: FieldEmbedding) -> tuple[FieldEmbedding, dict[str, T
     return kept, constants
 
 
+def computed_field_tables(layer: FieldEmbedding, name: str, vocabulary: Vocabulary) -> FieldTables:
+    """Field ``name`` of a store that computes its rows: no tiers, raw keys in vocabulary order (slot = row)."""
+    accepted = layer.value_rows()[name]
+    if vocabulary.num_rows != accepted:
+        raise CheckpointError(f"field {name!r} takes {accepted} ids in the {layer.kind} layer but its vocabulary has "
+                              f"{vocabulary.num_rows} rows; export the model with the vocabularies it was trained with")
+    keys = np.asarray(vocabulary.keys_)
+    if np.issubdtype(keys.dtype, np.integer):
+        return FieldTables(name, (), ServingVocabulary(name, "int", keys.astype(np.int64), 0))
+    return FieldTables(name, (), ServingVocabulary(name, "str", np.asarray([str(k) for k in keys], dtype=object), 0))
+
+
 def export_fields(embedding: FieldEmbedding, vocabularies: Mapping[str, Vocabulary]
-                  ) -> tuple[list[FieldTables], dict[str, Tensor]]:
-    """Serving tables of every kept field (model order) and the constants of the removed ones."""
+                  ) -> tuple[list[FieldTables], dict[str, Tensor], FieldEmbedding | None]:
+    """Serving tables of every kept field (model order), the constants of the removed ones, and the store
+    that computes the kept fields' rows (``None`` when they are read from tiers)."""
     kept, constants = split_pruned(embedding)
     missing = [name for name in kept.field_names if name not in vocabularies]
     if missing:
         raise CheckpointError(f"no vocabulary for fields {missing}; export with the vocabularies the model was "
                               "trained with (the ModelBundle of load_model)")
+    if kept.computes_rows:
+        return [computed_field_tables(kept, name, vocabularies[name]) for name in kept.field_names], constants, kept
     tables = [field_tables(kept, name, vocabularies[name]) for name in kept.field_names]
-    return tables, constants
+    return tables, constants, None

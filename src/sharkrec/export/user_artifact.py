@@ -15,7 +15,8 @@ Layout of ``ART/`` (manifest ``"kind": "user-model"``; written to a temporary si
     program.ids.json                 inputs → every lookup's call tensors  (torch.export, JSON graph)
     program.dense.json               (field vectors (B, F, D), inputs) → the model's output
     program.safetensors              param/<module path> (both programs), ids.const/*, dense.const/*
-    embedding.safetensors            the kept fields' tier pools, as sharkrec's artifacts store them
+    embedding.safetensors            the kept fields' tier pools, as sharkrec's artifacts store them (a
+                                     hashed embedding: its layer's tensors, :mod:`sharkrec.export.layer`)
     vocabulary.safetensors           per kept field its row → slot order (identity keys, OOV = row 0)
 
 See :mod:`sharkrec.export.programs` for how the programs are captured and stored (no pickle is
@@ -55,14 +56,13 @@ from sharkrec.data.vocab import Vocabulary
 from sharkrec.errors import CheckpointError, ConfigError, DataError
 from sharkrec.export import integrity, programs
 from sharkrec.export.artifact import (
-    ROW_HEADER,
     USER_FILES,
     USER_KIND,
     _atomic_dir,
     _memory,
     _read_fields,
     check_exportable,
-    embedding_entries,
+    embedding_section,
     write_manifest,
 )
 from sharkrec.export.engine import ServingEmbedding
@@ -73,6 +73,7 @@ from sharkrec.model.lookups import LOOKUP_KINDS, LookupKind
 from sharkrec.model.wrapped import FieldModel, LookupSlot
 
 USER_VERSION = 1
+_LAYER_VERSION = 2  # the first version with a layer that computes rows (hashed embeddings)
 MAX_PROGRAM_BYTES = 256 << 20
 _FIX = "re-export it with save_user_artifact"
 _JSON_SCALARS = (bool, int, float, str)
@@ -83,7 +84,8 @@ def save_user_artifact(model: FieldModel, example: Any, path: str | os.PathLike[
     """Write the artifact of ``model`` to directory ``path`` atomically; returns the manifest.
 
     Args:
-        model: a :class:`FieldModel` (its embedding fp32, mixed-precision, pruned, clustered or a composition).
+        model: a :class:`FieldModel` (its embedding fp32, mixed-precision, pruned, clustered, hashed or a
+            composition).
         example: inputs of the model's forward (a tuple = positional arguments) to trace the network with;
             use a batch of 2 or more samples.
         vocabularies: per field the row counts that order each tier hottest first (``UserData.vocabularies``);
@@ -107,7 +109,7 @@ def save_user_artifact(model: FieldModel, example: Any, path: str | os.PathLike[
                           f"the model's lookups take {count}; call every lookup once per forward pass")
     tensors = _program_tensors(ids_program, dense_program)
     embedding = model.embedding
-    tables, constants = export_fields(embedding, vocabularies or _identity_vocabularies(model))
+    tables, constants, layer = export_fields(embedding, vocabularies or _identity_vocabularies(model))
     rows = model.fields.field_rows()
     for table in tables:  # the ids a lookup sees are rows: only identity vocabularies fit
         try:
@@ -116,10 +118,10 @@ def save_user_artifact(model: FieldModel, example: Any, path: str | os.PathLike[
             raise ConfigError(f"the vocabulary of field {table.name!r} is not the identity over its "
                               f"{rows[table.name]} rows; pass UserData.vocabularies (or none)") from None
     check_exportable(tensors, constants)
-    fields, table_tensors, vocab_tensors = embedding_entries(embedding.field_names, tables, constants)
     dim = int(embedding.embedding_dim)
+    section, table_tensors, vocab_tensors = embedding_section(embedding.field_names, tables, constants, layer, dim)
     manifest: dict[str, Any] = {
-        "format": "sharkrec-artifact", "kind": USER_KIND, "version": USER_VERSION,
+        "format": "sharkrec-artifact", "kind": USER_KIND, "version": USER_VERSION if layer is None else _LAYER_VERSION,
         "model": {"class": type(model.network).__name__, "fields": model.fields.to_dict()},
         "tasks": list(model.task_names),
         "inputs": {"structure": programs.spec_dumps(inputs), "leaves": input_paths(inputs),
@@ -128,8 +130,8 @@ def save_user_artifact(model: FieldModel, example: Any, path: str | os.PathLike[
         "programs": {what: {"graph": f"program.{what}.json",
                             "state": sorted(program.state_dict), "constants": sorted(program.constants)}
                      for what, program in (("ids", ids_program), ("dense", dense_program))},
-        "embedding": {"dim": dim, "row_header": ROW_HEADER, "fields": fields},
-        "memory": _memory(tables, len(constants), dim),
+        "embedding": section,
+        "memory": _memory(tables, len(constants), dim, layer),
     }
     with _atomic_dir(Path(path)) as tmp:
         for what, program in (("ids", ids_program), ("dense", dense_program)):
@@ -401,9 +403,9 @@ def load_user_artifact(root: Path, manifest: Mapping[str, Any], *, kernel: str =
     if names != list(fields.names) or dim != fields.embedding_dim:
         raise CheckpointError(f"embedding fields {integrity.names(names)} (dim {dim}) differ from the field map's "
                               f"{integrity.names(fields.names)} (dim {fields.embedding_dim})")
-    tables, constants = _read_fields(section["fields"], dim, loaded)
+    tables, constants, layer = _read_fields(section, dim, loaded)
     multi_hot = [f.name for f in fields.fields if f.pooling != "none"]
-    embedding = ServingEmbedding(names, tables, constants, dim, kernel=kernel, multi_hot=multi_hot)
+    embedding = ServingEmbedding(names, tables, constants, dim, kernel=kernel, multi_hot=multi_hot, layer=layer)
     rows = {f.name: f.rows for f in fields.fields}
     slot_of_row = {t.name: _slot_of_row(t.vocabulary, rows[t.name]) for t in tables}
     weights = loaded["program.safetensors"]

@@ -53,6 +53,10 @@ class HybridEmbedding(FieldEmbedding):
     """
 
     kind: ClassVar[str] = "hybrid"
+    computes_rows: ClassVar[bool] = True
+    row_rule: ClassVar[str] = (
+        "e(x) = tables.f[i] if hot_f[i] == x (binary search of the sorted hot ids), else tables.f[H_f + "
+        "((a*x + b) mod (2^31 - 1)) mod S_f] with (a, b) = cold_hash[f]")
 
     def __init__(self, field_rows: Mapping[str, int], hot_ids: Mapping[str, Tensor], shared_rows: Mapping[str, int],
                  embedding_dim: int, *, seed: int = 0, init_std: float = 0.01,
@@ -90,7 +94,7 @@ class HybridEmbedding(FieldEmbedding):
 
     @staticmethod
     def _checked_hot_ids(name: str, ids: Tensor, value_rows: int) -> Tensor:
-        ids = torch.as_tensor(ids)
+        ids = ids if isinstance(ids, Tensor) else torch.as_tensor(ids)  # (a tensor stays where it is)
         if ids.ndim != 1 or ids.dtype.is_floating_point:
             raise ConfigError(f"field {name!r}: hot_ids must be a 1-D integer tensor")
         if ids.numel() > value_rows:
@@ -114,7 +118,8 @@ class HybridEmbedding(FieldEmbedding):
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> HybridEmbedding:
-        placeholders = {str(n): torch.arange(int(h)) for n, h in spec["hot_counts"].items()}  # load_state_dict fills
+        # placeholders on the CPU (also when built on the meta device for serving); load_state_dict fills them
+        placeholders = {str(n): torch.arange(int(h), device="cpu") for n, h in spec["hot_counts"].items()}
         return cls(dict(spec["field_rows"]), placeholders, dict(spec["shared_rows"]), int(spec["embedding_dim"]),
                    seed=int(spec["seed"]), init_std=float(spec.get("init_std", 0.01)))
 

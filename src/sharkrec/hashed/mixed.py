@@ -46,6 +46,10 @@ class MixedDimEmbedding(FieldEmbedding):
     """
 
     kind: ClassVar[str] = "mixed_dim"
+    computes_rows: ClassVar[bool] = True
+    row_rule: ClassVar[str] = (
+        "e(x) = tables.(first_f + b)[x - starts_f[b]] @ projections.(first_f + b), b = the last block "
+        "with starts_f[b] <= x; first_f = blocks of the fields before f")
 
     def __init__(self, field_blocks: Mapping[str, Blocks], embedding_dim: int, *, init_std: float = 0.01,
                  generator: torch.Generator | None = None) -> None:
@@ -114,7 +118,7 @@ class MixedDimEmbedding(FieldEmbedding):
 
     def field_vectors(self, position: int, values: Tensor) -> Tensor:
         """(N, D) vectors of the ids ``values`` (N,) of field number ``position``."""
-        values = values.to(torch.int64)
+        values = values.to(torch.int64).contiguous()
         first, count = self._first[position], len(self._blocks[position])
         starts: Tensor = getattr(self, f"starts_{position}")
         if count == 1:

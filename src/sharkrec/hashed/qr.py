@@ -55,6 +55,10 @@ class QREmbedding(FieldEmbedding):
     """
 
     kind: ClassVar[str] = "qr"
+    computes_rows: ClassVar[bool] = True
+    row_rule: ClassVar[str] = (
+        "e(x) = remainders.f[x mod m_f] * quotients.f[x div m_f] (combine add: +); m_f = spec "
+        "remainder_rows[f]")
 
     def __init__(self, field_rows: Mapping[str, int], remainder_rows: Mapping[str, int], embedding_dim: int, *,
                  combine: Combine | str = Combine.MULTIPLY, init_std: float = 0.01,

@@ -48,6 +48,11 @@ class RobeEmbedding(FieldEmbedding):
     """
 
     kind: ClassVar[str] = "robe"
+    computes_rows: ClassVar[bool] = True
+    row_rule: ClassVar[str] = (
+        "e(x)[c*Z + j] = s_fc(x) * weights[(h_fc(x) + j) mod size], h_fc(x) = ((a*x + b) mod (2^31 - 1)) "
+        "mod size with (a, b) = offset_hash[f*C + c], s_fc(x) = 2*(((a*x + b) mod (2^31 - 1)) mod 2) - 1 "
+        "with (a, b) = sign_hash[f*C + c] (+1 unsigned); C = ceil(D / Z)")
 
     def __init__(self, field_rows: Mapping[str, int], embedding_dim: int, size: int, *, chunk_size: int = 8,
                  signed: bool = True, seed: int = 0, init_std: float = 0.01,

@@ -100,7 +100,18 @@ class FieldEmbedding(nn.Module, abc.ABC):
         """A store's rows of one field: (R,) tier codes and per tier ``(pool payload, pool scale or None,
         (R,) position of each row in the pool)`` (tiers are :class:`~sharkrec.quant.codec.Precision`)."""
         raise ConfigError(f"a {type(self).__name__} cannot be exported: it does not define row_storage(); export "
-                          "fp32, mixed-precision, pruned or clustered tables")
+                          "fp32, mixed-precision, pruned, clustered tables or a store that computes its rows")
+
+    #: a store that computes every row from its id instead of holding one row per value (the hashed layers):
+    #: export writes its spec() and state_dict() and serving rebuilds it (from_spec, then the stored tensors),
+    #: where a row store is read row by row (row_storage)
+    computes_rows: ClassVar[bool] = False
+    #: how such a store computes the vector of id x from its tensors (one line; written into artifacts)
+    row_rule: ClassVar[str] = ""
+
+    def value_rows(self) -> dict[str, int]:
+        """Ids accepted per field (vocabulary rows): a row store's rows; a store that computes rows says its own."""
+        return self.num_rows()
 
     def value_map(self, field_name: str) -> Tensor | None:
         """(V,) row of the inner layer each incoming id maps to (a clustered layer), or ``None``: ids are rows."""
@@ -170,7 +181,11 @@ _BUILTIN_KIND_MODULES = ("sharkrec.prune.embedding", "sharkrec.quant.embedding",
 
 def embedding_from_spec(spec: Mapping[str, Any]) -> FieldEmbedding:
     """Rebuild an (empty) embedding layer from the ``spec()`` of a registered class."""
-    kind = spec.get("kind")
+    return embedding_class(spec.get("kind")).from_spec(spec)
+
+
+def embedding_class(kind: Any) -> type[FieldEmbedding]:
+    """The class registered as ``kind`` (importing sharkrec's compressed layers first when it is not known yet)."""
     if kind not in EMBEDDING_KINDS:
         import importlib
 
@@ -181,7 +196,7 @@ def embedding_from_spec(spec: Mapping[str, Any]) -> FieldEmbedding:
             f"unknown embedding kind {kind!r}; known kinds: {sorted(EMBEDDING_KINDS)} "
             "(a newer sharkrec may have written this model)"
         )
-    return EMBEDDING_KINDS[str(kind)].from_spec(spec)
+    return EMBEDDING_KINDS[str(kind)]
 
 
 class FloatEmbedding(FieldEmbedding):
