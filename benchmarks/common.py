@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sharkrec.io import atomic_open, write_json
+from sharkrec.io import atomic_open, atomic_save, write_json
 
 
 def environment() -> dict[str, Any]:
@@ -23,6 +23,16 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
     }
+
+
+def save_png(fig: Any, path: str | Path, dpi: int = 100) -> None:
+    """Write the matplotlib figure ``fig`` to ``path`` as a PNG atomically, then close it (also on failure)."""
+    try:
+        atomic_save(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
 
 
 def write_results(path: str | Path, payload: dict[str, Any], markdown: str) -> None:

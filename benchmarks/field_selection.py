@@ -50,11 +50,11 @@ import torch
 from scipy.stats import spearmanr
 
 from any_model import layout_of, wrap_user_model
-from common import capped, environment
+from common import capped, environment, save_png
 from sharkrec.data.dataset import EncodedSplit, PreparedData
 from sharkrec.data.loading import load_data
 from sharkrec.importance import FieldImportance, LearnedSelection, field_importance, get_method
-from sharkrec.io import atomic_open, atomic_save, write_json
+from sharkrec.io import atomic_open, write_json
 from sharkrec.model.dlrm import DENSE_FIELD
 from sharkrec.model.protocol import FieldPathModel
 from sharkrec.prune import remove_fields
@@ -376,10 +376,7 @@ def plot(records: list[dict[str, Any]], dataset: str, backbone: str, args: argpa
         ax.set_title(f"{dataset}, {backbone}: {label} at each count (mean ± std over seeds)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    try:
-        atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    save_png(fig, path)
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import numpy as np
 import torch
 
-from common import capped, environment, recipe_config, recipe_fine_tune
+from common import capped, environment, recipe_config, recipe_fine_tune, save_png
 from quant_real import DATASETS as REAL
 from sharkrec.cluster import cluster_model
 from sharkrec.cluster.saec import value_counts
@@ -51,7 +51,7 @@ from sharkrec.data.dataset import PreparedData
 from sharkrec.data.loading import load_data
 from sharkrec.errors import ConfigError
 from sharkrec.hashed import hashed_model
-from sharkrec.io import atomic_open, atomic_save, read_json, write_json
+from sharkrec.io import atomic_open, read_json, write_json
 from sharkrec.model.dlrm import DLRM
 from sharkrec.train.run import build_model
 from sharkrec.train.trainer import TrainConfig, Trainer, evaluate, fit_unless_worse
@@ -355,10 +355,7 @@ def plot(records: list[dict[str, Any]], dataset: str, args: argparse.Namespace, 
     ax.set_title(f"{dataset}: test AUC vs compression (mean ± std over seeds)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    try:
-        atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    save_png(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------- command line

@@ -191,11 +191,6 @@ class HybridEmbedding(FieldEmbedding):
                 out.tables[new].copy_(self.tables[p])
         return out
 
-    def _position(self, field_name: str) -> int:
-        if field_name not in self.field_names:
-            raise ConfigError(f"field {field_name!r} is not in the layer; known fields: {', '.join(self.field_names)}")
-        return self.field_names.index(field_name)
-
     def extra_repr(self) -> str:
         return (f"fields={len(self.field_names)}, dim={self.embedding_dim}, hot={sum(self._hot_counts)}, "
                 f"shared={sum(self._shared_rows)}")

@@ -149,11 +149,6 @@ class QREmbedding(FieldEmbedding):
                 out.quotients[new].copy_(self.quotients[p])
         return out
 
-    def _position(self, field_name: str) -> int:
-        if field_name not in self.field_names:
-            raise ConfigError(f"field {field_name!r} has no table; known fields: {', '.join(self.field_names)}")
-        return self.field_names.index(field_name)
-
     def extra_repr(self) -> str:
         rows = sum(r + q for r, q in self.table_rows().values())
         return f"fields={len(self.field_names)}, dim={self.embedding_dim}, rows={rows}, combine={self.combine.value}"

@@ -162,11 +162,6 @@ class RobeEmbedding(FieldEmbedding):
                 out.sign_hash.copy_(self.sign_hash[chunk_rows])
         return out
 
-    def _position(self, field_name: str) -> int:
-        if field_name not in self.field_names:
-            raise ConfigError(f"field {field_name!r} is not in the layer; known fields: {', '.join(self.field_names)}")
-        return self.field_names.index(field_name)
-
     def extra_repr(self) -> str:
         return (f"fields={len(self.field_names)}, dim={self.embedding_dim}, size={self.size}, "
                 f"chunk_size={self.chunk_size}, signed={self.signed}")

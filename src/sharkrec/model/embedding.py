@@ -41,6 +41,15 @@ class FieldEmbedding(nn.Module, abc.ABC):
         if cls.kind:
             EMBEDDING_KINDS[cls.kind] = cls
 
+    def _position(self, field_name: str) -> int:
+        """Index of ``field_name`` in :attr:`field_names`; a one-line ConfigError naming the known fields."""
+        try:
+            return self.field_names.index(field_name)
+        except ValueError:
+            raise ConfigError(
+                f"field {field_name!r} has no table; known fields: {', '.join(self.field_names)}"
+            ) from None
+
     def spec(self) -> dict[str, Any]:
         """JSON-able constructor arguments; ``from_spec(spec)`` + ``load_state_dict`` rebuild the layer."""
         raise NotImplementedError(f"{type(self).__name__} cannot be saved: it does not define spec()")
@@ -353,14 +362,6 @@ class FloatEmbedding(FieldEmbedding):
 
     def extra_repr(self) -> str:
         return f"fields={len(self.field_names)}, dim={self.embedding_dim}, rows={sum(self.num_rows().values())}"
-
-    def _position(self, field_name: str) -> int:
-        try:
-            return self.field_names.index(field_name)
-        except ValueError:
-            raise ConfigError(
-                f"field {field_name!r} has no table; known fields: {', '.join(self.field_names)}"
-            ) from None
 
     def _check_inputs(self, sparse: Sequence[FieldIds]) -> None:
         """Raise a one-line :class:`DataError` for a wrong field count, batch size, id dtype or id range."""

@@ -556,9 +556,10 @@ class MixedPrecisionEmbedding(FieldEmbedding):
 
     def _flat_unique(self, sparse: Sequence[FieldIds]) -> _FlatUnique:
         """The batch's distinct rows in the flat row space of all fields (field i's from ``_row_bases[i]``);
-        raises :class:`DataError` for an id outside its field (with ``check_ids``)."""
+        raises :class:`DataError` for an id outside its field (with ``check_ids``; the kernel always checks,
+        in the same pass that flattens the ids and finds the distinct rows)."""
         module = self._kernels()
-        if module is not None and self.check_ids:  # check, flatten and find the distinct rows in one call
+        if module is not None:
             rows, inverse, bad = module.flat_unique_fields([ids.values.long().contiguous() for ids in sparse],
                                                            self._row_bases)
             if int(bad) >= 0:
@@ -567,18 +568,13 @@ class MixedPrecisionEmbedding(FieldEmbedding):
         local = torch.cat([ids.values for ids in sparse]).long()  # (Σnnz,) field-major
         lengths = torch.tensor([int(ids.values.shape[0]) for ids in sparse])
         if self.check_ids and local.numel():
-            limits = torch.tensor(self._row_bases).diff()  # (F,) rows per field
+            limits = self._row_base_tensor.diff()  # (F,) rows per field
             bad = (local < 0) | (local >= torch.repeat_interleave(limits, lengths, output_size=local.shape[0]))
             if bool(bad.any()):  # one host synchronisation for all fields
                 first = int(bad.nonzero()[0, 0])
                 self._raise_bad_ids(int(torch.searchsorted(lengths.cumsum(0), torch.tensor(first), right=True)))
-        bases = torch.tensor(self._row_bases[:-1])
-        flat = local + torch.repeat_interleave(bases, lengths, output_size=local.shape[0])
-        module = self._kernels()
-        if module is not None:
-            rows, inverse = module.flat_unique(flat, self._row_bases[-1])  # (U,), (Σnnz,)
-        else:
-            rows, inverse = torch.unique(flat, return_inverse=True)
+        flat = local + torch.repeat_interleave(self._row_base_tensor[:-1], lengths, output_size=local.shape[0])
+        rows, inverse = torch.unique(flat, return_inverse=True)
         return _FlatUnique(tuple(ids.values for ids in sparse), rows, inverse)
 
     def _raise_bad_ids(self, field: int) -> None:

@@ -164,7 +164,7 @@ torch::Tensor greedy_seeds(torch::Tensor points, torch::Tensor mass, torch::Tens
   };
   auto out = torch::empty({k}, torch::kInt64);
   int64_t* chosen = out.data_ptr<int64_t>();
-  std::vector<float> closest(padded), reached(trials * padded), centre(trials * dim), potential(trials);
+  std::vector<float> closest(padded), reached(trials * padded), centre(trials * dim);
   std::vector<int64_t> drawn(trials);
   chosen[0] = draw(mass_running, u[0] * mass_running[n - 1]);
   for (int64_t j = 0; j < padded; ++j) {
@@ -181,7 +181,6 @@ torch::Tensor greedy_seeds(torch::Tensor points, torch::Tensor mass, torch::Tens
     for (int64_t t = 0; t < trials; ++t) {
       drawn[t] = draw(cumulative, u[i * trials + t] * total);
       for (int64_t d = 0; d < dim; ++d) centre[t * dim + d] = -2.0f * x[drawn[t] * dim + d];
-      potential[t] = 0.0f;
     }
     std::vector<vf> sums(trials, splat(0.0f));
     for (int64_t b = 0; b < blocks; ++b) {
@@ -208,11 +207,14 @@ torch::Tensor greedy_seeds(torch::Tensor points, torch::Tensor mass, torch::Tens
       }
     }
     int64_t best = 0;
+    float lowest = 0.0f;
     for (int64_t t = 0; t < trials; ++t) {
-      float total_t = 0.0f;
-      for (int lane = 0; lane < kLanes; ++lane) total_t += sums[t][lane];
-      potential[t] = total_t;
-      if (potential[t] < potential[best]) best = t;
+      float potential = 0.0f;
+      for (int lane = 0; lane < kLanes; ++lane) potential += sums[t][lane];
+      if (t == 0 || potential < lowest) {
+        best = t;
+        lowest = potential;
+      }
     }
     chosen[i] = drawn[best];
     std::memcpy(closest.data(), reached.data() + best * padded, padded * sizeof(float));

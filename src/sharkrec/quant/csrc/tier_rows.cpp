@@ -394,7 +394,6 @@ std::vector<torch::Tensor> migrate_field(const torch::Tensor& tier, const torch:
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("flat_unique", &flat_unique, "distinct values and inverse of a (N,) int64 tensor in [0, total)");
   m.def("flat_unique_fields", &flat_unique_fields, "every field's ids checked and made flat, then flat_unique");
   m.def("observe_rows", &observe_rows, "Eq. 7 lazy priority update of one batch's rows, weights summed here");
   m.def("migrate_field", &migrate_field, "one field's rows moved to new tiers, pools rebuilt in row order");
