@@ -588,8 +588,12 @@ class MixedPrecisionEmbedding(FieldEmbedding):
 
     def _storage_lists(self) -> list[list[Tensor]]:
         """Per buffer kind of :data:`_STORAGE`, every field's tensor (the kernels' storage arguments)."""
+        names = self.__dict__.get("_storage_names")
+        if names is None or len(names[0]) != self.num_fields:  # the names once per layer: formatting them cost more
+            names = [[f"{kind}_{i}" for i in range(self.num_fields)] for kind in _STORAGE]
+            self.__dict__["_storage_names"] = names
         buffers = self._buffers
-        return [[buffers[f"{kind}_{i}"] for i in range(self.num_fields)] for kind in _STORAGE]  # type: ignore[misc]
+        return [[buffers[name] for name in kind] for kind in names]  # type: ignore[misc]
 
     @torch.no_grad()
     def sync_gradients(self, world: int) -> None:
