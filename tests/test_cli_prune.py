@@ -104,7 +104,7 @@ def test_compress_writes_model_artifact_and_report(trained, tmp_path):
 @pytest.mark.parametrize(("args", "fragment"), [
     (("--target-memory", "0"), "target memory 0.0 must be in (0, 1]"),
     (("--max-auc-drop", "-1"), "max AUC drop -1.0 must be in [0, 1)"),
-    (("--target-memory", "0.05", "--no-int4"), "no way to reach 0.05"),
+    (("--target-memory", "0.05", "--no-int4", "--tail-ratios", "none"), "no way to reach 0.05"),
     (("--keep", "C1,C99"), "fields ['C99'] are not in the model"),
 ])
 def test_compress_bad_input_is_a_one_line_error_and_writes_nothing(trained, tmp_path, args, fragment):

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sharkrec.errors import SharkrecError
+from sharkrec.errors import ConfigError, SharkrecError
 
 
 def hold_output(out: Path | None, command: str) -> Any:
@@ -404,7 +404,6 @@ def train(
 
 def _check_shard_options(shard: str, rank_memory: int | None, precision: str, tune: str) -> None:
     """One-line errors for what ``--shard`` does not combine with (checked before any data is read)."""
-    from sharkrec.errors import ConfigError
     from sharkrec.interop.sharding import SHARD_KINDS
 
     if shard not in SHARD_KINDS:
@@ -550,6 +549,17 @@ def prune(
     typer.echo(f"wrote {out / 'model.pt'}, {out / 'plan.json'}, {out / 'report.json'} and {out / 'pruning_curve.png'}")
 
 
+def _ratios(text: str, option: str) -> tuple[float, ...]:
+    """Comma-separated shares (``none`` or empty: none); a one-line error naming ``option`` otherwise."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{option} {text!r} is not a comma-separated list of numbers; give e.g. 0.1,0.02 or none"
+                          ) from None
+
+
 @app.command()
 def compress(
     model: ModelOpt,
@@ -572,12 +582,17 @@ def compress(
         float | None, typer.Option(help="Saec stage: first cluster each field's values to this share of its rows.")
     ] = None,
     cluster_method: Annotated[str, typer.Option(help="Clustering stage: saec, kmeans, hashing, frequency.")] = "saec",
+    tail_ratios: Annotated[
+        str, typer.Option(help="Rows axis: shares of a field's rows kept via a hashed tail, e.g. 0.1,0.02 ('none').")
+    ] = "0.5,0.25,0.1,0.05,0.02,0.01",
+    hot_share: Annotated[float, typer.Option(help="Share of a tailed field's rows kept by its hottest values.")] = 0.5,
     schema: SchemaOpt = None,
     on_bad_line: BadLineOpt = "skip",
     split: SplitOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Prune (F-Permutation) and quantize (F-Quantization) to a memory target; write model.pt, artifact/, report."""
+    """Prune (F-Permutation), cut rows (hashed tail) and quantize (F-Quantization) to a memory target; write
+    model.pt, artifact/, report."""
     from sharkrec.compress import CompressConfig, run_compress
     from sharkrec.compress.run import fine_tune_for, print_event, print_summary
 
@@ -587,7 +602,8 @@ def compress(
     config = CompressConfig(target_memory=target_memory, max_auc_drop=max_auc_drop, max_trainings=max_trainings,
                             importance_method=method, fine_tune=fine_tune, allow_int4=not no_int4,
                             keep=tuple(_names(keep) or ()), batch_size=batch_size, max_samples=max_samples, seed=seed,
-                            cluster_rows_ratio=cluster_rows_ratio, cluster_method=cluster_method)
+                            cluster_rows_ratio=cluster_rows_ratio, cluster_method=cluster_method,
+                            tail_ratios=_ratios(tail_ratios, "--tail-ratios"), hot_share=hot_share)
     with hold_output(out, "compress"):
         result = run_compress(bundle, prepared, config, out, on_event=print_event, resume=resume)
     print_summary(result.report)

@@ -37,6 +37,7 @@ from typing import Any
 from sharkrec.compress.search import (
     Candidate,
     Prediction,
+    budget_floors,
     build_candidate,
     enumerate_candidates,
     field_overhead,
@@ -83,6 +84,10 @@ class CompressConfig:
             its rows (``sharkrec.cluster``), fine-tuned like a candidate; the search then prunes and
             quantizes the clustered model (pruning → clustering → quantization on the kept fields).
         cluster_method: ``saec`` (fast, head k-means + tail assignment), ``kmeans``, ``hashing`` or ``frequency``.
+        tail_ratios: the rows axis: shares of each kept field's rows a candidate may keep through a hashed tail
+            (hot values keep their rows, the rest share hashed ones; fields of at most 64 values stay whole);
+            empty: every row kept. Not used over a clustered model (its maps already decide the rows).
+        hot_share: share of a tailed field's rows given to its hottest values.
     """
 
     target_memory: float = 0.3
@@ -102,10 +107,13 @@ class CompressConfig:
     seed: int = 0
     cluster_rows_ratio: float | None = None
     cluster_method: str = "saec"
+    tail_ratios: tuple[float, ...] = (0.5, 0.25, 0.1, 0.05, 0.02, 0.01)
+    hot_share: float = 0.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep", tuple(str(k) for k in self.keep))
         object.__setattr__(self, "fp32_shares", tuple(float(s) for s in self.fp32_shares))
+        object.__setattr__(self, "tail_ratios", tuple(float(r) for r in self.tail_ratios))
         checks = [
             (0.0 < self.target_memory <= 1.0,
              f"target memory {self.target_memory} must be in (0, 1]: the share of embedding bytes to keep, e.g. 0.3"),
@@ -117,6 +125,9 @@ class CompressConfig:
             (self.max_removed is None or self.max_removed >= 0, f"max removed {self.max_removed} must be 0 or more"),
             (self.batch_size >= 1, f"batch size {self.batch_size} must be 1 or more"),
             (self.max_samples is None or self.max_samples >= 1, f"max samples {self.max_samples} must be 1 or more"),
+            (all(0.0 < r < 1.0 for r in self.tail_ratios),
+             f"tail ratios {self.tail_ratios} must be in (0, 1): shares of a field's rows to keep, e.g. 0.1"),
+            (0.0 <= self.hot_share <= 1.0, f"hot share {self.hot_share} must be in [0, 1], e.g. 0.5"),
             (self.cluster_rows_ratio is None or 0.0 < self.cluster_rows_ratio <= 1.0,
              f"cluster rows ratio {self.cluster_rows_ratio} must be in (0, 1]: the share of rows kept, e.g. 0.5"),
             (self.fine_tune.optimizer in (OptimizerKind.SGD, OptimizerKind.ADAGRAD),
@@ -135,7 +146,8 @@ class CompressConfig:
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in dataclasses.asdict(self).items() if k != "fine_tune"}
         out["fine_tune"] = self.fine_tune.to_dict()
-        out["keep"], out["fp32_shares"] = list(self.keep), list(self.fp32_shares)
+        out["keep"], out["fp32_shares"], out["tail_ratios"] = list(self.keep), list(self.fp32_shares), list(
+            self.tail_ratios)
         return out
 
 
@@ -188,11 +200,16 @@ def compress(model: DLRM, data: PreparedData, config: CompressConfig | None = No
     tick = time.perf_counter()
     candidates = enumerate_candidates(source, order, scores, config.target_memory, fp32_shares=config.fp32_shares,
                                       allow_int4=config.allow_int4, max_removed=config.max_removed,
-                                      base_bytes=base_bytes)
+                                      base_bytes=base_bytes, tail_ratios=config.tail_ratios,
+                                      hot_share=config.hot_share)
     if not candidates:
+        floors = budget_floors(source, order, allow_int4=config.allow_int4, max_removed=config.max_removed,
+                               base_bytes=base_bytes, tail_ratios=config.tail_ratios, hot_share=config.hot_share)
+        listed = ", ".join(f"{axis} {value:.4g}" for axis, value in floors.items())
         raise ConfigError(
-            f"no way to reach {config.target_memory} of the embedding bytes: even int4 rows cost more; "
-            "raise --target-memory, allow int4, or let more fields be removed"
+            f"no way to reach {config.target_memory} of the embedding bytes: the smallest shares reachable are "
+            f"{listed} (fields: removing all allowed, rows: the smallest tail ratio, precision: the lowest tier); "
+            f"raise --target-memory to {floors['all']:.4g} or more, or allow more (int4, fields, smaller tail ratios)"
         )
     policy = config.policy()
     saved = state.predictions() if state is not None else None
@@ -238,8 +255,13 @@ def compress(model: DLRM, data: PreparedData, config: CompressConfig | None = No
         "bytes": {"fp32": base_bytes,
                   **({"after_clustering": int(source.embedding.embedding_bytes())} if cluster_report else {}),
                   "after_pruning": _bytes_without(source, chosen.candidate.removed),
+                  "after_rows": _fp32_bytes(compressed, len(chosen.candidate.removed)),
                   "after_quantization": int(compressed.embedding.embedding_bytes()),
                   "share_of_fp32": compressed.embedding.embedding_bytes() / base_bytes},
+        "axes": _axes(base_bytes, int(source.embedding.embedding_bytes()),
+                      _bytes_without(source, chosen.candidate.removed),
+                      _fp32_bytes(compressed, len(chosen.candidate.removed)),
+                      int(compressed.embedding.embedding_bytes()), chosen.candidate),
         "metrics_before": base,
         "metrics": after,
         "auc_drop": {split: {t: 1.0 - after[split][t]["auc"] / base[split][t]["auc"] for t in tasks}
@@ -295,6 +317,25 @@ def _bytes_without(model: DLRM, removed: tuple[str, ...]) -> int:
     rows, overhead = embedding.num_rows(), field_overhead(embedding)
     dropped = sum(rows[f] * dim * 4 + overhead.get(f, 0) for f in removed)
     return int(embedding.embedding_bytes()) - dropped + len(removed) * dim * 4
+
+
+def _fp32_bytes(model: DLRM, constants: int) -> int:
+    """Bytes ``model``'s embedding would hold with its rows in fp32: the rows it keeps (all kept fields), the maps,
+    hot ids and hash pairs in front of them, and ``constants`` removed fields' vectors."""
+    embedding = model.embedding
+    dim = int(embedding.embedding_dim)
+    rows = storage(embedding).num_rows()
+    return int(sum(rows.values()) * dim * 4 + sum(embedding.fixed_bytes().values()) + constants * dim * 4)
+
+
+def _axes(fp32: int, clustered: int, pruned: int, rows: int, final: int, candidate: Candidate) -> dict[str, Any]:
+    """Which axis paid for what: bytes each stage took off, in the order they apply, and as shares of fp32."""
+    saved = {"rows (clustering)": fp32 - clustered, "fields (F-Permutation)": clustered - pruned,
+             "rows (hashed tail)": pruned - rows, "precision (F-Quantization)": rows - final}
+    return {"bytes_saved": saved, "share_of_fp32_saved": {axis: b / fp32 for axis, b in saved.items()},
+            "fields_removed": len(candidate.removed), "tail_ratio": candidate.tail_ratio,
+            "quant_budget": candidate.quant_budget, "use_int4": candidate.use_int4,
+            "dimension": "not searched: every candidate keeps D (PEP and mixed dimensions are separate methods)"}
 
 
 def _test_metrics(model: DLRM, data: PreparedData) -> dict[str, dict[str, float]]:

@@ -114,7 +114,9 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
     console = console or Console()
     b = report["bytes"]
     clustered = f" → clustered {b['after_clustering']:,}" if "after_clustering" in b else ""
-    console.print(f"embedding bytes: fp32 {b['fp32']:,}{clustered} → pruned {b['after_pruning']:,} → quantized "
+    tail = (f" → hashed tail {b['after_rows']:,}" if b.get("after_rows", b["after_pruning"]) != b["after_pruning"]
+            else "")
+    console.print(f"embedding bytes: fp32 {b['fp32']:,}{clustered} → pruned {b['after_pruning']:,}{tail} → quantized "
                   f"{b['after_quantization']:,} ({b['share_of_fp32']:.1%} of fp32)")
     for split, drops in report["auc_drop"].items():
         before, after = report["metrics_before"][split], report["metrics"][split]

@@ -7,9 +7,16 @@ of their fp32 bytes the budget leaves (F-Quantization tiers from the row-priorit
 
     total bytes = quantized kept tables + k constant vectors  ≤  target_memory · fp32 bytes
 
+A third axis cuts *rows* with no per-value state (:mod:`sharkrec.hashed.tail`): with a tail ratio r, every
+kept field of V > 64 values keeps ⌈r·V⌉ rows, half for its hottest values and half shared by the hashed rest,
+so the bytes fall past the ~16x an int32 value → row map allows::
+
+    total bytes = Σ_kept (rows_f · quantized row bytes + 4·H_f + 16) + k constant vectors
+
 Each candidate is *predicted* without training: the fields are replaced by their mean vectors
 (E[v_i], as in pruning) and the kept rows are put in the tiers their expected priority gives,
-post-training, and the validation AUC of that model is the prediction. Importance scores decide
+post-training (a hashed tail's shared rows start at the count-weighted mean of the trained rows hashed to
+them), and the validation AUC of that model is the prediction. Importance scores decide
 which fields go, the priority distribution decides which rows lose precision; the prediction
 measures what both cost together on held-out data in one forward pass per candidate. Only the
 most promising candidates are then trained (quantization-aware fine-tuning); see
@@ -27,7 +34,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sharkrec.cluster.saec import value_counts
 from sharkrec.data.dataset import EncodedSplit, PreparedData
+from sharkrec.hashed.tail import hash_tail, tail_bytes, tail_layout
 from sharkrec.model.dlrm import DLRM
 from sharkrec.model.embedding import layers, replace_storage, storage
 from sharkrec.prune.embedding import PrunedEmbedding
@@ -48,6 +57,8 @@ class Candidate:
         fp32_share: share of the bytes above the lowest tier spent on fp32 rows (FQuantPolicy).
         importance_removed: sum of the removed fields' importance scores (their estimated loss increase).
         predicted_bytes: embedding bytes the candidate will hold (the budget arithmetic).
+        tail_ratio: share of each kept field's rows kept through a hashed tail (``None``: every row kept).
+        hot_share: share of a tailed field's rows that are its hottest values' own rows.
     """
 
     removed: tuple[str, ...]
@@ -56,10 +67,14 @@ class Candidate:
     fp32_share: float
     importance_removed: float
     predicted_bytes: int
+    tail_ratio: float | None = None
+    hot_share: float = 0.5
 
     @property
     def label(self) -> str:
         pruned = f"-{len(self.removed)} fields" if self.removed else "no pruning"
+        if self.tail_ratio is not None:
+            pruned += f", rows {self.tail_ratio:g} (hashed tail)"
         if self.quant_budget is None:
             return f"{pruned}, fp32"
         int4 = "+int4" if self.use_int4 else ""
@@ -90,14 +105,17 @@ def lowest_tier_share(dim: int, use_int4: bool) -> float:
 
 def enumerate_candidates(model: DLRM, order: Sequence[str], scores: Mapping[str, float], target_memory: float,
                          *, fp32_shares: Sequence[float] = (0.25, 0.5), allow_int4: bool = True,
-                         max_removed: int | None = None, base_bytes: int | None = None) -> list[Candidate]:
-    """Every (fields removed, quantization) option that meets ``target_memory`` of ``base_bytes``.
+                         max_removed: int | None = None, base_bytes: int | None = None,
+                         tail_ratios: Sequence[float] = (), hot_share: float = 0.5) -> list[Candidate]:
+    """Every (fields removed, rows kept, quantization) option that meets ``target_memory`` of ``base_bytes``.
 
     ``order`` lists the removable fields least important first; option k removes ``order[:k]``.
-    The kept tables get the bytes the budget leaves after the constants of the removed fields (and,
-    for a clustered model, the value → row maps of the kept fields); an option is listed when its
-    lowest tier fits (int8, or int4 with ``allow_int4``). Once pruning alone meets the budget,
-    removing more fields cannot help and the list ends. ``base_bytes`` defaults to the model's
+    For each k the rows axis is tried from every row kept down through ``tail_ratios`` (largest first; only
+    for a model whose ids are rows, i.e. not clustered): the kept tables get the bytes the budget leaves
+    after the constants of the removed fields, the hot ids and hash pairs of a tail (and, for a clustered
+    model, the value → row maps of the kept fields); an option is listed when its lowest tier fits (int8,
+    or int4 with ``allow_int4``). Once the kept rows fit in fp32, fewer rows cannot help: the ratios stop
+    there, and once pruning alone meets the budget the list ends. ``base_bytes`` defaults to the model's
     embedding bytes (give the unclustered model's when ``model`` is clustered).
     """
     embedding = model.embedding
@@ -107,26 +125,73 @@ def enumerate_candidates(model: DLRM, order: Sequence[str], scores: Mapping[str,
     base = int(embedding.embedding_bytes()) if base_bytes is None else int(base_bytes)
     allowed_total = target_memory * base
     limit = len(order) if max_removed is None else min(max_removed, len(order))
+    ratios: list[float | None] = [None]
+    if not overhead:  # the tail maps ids of the rows themselves: not over a clustered model's maps
+        ratios += sorted({float(r) for r in tail_ratios}, reverse=True)
     out: list[Candidate] = []
     for k in range(limit + 1):
         removed = tuple(order[:k])
-        kept_fp32 = sum(n for name, n in rows.items() if name not in removed) * dim * 4
-        fixed = sum(b for name, b in overhead.items() if name not in removed)
-        allowed = allowed_total - k * dim * 4 - fixed
-        if kept_fp32 == 0 or allowed <= 0:
-            break
+        kept = [name for name in rows if name not in removed]
         importance = float(sum(scores.get(f, 0.0) for f in removed))
-        share = allowed / kept_fp32
-        if share >= 1.0:
-            out.append(Candidate(removed, None, False, 0.0, importance, kept_fp32 + k * dim * 4 + fixed))
-            break
-        for use_int4 in (False, True) if allow_int4 else (False,):
-            if share < lowest_tier_share(dim, use_int4):
+        for ratio in ratios:
+            kept_rows, fixed = _kept_rows(kept, rows, overhead, ratio, hot_share)
+            kept_fp32 = kept_rows * dim * 4
+            allowed = allowed_total - k * dim * 4 - fixed
+            if kept_fp32 == 0 or allowed <= 0:
                 continue
-            for fp32_share in fp32_shares:
-                out.append(Candidate(removed, round(share, 6), use_int4, float(fp32_share), importance,
-                                     int(allowed + k * dim * 4 + fixed)))
+            share = allowed / kept_fp32
+            if share >= 1.0:
+                out.append(Candidate(removed, None, False, 0.0, importance, kept_fp32 + k * dim * 4 + fixed,
+                                     ratio, hot_share))
+                if ratio is None:
+                    return out  # pruning alone meets the budget: removing more fields cannot help
+                break
+            for use_int4 in (False, True) if allow_int4 else (False,):
+                if share < lowest_tier_share(dim, use_int4):
+                    continue
+                for fp32_share in fp32_shares:
+                    out.append(Candidate(removed, round(share, 6), use_int4, float(fp32_share), importance,
+                                         int(allowed + k * dim * 4 + fixed), ratio, hot_share))
     return out
+
+
+def _kept_rows(kept: Sequence[str], rows: Mapping[str, int], overhead: Mapping[str, int], ratio: float | None,
+               hot_share: float) -> tuple[int, int]:
+    """(rows the kept fields hold, bytes quantization cannot shrink) for a tail ``ratio`` (``None``: none)."""
+    if ratio is None:
+        return sum(rows[n] for n in kept), sum(overhead.get(n, 0) for n in kept)
+    total, fixed = 0, 0
+    for name in kept:
+        layout = tail_layout(rows[name], ratio, hot_share)
+        total += layout.rows
+        fixed += int(tail_bytes(layout, 0.0))
+    return total, fixed
+
+
+def budget_floors(model: DLRM, order: Sequence[str], *, allow_int4: bool = True, max_removed: int | None = None,
+                  base_bytes: int | None = None, tail_ratios: Sequence[float] = (),
+                  hot_share: float = 0.5) -> dict[str, float]:
+    """The smallest share of ``base_bytes`` each axis reaches alone and all of them together (one-line errors)."""
+    embedding = model.embedding
+    dim = int(embedding.embedding_dim)
+    rows = embedding.num_rows()
+    overhead = field_overhead(embedding)
+    base = int(embedding.embedding_bytes()) if base_bytes is None else int(base_bytes)
+    lowest = lowest_tier_share(dim, allow_int4)
+    limit = len(order) if max_removed is None else min(max_removed, len(order))
+    removed = set(order[:limit])
+    kept = [n for n in rows if n not in removed]
+    ratio = min(tail_ratios) if tail_ratios and not overhead else None
+
+    def share(names: Sequence[str], k: int, tail: float | None, row_share: float) -> float:
+        kept_rows, fixed = _kept_rows(names, rows, overhead, tail, hot_share)
+        return (kept_rows * dim * 4 * row_share + fixed + k * dim * 4) / base
+
+    floors = {"fields": share(kept, limit, None, 1.0), "precision": share(list(rows), 0, None, lowest)}
+    if ratio is not None:
+        floors["rows"] = share(list(rows), 0, ratio, 1.0)
+    floors["all"] = share(kept, limit, ratio, lowest)
+    return floors
 
 
 def field_overhead(embedding: Any) -> dict[str, int]:
@@ -137,7 +202,8 @@ def field_overhead(embedding: Any) -> dict[str, int]:
 
 def build_candidate(model: DLRM, data: PreparedData, candidate: Candidate, means: Mapping[str, Tensor],
                     policy: Mapping[str, Any], seed: int = 0) -> DLRM:
-    """A new model: ``candidate.removed`` replaced by ``means``, the kept rows in F-Quantization tiers.
+    """A new model: ``candidate.removed`` replaced by ``means``, the kept rows (behind a hashed tail when the
+    candidate has a ``tail_ratio``, its hash seeded by ``seed``) in F-Quantization tiers.
 
     Tiers start from the expected Eq. 7 priority of every row over the training split (the
     fixed point of its expectation), so they are the tiers training would settle near. ``policy``
@@ -147,16 +213,21 @@ def build_candidate(model: DLRM, data: PreparedData, candidate: Candidate, means
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _build_candidate(model, data, candidate, means, policy)
+        return _build_candidate(model, data, candidate, means, policy, seed)
 
 
 def _build_candidate(model: DLRM, data: PreparedData, candidate: Candidate, means: Mapping[str, Tensor],
-                     policy: Mapping[str, Any]) -> DLRM:
+                     policy: Mapping[str, Any], seed: int) -> DLRM:
     source: Any = model.embedding
     if storage(source).kind != "float" or source.removed_fields():
         raise TypeError("build_candidate takes an unpruned fp32 model (clustered or not)")
     kept_names = [f for f in source.field_names if f not in candidate.removed]
     kept: Any = source.subset(kept_names)  # copies: the given model is never changed
+    if candidate.tail_ratio is not None:
+        counts = value_counts(data)
+        rows = kept.num_rows()
+        layouts = {n: tail_layout(rows[n], candidate.tail_ratio, candidate.hot_share) for n in kept_names}
+        kept = hash_tail(kept, counts, layouts, seed=seed)
     if candidate.quant_budget is not None:
         options = {"memory_budget": candidate.quant_budget, "use_int4": candidate.use_int4,
                    "fp32_share": candidate.fp32_share, **policy}

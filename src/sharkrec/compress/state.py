@@ -76,7 +76,8 @@ def candidate_from_dict(payload: dict[str, Any]) -> Candidate:
     return Candidate(removed=tuple(payload["removed"]), quant_budget=payload["quant_budget"],
                      use_int4=bool(payload["use_int4"]), fp32_share=float(payload["fp32_share"]),
                      importance_removed=float(payload["importance_removed"]),
-                     predicted_bytes=int(payload["predicted_bytes"]))
+                     predicted_bytes=int(payload["predicted_bytes"]), tail_ratio=payload.get("tail_ratio"),
+                     hot_share=float(payload.get("hot_share", 0.5)))
 
 
 def _digest(fingerprint: dict[str, Any]) -> str:
