@@ -17,6 +17,7 @@ from sharkrec.errors import CheckpointError
 from sharkrec.export import load_artifact, save_artifact, save_user_artifact
 from sharkrec.export.artifact import serving_model
 from sharkrec.hashed import HashedKind, hashed_model
+from sharkrec.hashed import kernels as hashed_kernels
 from sharkrec.prune import PrunedEmbedding, remove_fields
 from tests.export.conftest import serving_batch
 from tests.export.test_artifact_hardening import _edit_manifest, _one_line, _rewrite_tensors
@@ -76,7 +77,8 @@ def test_loaded_scores_equal_the_in_memory_model(exported, source, kind):
     got = served.predict_proba(encoded)
     assert torch.allclose(got, expected, atol=1e-6, rtol=0)
     assert float((got - expected).abs().max()) == 0.0  # the same layer on the same ids: bit for bit
-    assert served.embedding.backend == f"pytorch {kind} layer"
+    fused = kind in hashed_kernels.KINDS and hashed_kernels.extension() is not None  # the layer's fused lookup
+    assert served.embedding.backend == f"{'c++' if fused else 'pytorch'} {kind} layer"
     assert not any(p.requires_grad for p in (*served.parameters(), *served.embedding.layer.parameters()))
 
 

@@ -298,8 +298,11 @@ class ServingEmbedding(FieldEmbedding):
     @property
     def backend(self) -> str:
         """What reads the rows: ``c++`` (fused kernel), ``pytorch`` (fused layout, no compiler), or the kernel name."""
-        if self.layer is not None:
-            return f"pytorch {self.layer.kind} layer"
+        if self.layer is not None:  # the hashed layers' fused lookups (sharkrec.hashed.kernels) when built
+            from sharkrec.hashed import kernels as hashed_kernels
+
+            fused = self.layer.kind in hashed_kernels.KINDS and hashed_kernels.extension() is not None
+            return f"{'c++' if fused else 'pytorch'} {self.layer.kind} layer"
         if self.kernel != "fused":
             return self.kernel
         return "c++" if extension() is not None else "pytorch"

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from sharkrec.data.batch import FieldIds
 from sharkrec.errors import ConfigError
 from sharkrec.hashed.hashing import check_field_rows, check_ids, hash_parameters, pool, universal_hash
+from sharkrec.hashed.kernels import fused_lookup, inference_extension
 from sharkrec.model.embedding import FieldEmbedding
 
 _SALT_COLD = 303
@@ -146,7 +147,15 @@ class HybridEmbedding(FieldEmbedding):
         return torch.where(is_hot, found.to(torch.int64), cold_rows)
 
     def forward(self, sparse: Sequence[FieldIds]) -> Tensor:
-        """(B, F, D) vectors of the rows each id maps to, bags sum-pooled."""
+        """(B, F, D) vectors of the rows each id maps to, bags sum-pooled (one fused kernel call without
+        autograd: :mod:`sharkrec.hashed.kernels`)."""
+        module = inference_extension(self)
+        if module is not None:
+            hot = [getattr(self, f"hot_{p}") for p in range(len(self.field_names))]
+            out = fused_lookup(module.hybrid_lookup, self.field_names, self._value_rows, sparse, hot, list(self.tables),
+                               self.cold_hash, self._shared_rows, self.embedding_dim)
+            if out is not None:
+                return out
         check_ids(self.field_names, self._value_rows, sparse)
         vectors = []
         for position, ids in enumerate(sparse):

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from sharkrec.data.batch import FieldIds
 from sharkrec.errors import ConfigError
 from sharkrec.hashed.hashing import check_field_rows, check_ids, pool
+from sharkrec.hashed.kernels import fused_lookup, inference_extension
 from sharkrec.model.embedding import FieldEmbedding
 
 Blocks = Sequence[tuple[int, int]]  # (rows, dim) per block, widest first
@@ -140,7 +141,15 @@ class MixedDimEmbedding(FieldEmbedding):
         return torch.cat(pieces).index_select(0, inverse)  # (N, D) back in id order
 
     def forward(self, sparse: Sequence[FieldIds]) -> Tensor:
-        """(B, F, D) projected block rows, bags sum-pooled."""
+        """(B, F, D) projected block rows, bags sum-pooled (one fused kernel call without autograd:
+        :mod:`sharkrec.hashed.kernels`)."""
+        module = inference_extension(self)
+        if module is not None:
+            starts = [getattr(self, f"starts_{p}") for p in range(len(self.field_names))]
+            out = fused_lookup(module.mixed_lookup, self.field_names, self._value_rows, sparse, list(self.tables),
+                               list(self.projections), starts, self._first, self.embedding_dim)
+            if out is not None:
+                return out
         check_ids(self.field_names, self._value_rows, sparse)
         vectors = [pool(self.field_vectors(p, ids.values), ids) for p, ids in enumerate(sparse)]  # (B, D) each
         return torch.stack(vectors, dim=1)  # (B, F, D)

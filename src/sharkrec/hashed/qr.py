@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from sharkrec.data.batch import FieldIds
 from sharkrec.errors import ConfigError, parse_choice
 from sharkrec.hashed.hashing import check_field_rows, check_ids, pool
+from sharkrec.hashed.kernels import fused_lookup, inference_extension
 from sharkrec.model.embedding import FieldEmbedding
 
 
@@ -110,7 +111,15 @@ class QREmbedding(FieldEmbedding):
         return dict(zip(self.field_names, self._value_rows, strict=True))
 
     def forward(self, sparse: Sequence[FieldIds]) -> Tensor:
-        """(B, F, D): per id ``R[x mod m] ⊙ Q[x div m]`` (or +), bags sum-pooled."""
+        """(B, F, D): per id ``R[x mod m] ⊙ Q[x div m]`` (or +), bags sum-pooled (one fused kernel call without
+        autograd: :mod:`sharkrec.hashed.kernels`)."""
+        module = inference_extension(self)
+        if module is not None:
+            out = fused_lookup(module.qr_lookup, self.field_names, self._value_rows, sparse, list(self.remainders),
+                               list(self.quotients), self._remainder_rows, self.combine is Combine.MULTIPLY,
+                               self.embedding_dim)
+            if out is not None:
+                return out
         check_ids(self.field_names, self._value_rows, sparse)
         vectors = []
         for position, ids in enumerate(sparse):

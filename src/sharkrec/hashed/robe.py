@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from sharkrec.data.batch import FieldIds
 from sharkrec.errors import ConfigError
 from sharkrec.hashed.hashing import HASH_PRIME, check_field_rows, check_ids, hash_parameters, pool, universal_hash
+from sharkrec.hashed.kernels import fused_lookup, inference_extension
 from sharkrec.model.embedding import FieldEmbedding
 
 _SALT_OFFSET, _SALT_SIGN = 101, 202
@@ -120,7 +121,14 @@ class RobeEmbedding(FieldEmbedding):
         return positions.flatten(1), signs
 
     def forward(self, sparse: Sequence[FieldIds]) -> Tensor:
-        """(B, F, D): each id's C chunks read from the array (signed), truncated to D, bags sum-pooled."""
+        """(B, F, D): each id's C chunks read from the array (signed), truncated to D, bags sum-pooled (one fused
+        kernel call without autograd: :mod:`sharkrec.hashed.kernels`)."""
+        module = inference_extension(self)
+        if module is not None:
+            out = fused_lookup(module.robe_lookup, self.field_names, self._value_rows, sparse, self.weights,
+                               self.offset_hash, self.sign_hash, self.chunk_size, self.embedding_dim)
+            if out is not None:
+                return out
         check_ids(self.field_names, self._value_rows, sparse)
         vectors = []
         for position, ids in enumerate(sparse):
