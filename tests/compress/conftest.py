@@ -27,3 +27,18 @@ def trained() -> tuple[DLRM, PreparedData]:
     config = TrainConfig(optimizer="adagrad", lr=0.05, embedding_l2=1e-2, epochs=4, patience=0, progress=False)
     Trainer(model, config, data.schema.label_names).fit(data.train, data.valid)
     return model.eval(), data
+
+
+def assert_saved_and_served_agree(result, out, data) -> None:
+    """``out/model.pt`` and ``out/artifact`` (what run_compress wrote) score the test batch as ``result.model``."""
+    from sharkrec.export import load_artifact
+    from sharkrec.train.checkpoint import load_model
+    from tests.export.conftest import serving_batch
+
+    reloaded = load_model(out / "model.pt").model
+    served = load_artifact(out / "artifact")
+    batch = next(iter(data.test.batches(512)))
+    expected = result.model.predict_proba(batch)
+    torch.testing.assert_close(reloaded.predict_proba(batch), expected)
+    got = served.predict_proba(serving_batch(served, batch, data.vocabularies))
+    torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)  # int4 rows: FBGEMM's fp16 scale

@@ -17,7 +17,8 @@ from sharkrec.export import load_artifact
 from sharkrec.prune.embedding import PrunedEmbedding
 from sharkrec.prune.plan import field_means
 from sharkrec.quant import MixedPrecisionEmbedding, build_embedding
-from sharkrec.train.checkpoint import ModelBundle, load_model
+from sharkrec.train.checkpoint import ModelBundle
+from tests.compress.conftest import assert_saved_and_served_agree
 from tests.export.conftest import serving_batch
 
 FAST = dataclasses.replace(DEFAULT_FINE_TUNE, epochs=1, batch_size=256)
@@ -120,13 +121,7 @@ def test_run_compress_writes_a_model_artifact_and_report_that_agree(trained, tmp
     bundle = ModelBundle(model=model, schema=data.schema, vocabularies=data.vocabularies, info={})
     config = CompressConfig(target_memory=0.3, max_auc_drop=0.05, max_trainings=1, fine_tune=FAST)
     result = run_compress(bundle, data, config, tmp_path / "out")
-    reloaded = load_model(tmp_path / "out" / "model.pt").model
-    served = load_artifact(tmp_path / "out" / "artifact")
-    batch = next(iter(data.test.batches(512)))
-    expected = result.model.predict_proba(batch)
-    torch.testing.assert_close(reloaded.predict_proba(batch), expected)
-    got = served.predict_proba(serving_batch(served, batch, data.vocabularies))
-    torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)  # int4 rows: FBGEMM's fp16 scale
+    assert_saved_and_served_agree(result, tmp_path / "out", data)
     assert result.report["artifact"]["memory"]["embedding_bytes"] > 0
     assert (tmp_path / "out" / "report.json").is_file()
 

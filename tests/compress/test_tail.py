@@ -13,15 +13,14 @@ from sharkrec.compress.search import budget_floors, build_candidate
 from sharkrec.data.batch import FieldIds
 from sharkrec.data.synthetic import SyntheticConfig, generate
 from sharkrec.errors import ConfigError
-from sharkrec.export import load_artifact
 from sharkrec.hashed import HashedTailEmbedding, hash_tail, tail_layout
 from sharkrec.model.embedding import FloatEmbedding, embedding_from_spec, find_layer, layers
 from sharkrec.prune.plan import field_means
 from sharkrec.quant import MixedPrecisionEmbedding
-from sharkrec.train.checkpoint import ModelBundle, load_model
+from sharkrec.train.checkpoint import ModelBundle
 from sharkrec.train.run import build_model
 from sharkrec.train.trainer import TrainConfig, Trainer
-from tests.export.conftest import serving_batch
+from tests.compress.conftest import assert_saved_and_served_agree
 
 FAST = dataclasses.replace(DEFAULT_FINE_TUNE, epochs=1, batch_size=256)
 
@@ -144,13 +143,7 @@ def test_compress_at_20x_with_a_hashed_tail_serves_the_same_scores(wide, tmp_pat
     saved = report["axes"]["bytes_saved"]
     assert sum(saved.values()) == b["fp32"] - b["after_quantization"]
     assert saved["rows (hashed tail)"] > 0 and saved["fields (F-Permutation)"] == 0
-    reloaded = load_model(tmp_path / "out" / "model.pt").model
-    served = load_artifact(tmp_path / "out" / "artifact")
-    batch = next(iter(data.test.batches(512)))
-    expected = result.model.predict_proba(batch)
-    torch.testing.assert_close(reloaded.predict_proba(batch), expected)
-    got = served.predict_proba(serving_batch(served, batch, data.vocabularies))
-    torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)
+    assert_saved_and_served_agree(result, tmp_path / "out", data)
 
 
 def test_an_unreachable_budget_lists_the_floor_of_every_axis(wide):

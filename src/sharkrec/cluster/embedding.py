@@ -17,15 +17,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from sharkrec.data.batch import FieldIds
 from sharkrec.data.vocab import Vocabulary
 from sharkrec.errors import ConfigError, DataError
-from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding, embedding_from_spec
+from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding, RowMapLayer, embedding_from_spec
 
 
-class ClusteredEmbedding(FieldEmbedding):
+class ClusteredEmbedding(RowMapLayer):
     """Shared rows behind a per-field value → row map (kind ``"clustered"``).
 
     Args:
@@ -104,18 +104,6 @@ class ClusteredEmbedding(FieldEmbedding):
             mapped.append(FieldIds(row_map.index_select(0, values).to(torch.int64), ids.offsets, ids.weights))
         return mapped
 
-    # ----------------------------------------------------------------- lookups
-    def forward(self, sparse: Sequence[FieldIds]) -> Tensor:
-        """(B, F, D) vectors of the mapped ids."""
-        return self.inner(self.map_ids(sparse))
-
-    def num_rows(self) -> dict[str, int]:
-        """Cluster rows per field (distinct vectors a field can produce)."""
-        return self.inner.num_rows()
-
-    def inner_layer(self) -> FieldEmbedding:
-        return self.inner
-
     def with_inner(self, inner: FieldEmbedding) -> ClusteredEmbedding:
         return ClusteredEmbedding({name: self.row_map(name).clone() for name in inner.field_names}, inner)
 
@@ -138,22 +126,6 @@ class ClusteredEmbedding(FieldEmbedding):
         return ClusterMemory(rows_bytes=int(self.inner.embedding_bytes()), map_index_bytes=self.map_bytes(),
                              cluster_rows=int(sum(self.num_rows().values())),
                              value_rows=int(sum(self._value_rows)), embedding_dim=self.embedding_dim)
-
-    def sparse_parameters(self) -> list[nn.Parameter]:
-        return self.inner.sparse_parameters()
-
-    def observe_batch(self, sparse: Sequence[FieldIds], labels: Tensor) -> None:
-        self.inner.observe_batch(self.map_ids(sparse), labels)
-
-    def make_sparse_optimizer(self, kind: str, lr: float) -> torch.optim.Optimizer | None:
-        return self.inner.make_sparse_optimizer(kind, lr)
-
-    def subset(self, field_names: Sequence[str]) -> ClusteredEmbedding:
-        """The clustered layer of ``field_names`` only (so a clustered model can be pruned)."""
-        inner_subset = getattr(self.inner, "subset", None)
-        if not callable(inner_subset):
-            raise ConfigError(f"a clustered {type(self.inner).__name__} cannot be pruned; prune before quantizing")
-        return ClusteredEmbedding({n: self.row_map(n).clone() for n in field_names}, inner_subset(field_names))
 
     def extra_repr(self) -> str:
         return f"value_rows={sum(self._value_rows)}, cluster_rows={sum(self.num_rows().values())}"

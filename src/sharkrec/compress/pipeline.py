@@ -247,6 +247,9 @@ def compress(model: DLRM, data: PreparedData, config: CompressConfig | None = No
 
     after = {"valid": evaluate(compressed, valid, tasks), "test": _test_metrics(compressed, data)}
     memory = memory_summary(compressed)
+    pruned_bytes = _bytes_without(source, chosen.candidate.removed)
+    rows_bytes = _fp32_bytes(compressed, len(chosen.candidate.removed))
+    final_bytes = int(compressed.embedding.embedding_bytes())
     report: dict[str, Any] = {
         "command": "compress",
         "config": config.to_dict(),
@@ -254,14 +257,12 @@ def compress(model: DLRM, data: PreparedData, config: CompressConfig | None = No
         "met_max_auc_drop": bool(drop <= config.max_auc_drop),
         "bytes": {"fp32": base_bytes,
                   **({"after_clustering": int(source.embedding.embedding_bytes())} if cluster_report else {}),
-                  "after_pruning": _bytes_without(source, chosen.candidate.removed),
-                  "after_rows": _fp32_bytes(compressed, len(chosen.candidate.removed)),
-                  "after_quantization": int(compressed.embedding.embedding_bytes()),
-                  "share_of_fp32": compressed.embedding.embedding_bytes() / base_bytes},
-        "axes": _axes(base_bytes, int(source.embedding.embedding_bytes()),
-                      _bytes_without(source, chosen.candidate.removed),
-                      _fp32_bytes(compressed, len(chosen.candidate.removed)),
-                      int(compressed.embedding.embedding_bytes()), chosen.candidate),
+                  "after_pruning": pruned_bytes,
+                  "after_rows": rows_bytes,
+                  "after_quantization": final_bytes,
+                  "share_of_fp32": final_bytes / base_bytes},
+        "axes": _axes(base_bytes, int(source.embedding.embedding_bytes()), pruned_bytes, rows_bytes, final_bytes,
+                      chosen.candidate),
         "metrics_before": base,
         "metrics": after,
         "auc_drop": {split: {t: 1.0 - after[split][t]["auc"] / base[split][t]["auc"] for t in tasks}

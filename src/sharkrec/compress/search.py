@@ -36,7 +36,7 @@ from torch import Tensor
 
 from sharkrec.cluster.saec import value_counts
 from sharkrec.data.dataset import EncodedSplit, PreparedData
-from sharkrec.hashed.tail import hash_tail, tail_bytes, tail_layout
+from sharkrec.hashed.tail import hash_tail, tail_layout
 from sharkrec.model.dlrm import DLRM
 from sharkrec.model.embedding import layers, replace_storage, storage
 from sharkrec.prune.embedding import PrunedEmbedding
@@ -164,7 +164,7 @@ def _kept_rows(kept: Sequence[str], rows: Mapping[str, int], overhead: Mapping[s
     for name in kept:
         layout = tail_layout(rows[name], ratio, hot_share)
         total += layout.rows
-        fixed += int(tail_bytes(layout, 0.0))
+        fixed += layout.fixed_bytes
     return total, fixed
 
 

@@ -86,3 +86,30 @@ def check_field_rows(field_rows: Mapping[str, int]) -> dict[str, int]:
         out[str(name)] = int(rows)
     return out
 
+
+def checked_hot_ids(name: str, ids: Tensor, value_rows: int) -> Tensor:
+    """(H,) int32 sorted copy of field ``name``'s hot ids; a one-line ConfigError unless they are distinct ids in
+    ``[0, value_rows)``."""
+    ids = ids if isinstance(ids, Tensor) else torch.as_tensor(ids)  # (a tensor stays where it is)
+    if ids.ndim != 1 or ids.dtype.is_floating_point:
+        raise ConfigError(f"field {name!r}: hot_ids must be a 1-D integer tensor")
+    if ids.numel() > value_rows:
+        raise ConfigError(f"field {name!r}: {ids.numel()} hot values but the vocabulary has {value_rows}; "
+                          f"keep at most {value_rows} hot values")
+    ids = ids.to(torch.int64).sort().values
+    if ids.numel() and (int(ids[0]) < 0 or int(ids[-1]) >= value_rows or bool((ids[1:] == ids[:-1]).any())):
+        raise ConfigError(f"field {name!r}: hot_ids must be distinct ids in 0..{value_rows - 1}")
+    return ids.to(torch.int32)  # vocabulary rows are below 2^31 (check_field_rows)
+
+
+def hot_or_hashed_rows(hot: Tensor, pair: Tensor, shared: int, values: Tensor) -> Tensor:
+    """(N,) int64 row of each id of ``values`` (N,): ``i`` where ``hot[i] == x`` (``hot`` sorted int32, H ids),
+    else ``H + h(x)`` with ``h`` the universal hash of ``pair`` (1, 2) into ``shared`` rows."""
+    h = int(hot.numel())
+    values = values.to(torch.int64)
+    cold_rows = h + universal_hash(values, pair, shared).squeeze(1)  # (N,)
+    if h == 0:
+        return cold_rows
+    found = torch.searchsorted(hot, values.to(torch.int32)).clamp_(max=h - 1)  # (N,)
+    is_hot = hot.index_select(0, found).to(torch.int64) == values
+    return torch.where(is_hot, found.to(torch.int64), cold_rows)

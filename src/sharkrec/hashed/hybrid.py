@@ -23,7 +23,14 @@ from torch import Tensor, nn
 
 from sharkrec.data.batch import FieldIds
 from sharkrec.errors import ConfigError
-from sharkrec.hashed.hashing import check_field_rows, check_ids, hash_parameters, pool, universal_hash
+from sharkrec.hashed.hashing import (
+    check_field_rows,
+    check_ids,
+    checked_hot_ids,
+    hash_parameters,
+    hot_or_hashed_rows,
+    pool,
+)
 from sharkrec.hashed.kernels import fused_lookup, inference_extension
 from sharkrec.model.embedding import FieldEmbedding
 
@@ -80,7 +87,7 @@ class HybridEmbedding(FieldEmbedding):
         self._hot_counts: list[int] = []
         self._shared_rows: list[int] = []
         for position, name in enumerate(self.field_names):
-            hot = self._checked_hot_ids(name, hot_ids[name], rows[name])
+            hot = checked_hot_ids(name, hot_ids[name], rows[name])
             shared = int(shared_rows[name])
             if shared < 1:
                 raise ConfigError(f"field {name!r}: shared_rows is {shared}; the cold values need 1 or more rows")
@@ -92,19 +99,6 @@ class HybridEmbedding(FieldEmbedding):
         self.cold_hash: Tensor
         self.register_buffer("cold_hash", hash_parameters(self.seed, len(self.field_names), _SALT_COLD))  # (F, 2)
         self.reset_parameters(generator)
-
-    @staticmethod
-    def _checked_hot_ids(name: str, ids: Tensor, value_rows: int) -> Tensor:
-        ids = ids if isinstance(ids, Tensor) else torch.as_tensor(ids)  # (a tensor stays where it is)
-        if ids.ndim != 1 or ids.dtype.is_floating_point:
-            raise ConfigError(f"field {name!r}: hot_ids must be a 1-D integer tensor")
-        if ids.numel() > value_rows:
-            raise ConfigError(f"field {name!r}: {ids.numel()} hot values but the vocabulary has {value_rows}; "
-                              f"keep at most {value_rows} hot values")
-        ids = ids.to(torch.int64).sort().values
-        if ids.numel() and (int(ids[0]) < 0 or int(ids[-1]) >= value_rows or bool((ids[1:] == ids[:-1]).any())):
-            raise ConfigError(f"field {name!r}: hot_ids must be distinct ids in 0..{value_rows - 1}")
-        return ids.to(torch.int32)  # vocabulary rows are below 2^31 (check_field_rows)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         with torch.no_grad():
@@ -136,15 +130,7 @@ class HybridEmbedding(FieldEmbedding):
     def rows_of(self, position: int, values: Tensor) -> Tensor:
         """(N,) row of the field's table for each id of ``values`` (N,): its own row if hot, else a hashed one."""
         hot: Tensor = getattr(self, f"hot_{position}")
-        h = self._hot_counts[position]
-        values = values.to(torch.int64)
-        cold_rows = h + universal_hash(values, self.cold_hash[position : position + 1],
-                                       self._shared_rows[position]).squeeze(1)  # (N,)
-        if h == 0:
-            return cold_rows
-        found = torch.searchsorted(hot, values.to(torch.int32)).clamp_(max=h - 1)  # (N,)
-        is_hot = hot.index_select(0, found).to(torch.int64) == values
-        return torch.where(is_hot, found.to(torch.int64), cold_rows)
+        return hot_or_hashed_rows(hot, self.cold_hash[position : position + 1], self._shared_rows[position], values)
 
     def forward(self, sparse: Sequence[FieldIds]) -> Tensor:
         """(B, F, D) vectors of the rows each id maps to, bags sum-pooled (one fused kernel call without

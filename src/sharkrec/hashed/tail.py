@@ -26,30 +26,17 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from sharkrec.data.batch import FieldIds
 from sharkrec.errors import ConfigError, DataError
-from sharkrec.hashed.hashing import hash_parameters, universal_hash
-from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding, embedding_from_spec
+from sharkrec.hashed.hashing import checked_hot_ids, hash_parameters, hot_or_hashed_rows
+from sharkrec.model.embedding import FieldEmbedding, FloatEmbedding, RowMapLayer, embedding_from_spec
 
 _SALT_TAIL = 404
 
 
-def hot_or_hashed_rows(hot: Tensor, pair: Tensor, shared: int, values: Tensor) -> Tensor:
-    """(N,) int64 row of each id of ``values`` (N,): ``i`` where ``hot[i] == x`` (``hot`` sorted int32, H ids),
-    else ``H + h(x)`` with ``h`` the universal hash of ``pair`` (1, 2) into ``shared`` rows."""
-    h = int(hot.numel())
-    values = values.to(torch.int64)
-    cold_rows = h + universal_hash(values, pair, shared).squeeze(1)  # (N,)
-    if h == 0:
-        return cold_rows
-    found = torch.searchsorted(hot, values.to(torch.int32)).clamp_(max=h - 1)  # (N,)
-    is_hot = hot.index_select(0, found).to(torch.int64) == values
-    return torch.where(is_hot, found.to(torch.int64), cold_rows)
-
-
-class HashedTailEmbedding(FieldEmbedding):
+class HashedTailEmbedding(RowMapLayer):
     """Hot values keep their rows, the rest share hashed rows, over any inner store (kind ``"hashed_tail"``).
 
     Args:
@@ -83,7 +70,7 @@ class HashedTailEmbedding(FieldEmbedding):
         self._whole: list[bool] = []
         for position, name in enumerate(self.field_names):
             values = int(value_rows[name])
-            hot = _checked_hot(name, hot_ids[name], values)
+            hot = checked_hot_ids(name, hot_ids[name], values)
             whole = hot.numel() == 0 and rows[name] >= values  # no hot ids and a row per value: ids are rows
             shared = rows[name] - int(hot.numel())
             if shared < 1 and not whole:
@@ -140,14 +127,7 @@ class HashedTailEmbedding(FieldEmbedding):
             mapped.append(FieldIds(self.rows_of(position, values), ids.offsets, ids.weights))
         return mapped
 
-    def forward(self, sparse: Sequence[FieldIds]) -> Tensor:
-        """(B, F, D) vectors of the rows the ids map to."""
-        return self.inner(self.map_ids(sparse))
-
-    # -- the wrapper stack
-    def inner_layer(self) -> FieldEmbedding:
-        return self.inner
-
+    # -- the wrapper stack (lookups, training hooks and pruning: RowMapLayer, through the inner layer)
     def with_inner(self, inner: FieldEmbedding) -> HashedTailEmbedding:
         names = list(inner.field_names)
         out = HashedTailEmbedding({n: self._value_rows[self._position(n)] for n in names},
@@ -155,12 +135,6 @@ class HashedTailEmbedding(FieldEmbedding):
         with torch.no_grad():
             out.pairs.copy_(self.pairs[[self._position(n) for n in names]])
         return out
-
-    def subset(self, field_names: Sequence[str]) -> HashedTailEmbedding:
-        inner_subset = getattr(self.inner, "subset", None)
-        if not callable(inner_subset):
-            raise ConfigError(f"a hashed tail over {type(self.inner).__name__} cannot be pruned; prune first")
-        return self.with_inner(inner_subset(list(field_names)))
 
     def value_map(self, field_name: str) -> Tensor:
         """(V,) int64 inner row of every id (computed; export folds it into the vocabulary)."""
@@ -185,32 +159,9 @@ class HashedTailEmbedding(FieldEmbedding):
         they are never read)."""
         return int(self.inner.embedding_bytes()) + sum(self._own_bytes().values())
 
-    def num_rows(self) -> dict[str, int]:
-        return self.inner.num_rows()
-
-    def sparse_parameters(self) -> list[nn.Parameter]:
-        return self.inner.sparse_parameters()
-
-    def observe_batch(self, sparse: Sequence[FieldIds], labels: Tensor) -> None:
-        self.inner.observe_batch(self.map_ids(sparse), labels)
-
-    def make_sparse_optimizer(self, kind: str, lr: float) -> torch.optim.Optimizer | None:
-        return self.inner.make_sparse_optimizer(kind, lr)
-
     def extra_repr(self) -> str:
         hot = sum(int(self.hot_ids(n).numel()) for n in self.field_names)
         return f"value_rows={sum(self._value_rows)}, hot={hot}, shared={sum(self._shared)}"
-
-
-def _checked_hot(name: str, ids: Tensor, value_rows: int) -> Tensor:
-    ids = torch.as_tensor(ids)
-    if ids.ndim != 1 or ids.dtype.is_floating_point:
-        raise ConfigError(f"field {name!r}: hot_ids must be a 1-D integer tensor")
-    ids = ids.to(torch.int64).sort().values
-    if ids.numel() > value_rows or (ids.numel() and (int(ids[0]) < 0 or int(ids[-1]) >= value_rows
-                                                     or bool((ids[1:] == ids[:-1]).any()))):
-        raise ConfigError(f"field {name!r}: hot_ids must be distinct ids in 0..{value_rows - 1}")
-    return ids.to(torch.int32)
 
 
 @dataclass(frozen=True)
@@ -223,6 +174,11 @@ class TailLayout:
     @property
     def rows(self) -> int:
         return self.hot + self.shared
+
+    @property
+    def fixed_bytes(self) -> int:
+        """The hot ids (int32 each) and the hash pair; a whole field holds neither."""
+        return 0 if self.shared == 0 else 4 * self.hot + 16
 
 
 def tail_layout(value_rows: int, rows_ratio: float, hot_share: float = 0.5, min_rows: int = 64) -> TailLayout:
@@ -238,13 +194,6 @@ def tail_layout(value_rows: int, rows_ratio: float, hot_share: float = 0.5, min_
     rows = max(rows, 2)
     hot = min(round(hot_share * rows), rows - 1)
     return TailLayout(hot, rows - hot)
-
-
-def tail_bytes(layout: TailLayout, row_bytes: float) -> float:
-    """Bytes of one field under ``layout`` with rows of ``row_bytes`` each (hot ids and the hash pair included)."""
-    if layout.shared == 0:
-        return layout.rows * row_bytes
-    return layout.rows * row_bytes + 4 * layout.hot + 16
 
 
 def hash_tail(store: FieldEmbedding, frequencies: Mapping[str, Tensor], layouts: Mapping[str, TailLayout], *,

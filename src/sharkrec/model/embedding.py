@@ -155,6 +155,46 @@ class FieldEmbedding(nn.Module, abc.ABC):
         return len(self.field_names)
 
 
+class RowMapLayer(FieldEmbedding):
+    """A wrapper that translates each field's incoming ids into rows of one inner layer over the same fields
+    (Saec's value → row maps, the hashed tail's hot ids + hash). A subclass says how (:meth:`map_ids`,
+    :meth:`value_map`, :meth:`with_inner`); lookups, training hooks and pruning go through the inner layer."""
+
+    inner: FieldEmbedding
+
+    @abc.abstractmethod
+    def map_ids(self, sparse: Sequence[FieldIds]) -> list[FieldIds]:
+        """The batch's ids translated to inner rows (same offsets and weights); ids are checked."""
+
+    def forward(self, sparse: Sequence[FieldIds]) -> Tensor:
+        """(B, F, D) vectors of the inner rows the ids map to."""
+        return self.inner(self.map_ids(sparse))
+
+    def num_rows(self) -> dict[str, int]:
+        """Inner rows per field (distinct vectors a field can produce)."""
+        return self.inner.num_rows()
+
+    def inner_layer(self) -> FieldEmbedding:
+        return self.inner
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return self.inner.sparse_parameters()
+
+    def observe_batch(self, sparse: Sequence[FieldIds], labels: Tensor) -> None:
+        self.inner.observe_batch(self.map_ids(sparse), labels)
+
+    def make_sparse_optimizer(self, kind: str, lr: float) -> torch.optim.Optimizer | None:
+        return self.inner.make_sparse_optimizer(kind, lr)
+
+    def subset(self, field_names: Sequence[str]) -> FieldEmbedding:
+        """The layer of ``field_names`` only, in that order (so a mapped model can be pruned)."""
+        inner_subset = getattr(self.inner, "subset", None)
+        if not callable(inner_subset):
+            raise ConfigError(f"a {self.kind} layer over {type(self.inner).__name__} cannot be pruned; prune before "
+                              "quantizing")
+        return self.with_inner(inner_subset(list(field_names)))
+
+
 def layers(embedding: FieldEmbedding) -> list[FieldEmbedding]:
     """The stack from ``embedding`` (outermost) down to its store (innermost)."""
     stack = [embedding]
