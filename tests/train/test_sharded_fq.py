@@ -70,9 +70,14 @@ def test_sharded_fq_training_equals_one_process(runs, kind: str) -> None:
     single = runs["single"][0]
     assert rank0["report"]["training"]["steps"] == single["report"]["training"]["steps"] == 50
     np.testing.assert_array_equal(rank0["test"], rank1["test"])
-    # table_wise: 2e-6 measured (DDP's float order); row_wise 8e-4: the same float-order differences flip a few
-    # stochastic int8 roundings over the 50 steps (after 3 steps the difference is 6e-8)
-    np.testing.assert_allclose(rank0["test"], single["test"], rtol=0, atol=1e-5 if kind == "table_wise" else 3e-3)
+    # table_wise: 2e-6 measured (DDP's float order) on most machines, but on an AMD EPYC one score of 400 differed
+    # by 2.2e-5 (at 5f2daa1 too): the same float-order differences can flip one stochastic int8 rounding, as they
+    # flip a few in row_wise (8e-4 measured; after 3 steps the difference is 6e-8). Table-wise: all but 1% of the
+    # scores within 1e-5, every one within row_wise's bound.
+    diff = np.abs(rank0["test"] - single["test"])
+    if kind == "table_wise":
+        assert float((diff > 1e-5).mean()) <= 0.01, float((diff > 1e-5).mean())
+    assert float(diff.max()) <= 3e-3, float(diff.max())
     auc, one = rank0["report"]["metrics"]["test"]["click"]["auc"], single["report"]["metrics"]["test"]["click"]["auc"]
     assert abs(auc - one) < 1e-3 and auc > 0.65, (auc, one)
     best = rank0["report"]["training"]["best_step"]  # the kept weights: the best validation's
